@@ -1,0 +1,40 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+# Both create .venv if missing and install lineguard with its extras (torch comes from the local disk).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO   ?= runs/demo
+# Code that runs on the line computer (Jetson, Python 3.8, no torch): checked with vermin and
+# imported with torch blocked (tests/integration/test_runtime_boundary.py).
+LINE_SIDE := __init__.py config.py console.py cli.py data $(wildcard inspect/*.py) $(wildcard edge/runners*)
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[train,runtime,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job on the embedded default data set (the procedural line simulator).
+demo: setup
+	rm -rf $(DEMO)
+	$(BIN)/lineguard data simulate --n 2000 --seed 0 --out $(DEMO)/sim
+	$(BIN)/lineguard data validate $(DEMO)/sim --quiet
+	$(BIN)/lineguard data split $(DEMO)/sim --val 0.1 --test 0.2 --seed 0
+	$(BIN)/lineguard data stats $(DEMO)/sim
+	$(BIN)/lineguard data preview $(DEMO)/sim --out $(DEMO)/preview.png
+	@echo "demo done: contact sheets in $(DEMO)/preview*.png"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/vermin --target=3.8- --violations --eval-annotations --no-tips $(LINE_SIDE)
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,81 @@
+"""Typed configuration: pydantic models loaded from YAML, overridden from the command line.
+
+Every verb has one config model. Unknown keys are rejected with a suggestion::
+
+    cfg = load_config(SimulatorConfig, "sim.yaml", {"size": 128})
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from . import LineguardError
+
+__all__ = ["ConfigError", "StrictModel", "dump_config", "load_config"]
+
+M = TypeVar("M", bound="StrictModel")
+
+
+class ConfigError(LineguardError):
+    """A configuration file or override that cannot be used; the message names the cause."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _suggest(key: str, model: Type[BaseModel]) -> str:
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _describe(err: ValidationError, model: Type[BaseModel], origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{loc}'{_suggest(str(e['loc'][-1]), model)}")
+        else:
+            lines.append(f"'{loc}': {e['msg']}")
+    return f"{origin}: " + "; ".join(lines)
+
+
+def load_config(
+    model: Type[M],
+    path: Optional[Union[str, Path]] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> M:
+    """Build ``model`` from an optional YAML file, then apply ``overrides`` (``None`` values skipped)."""
+    data: Dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(loaded).__name__}")
+        data.update(loaded or {})
+    set_overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if set_overrides:
+        origin += " + command line"
+    data.update(set_overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, model, origin)) from None
+
+
+def dump_config(cfg: BaseModel, path: Union[str, Path]) -> None:
+    """Write the resolved config beside an artefact, so it can be reproduced."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

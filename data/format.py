@@ -1,0 +1,217 @@
+"""The lineguard data set format, read and written by every stage (see data/README.md).
+
+A data set is a folder with::
+
+    classes.yaml      format version, class names in index order, the OK class
+    manifest.jsonl    one JSON object per image (:class:`Record`)
+    rejects.jsonl     files an importer could not use, each with the reason (may be empty)
+
+Paths in the manifest are relative to the folder when the file lies inside it, absolute otherwise
+(imports reference the original files unless ``--copy``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .. import LineguardError
+
+__all__ = [
+    "CLASSES_FILE",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "REJECTS_FILE",
+    "SPLITS",
+    "Box",
+    "ClassFile",
+    "Dataset",
+    "DatasetError",
+    "Origin",
+    "Record",
+    "Reject",
+]
+
+FORMAT_VERSION = 1
+CLASSES_FILE = "classes.yaml"
+MANIFEST_FILE = "manifest.jsonl"
+REJECTS_FILE = "rejects.jsonl"
+SPLITS = ("train", "val", "test")
+Source = Literal["real", "simulated", "synthetic"]
+Split = Literal["train", "val", "test"]
+
+
+class DatasetError(LineguardError):
+    """A data set folder that cannot be read; the message names the file and the cause."""
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Box(_Row):
+    """An axis-aligned box in pixels (x1, y1 exclusive), with its class."""
+
+    label: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Box:
+        if not (self.x1 > self.x0 and self.y1 > self.y0):
+            raise ValueError(f"box has no area: ({self.x0}, {self.y0}, {self.x1}, {self.y1})")
+        return self
+
+
+class Origin(_Row):
+    """Who made a record: an importer or a generator, its version, and the seed if any."""
+
+    kind: Literal["importer", "generator"]
+    name: str
+    version: str
+    seed: Optional[int] = None
+
+
+class Record(_Row):
+    """One image of a data set. ``mask`` is a single-channel PNG, pixel >= 128 = defect."""
+
+    id: str
+    image: str
+    label: str
+    mask: Optional[str] = None
+    boxes: Optional[List[Box]] = None
+    split: Optional[Split] = None
+    fold: Optional[int] = None
+    source: Source
+    origin: Origin
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+class Reject(_Row):
+    """A file an importer could not use, and why."""
+
+    path: str
+    reason: str
+
+
+class ClassFile(_Row):
+    """``classes.yaml``: class names in index order and the name of the OK (defect-free) class."""
+
+    format: Literal["lineguard-dataset"] = "lineguard-dataset"
+    version: int = FORMAT_VERSION
+    classes: List[str]
+    ok_class: str
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, v: List[str]) -> List[str]:
+        if len(set(v)) != len(v) or not v:
+            raise ValueError(f"class names must be unique and non-empty: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _ok_named(self) -> ClassFile:
+        if self.ok_class not in self.classes:
+            raise ValueError(f"ok_class '{self.ok_class}' is not one of the classes {self.classes}")
+        if self.version != FORMAT_VERSION:
+            raise ValueError(f"format version {self.version}, this lineguard reads version {FORMAT_VERSION}")
+        return self
+
+    @property
+    def defect_classes(self) -> List[str]:
+        return [c for c in self.classes if c != self.ok_class]
+
+    def index(self, name: str) -> int:
+        return self.classes.index(name)
+
+
+def _read_jsonl(path: Path, model: type) -> Iterator:
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield model.model_validate_json(line)
+            except ValidationError as e:
+                first = e.errors()[0]
+                loc = ".".join(str(p) for p in first["loc"])
+                raise DatasetError(f"{path}:{n}: {loc}: {first['msg']}") from None
+
+
+def _write_jsonl(path: Path, rows: Iterable[BaseModel]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        for r in rows:
+            f.write(r.model_dump_json(exclude_none=True) + "\n")
+    os.replace(tmp, path)  # atomic: a killed write never leaves half a manifest
+
+
+class Dataset:
+    """A data set folder: its class file, its records and its rejects."""
+
+    def __init__(self, root: Union[str, Path], classes: ClassFile, records: List[Record],
+                 rejects: Optional[List[Reject]] = None) -> None:
+        self.root = Path(root)
+        self.classes = classes
+        self.records = records
+        self.rejects = rejects or []
+
+    @classmethod
+    def load(cls, root: Union[str, Path]) -> Dataset:
+        root = Path(root)
+        cpath = root / CLASSES_FILE
+        if not cpath.is_file():
+            raise DatasetError(f"{root}: not a lineguard data set ({CLASSES_FILE} missing)")
+        try:
+            classes = ClassFile.model_validate(yaml.safe_load(cpath.read_text()))
+        except (ValidationError, yaml.YAMLError) as e:
+            raise DatasetError(f"{cpath}: {e}") from None
+        mpath = root / MANIFEST_FILE
+        if not mpath.is_file():
+            raise DatasetError(f"{root}: {MANIFEST_FILE} missing")
+        records = list(_read_jsonl(mpath, Record))
+        rpath = root / REJECTS_FILE
+        rejects = list(_read_jsonl(rpath, Reject)) if rpath.is_file() else []
+        return cls(root, classes, records, rejects)
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / CLASSES_FILE).write_text(
+            yaml.safe_dump(self.classes.model_dump(mode="json"), sort_keys=False))
+        _write_jsonl(self.root / MANIFEST_FILE, self.records)
+        _write_jsonl(self.root / REJECTS_FILE, self.rejects)
+
+    def path(self, rel: str) -> Path:
+        """Absolute path of a manifest path (relative ones are inside the data set folder)."""
+        p = Path(rel)
+        return p if p.is_absolute() else self.root / p
+
+    def relative(self, path: Union[str, Path]) -> str:
+        """The manifest spelling of ``path``: relative inside the folder, absolute outside."""
+        p = Path(path).resolve()
+        try:
+            return p.relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(p)
+
+    def split(self, name: str) -> List[Record]:
+        return [r for r in self.records if r.split == name]
+
+    def counts(self, records: Optional[List[Record]] = None) -> Dict[str, int]:
+        """Images per class, in class order."""
+        rows = self.records if records is None else records
+        out = {c: 0 for c in self.classes.classes}
+        for r in rows:
+            out[r.label] = out.get(r.label, 0) + 1
+        return out
+
+    def __len__(self) -> int:
+        return len(self.records)

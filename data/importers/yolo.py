@@ -1,0 +1,215 @@
+"""The YOLO layout (detection and segmentation), described by ``data.yaml``::
+
+    path: .                # optional; the root of the entries below (relative to data.yaml's folder)
+    train: images/train    # image folders (or lists of folders, or .txt files listing images)
+    val: images/val
+    names: [scratch, dent]  # or {0: scratch, 1: dent}
+
+Labels: ``labels/train/<stem>.txt`` when the image path has an ``images`` folder (the last one is
+replaced by ``labels``), else ``<stem>.txt`` next to the image. A line ``cls cx cy w h`` is a box, a
+line ``cls x1 y1 ... xn yn`` (n >= 3) a polygon, both normalised to 0..1; :func:`import_dataset`
+renders them into the mask and labels the image with the class covering the largest area.
+
+* An empty label file is a verified OK image (class ``--ok-class``, default ``ok``, added last).
+* A *missing* label file is rejected ("no label file"), unlike YOLO training, which treats it as
+  background: an image nobody labelled is not an image somebody checked and found OK.
+* A label file with an unknown class id, a malformed line, or coordinates outside 0..1 (beyond a
+  small tolerance) is rejected with its line number; its image is not imported.
+
+The YOLO split is not imported (lineguard re-splits), but ids keep it: ``train/<stem>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple, Union
+
+import numpy as np
+import yaml
+
+from ..format import DatasetError, Reject
+from ..imaging import IMAGE_SUFFIXES
+from .base import Candidate, Scan, Shape, path_ids, register_importer
+
+DEFAULT_OK = "ok"
+YAML_NAMES = ("data.yaml", "data.yml")
+SPLIT_KEYS = ("train", "val", "test")
+TOLERANCE = 0.01  # coordinates up to this far outside 0..1 are clipped, further is an error
+
+
+class _BadLabel(ValueError):
+    pass
+
+
+def _yaml_file(src: Path) -> Optional[Path]:
+    return next((src / n for n in YAML_NAMES if (src / n).is_file()), None)
+
+
+def detect(src: Path) -> bool:
+    y = _yaml_file(src)
+    if y is None:
+        return False
+    try:
+        data = yaml.safe_load(y.read_text())
+    except (OSError, yaml.YAMLError):
+        return True  # a data.yaml that does not load is still meant as YOLO: scan says why
+    return isinstance(data, dict) and "names" in data
+
+
+def _class_names(data: dict, yfile: Path) -> Dict[int, str]:
+    names = data.get("names")
+    if isinstance(names, list):
+        out = dict(enumerate(names))
+    elif isinstance(names, dict):
+        try:
+            out = {int(k): v for k, v in names.items()}
+        except (TypeError, ValueError):
+            raise DatasetError(f"{yfile}: 'names' keys must be class ids (integers)") from None
+    else:
+        raise DatasetError(f"{yfile}: 'names' must be a list or a mapping id -> name")
+    out = {k: str(v).strip() for k, v in out.items()}
+    if not out or any(not v for v in out.values()) or len(set(out.values())) != len(out):
+        raise DatasetError(f"{yfile}: class names must be unique and non-empty: {names}")
+    return out
+
+
+def _images_of(entry: Path, root: Path) -> List[Path]:
+    """Images under a folder (recursively), or listed in a .txt file (one path a line)."""
+    if entry.is_dir():
+        return sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    out = []
+    for line in entry.read_text().splitlines():
+        line = line.strip()
+        if line:
+            p = Path(line)
+            out.append(p if p.is_absolute() else (entry.parent if line.startswith("./") else root) / p)
+    return out
+
+
+def _label_path(image: Path) -> Path:
+    """``.../images/<rest>/<stem>.txt`` with the last ``images`` folder replaced by ``labels``; the
+    ``.txt`` next to the image where there is no such folder or only the one next to it exists."""
+    beside = image.with_suffix(".txt")
+    parts = list(image.parts)
+    if "images" not in parts[:-1]:
+        return beside
+    i = len(parts) - 2 - parts[:-1][::-1].index("images")
+    parts[i] = "labels"
+    swapped = Path(*parts).with_suffix(".txt")
+    return beside if not swapped.is_file() and beside.is_file() else swapped
+
+
+def _parse_line(text: str, names: Dict[int, str]) -> Shape:
+    tokens = text.split()
+    try:
+        values = [float(t) for t in tokens]
+    except ValueError:
+        raise _BadLabel(f"not numbers: {text.strip()!r}") from None
+    if not np.isfinite(values).all():
+        raise _BadLabel(f"not finite numbers: {text.strip()!r}")
+    cls, coords = values[0], values[1:]
+    if cls != int(cls) or int(cls) not in names:
+        raise _BadLabel(f"unknown class id {tokens[0]} (data.yaml names ids {min(names)}..{max(names)})")
+    if len(coords) != 4 and (len(coords) < 6 or len(coords) % 2):
+        raise _BadLabel(f"malformed line: {len(coords)} numbers after the class id (4 for a box, "
+                        f"an even count >= 6 for a polygon)")
+    xy = np.array(coords, dtype=np.float64)
+    if len(coords) == 4:
+        cx, cy, w, h = xy
+        if w <= 0 or h <= 0:
+            raise _BadLabel(f"box has no area: width {w}, height {h}")
+        xy = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+    if xy.min() < -TOLERANCE or xy.max() > 1 + TOLERANCE:
+        raise _BadLabel(f"coordinates outside 0..1: {xy.min():.3g}..{xy.max():.3g}")
+    return Shape(label=names[int(cls)], points=np.clip(xy, 0.0, 1.0), is_box=len(coords) == 4)
+
+
+def _read_labels(path: Path, names: Dict[int, str]) -> List[Shape]:
+    shapes = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                shapes.append(_parse_line(line, names))
+            except _BadLabel as e:
+                raise _BadLabel(f"line {n}: {e}") from None
+    return shapes
+
+
+def _split_entries(data: dict, root: Path, base: Path, yfile: Path
+                   ) -> Tuple[List[Tuple[str, List[Path]]], List[Reject]]:
+    """``(split, [folder or list file])`` per split named in data.yaml; entries not found are rejects."""
+    out, rejects = [], []
+    for key in SPLIT_KEYS:
+        value: Union[str, list, None] = data.get(key)
+        if not value:
+            continue
+        paths = []
+        for v in value if isinstance(value, list) else [value]:
+            p = Path(str(v))
+            hits = [p] if p.is_absolute() else [r / p for r in dict.fromkeys((root, base))]
+            hit = next((h for h in hits if h.exists()), None)
+            if hit is None:
+                rejects.append(Reject(path=str(yfile), reason=f"{key}: {v} not found (looked in {hits[0]})"))
+            else:
+                paths.append(hit)
+        out.append((key, paths))
+    if not out and (root / "images").is_dir():  # no split named: everything under images/
+        out.append(("", [root / "images"]))
+    return out, rejects
+
+
+@register_importer("yolo", version="1", detect=detect)
+def scan(src: Path, ok_class: Optional[str]) -> Scan:
+    yfile = _yaml_file(src)
+    if yfile is None:
+        raise DatasetError(f"{src}: no {' or '.join(YAML_NAMES)}")
+    try:
+        data = yaml.safe_load(yfile.read_text())
+    except yaml.YAMLError as e:
+        raise DatasetError(f"{yfile}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{yfile}: expected a mapping with 'names' and image folders")
+    names = _class_names(data, yfile)
+    ok = ok_class or DEFAULT_OK
+    if ok in names.values():
+        raise DatasetError(f"{yfile}: '{ok}' is a labelled class; pass --ok-class with another name for "
+                           f"images without labels")
+    base = yfile.parent
+    root = base / str(data["path"]) if data.get("path") else base
+    if not root.is_dir():
+        root = base  # a 'path' written for another machine: fall back to data.yaml's folder
+    splits, rejects = _split_entries(data, root, base, yfile)
+    if not splits:
+        raise DatasetError(f"{yfile}: names no train/val/test image folder, and there is no images/ folder")
+
+    candidates: List[Candidate] = []
+    seen: Set[Path] = set()
+    for split, entries in splits:
+        for entry in entries:
+            images = [p for p in _images_of(entry, root) if p.resolve() not in seen]
+            seen.update(p.resolve() for p in images)
+            top = entry if entry.is_dir() else root
+            try:
+                ids = path_ids(images, top)
+            except ValueError:  # a list file naming images outside the root
+                ids = [p.stem for p in images]
+            if len(entries) > 1:  # train: [images/a, images/b] -> train/a/<stem>, train/b/<stem>
+                ids = [f"{entry.stem}/{i}" for i in ids]
+            for image, rec_id in zip(images, ids):
+                rec_id = f"{split}/{rec_id}" if split else rec_id
+                label_file = _label_path(image)
+                if not label_file.is_file():
+                    rejects.append(Reject(path=str(image), reason=f"no label file (expected {label_file})"))
+                    continue
+                try:
+                    shapes = _read_labels(label_file, names)
+                except _BadLabel as e:
+                    rejects.append(Reject(path=str(label_file), reason=str(e)))
+                    continue
+                except (OSError, UnicodeDecodeError) as e:
+                    rejects.append(Reject(path=str(label_file), reason=f"cannot read label file ({e})"))
+                    continue
+                candidates.append(Candidate(id=rec_id, image=image, label=shapes[0].label if shapes else ok,
+                                            shapes=shapes, normalized=True))
+    classes = [names[k] for k in sorted(names)] + [ok]
+    return Scan(classes=classes, ok_class=ok, candidates=candidates, rejects=rejects)

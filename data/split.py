@@ -1,0 +1,66 @@
+"""Stratified, seeded train/val/test splits (and k folds) that keep identical images together."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+import numpy as np
+from pydantic import BaseModel
+
+from .format import Dataset, DatasetError, Record
+
+__all__ = ["SplitReport", "split_dataset"]
+
+
+class SplitReport(BaseModel):
+    images: int
+    seed: int
+    folds: Optional[int]
+    counts: Dict[str, Dict[str, int]]  # split -> class -> images
+
+
+def _groups(records: List[Record]) -> Dict[str, List[int]]:
+    """Indices of records grouped by image content: duplicates must share a split."""
+    groups: Dict[str, List[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[r.sha256].append(i)
+    return groups
+
+
+def _take(n: int, fraction: float) -> int:
+    """How many of ``n`` groups go to a split of ``fraction``: rounded, at least 1 when possible."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(max(1, round(n * fraction)), n - 1)
+
+
+def split_dataset(ds: Dataset, val: float = 0.1, test: float = 0.2, seed: int = 0,
+                  folds: Optional[int] = None) -> SplitReport:
+    """Assign ``split`` (and ``fold`` with ``folds``) to every record of ``ds`` in place, then save.
+
+    Per class, groups of identical images are shuffled with ``seed``; the first share goes to
+    test, the next to val, the rest to train. With ``folds=K`` the non-test groups of each class
+    are also dealt round-robin into folds 0..K-1 (for cross-validation; val stays as assigned).
+    """
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise DatasetError(f"split fractions must be in [0, 1) and sum below 1: val={val}, test={test}")
+    if folds is not None and folds < 2:
+        raise DatasetError(f"--folds must be at least 2, got {folds}")
+    rng = np.random.default_rng(seed)
+    by_class: Dict[str, List[List[int]]] = defaultdict(list)
+    for members in _groups(ds.records).values():
+        by_class[ds.records[members[0]].label].append(members)
+    for label in sorted(by_class):
+        groups = sorted(by_class[label], key=lambda m: ds.records[m[0]].id)
+        order = rng.permutation(len(groups))
+        n_test = _take(len(groups), test)
+        n_val = _take(len(groups) - n_test, val / (1 - test)) if val > 0 else 0
+        for rank, g in enumerate(order):
+            split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+            fold = (rank - n_test) % folds if folds and split != "test" else None
+            for i in groups[g]:
+                ds.records[i] = ds.records[i].model_copy(update={"split": split, "fold": fold})
+    ds.save()
+    counts = {s: ds.counts(ds.split(s)) for s in ("train", "val", "test")}
+    return SplitReport(images=len(ds), seed=seed, folds=folds, counts=counts)

@@ -1,0 +1,69 @@
+"""Check a data set folder against its manifest: every file there, decodable, of the stated size."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import List, Union
+
+from pydantic import BaseModel
+
+from .format import Dataset, Reject
+from .imaging import ImageFileError, read_image
+from .progress import track
+
+__all__ = ["ValidationReport", "validate_dataset"]
+
+
+class ValidationReport(BaseModel):
+    root: str
+    images: int
+    masks: int
+    valid: bool
+    errors: List[Reject]
+    warnings: List[Reject]
+
+
+def validate_dataset(root: Union[str, Path], progress: bool = True) -> ValidationReport:
+    """Decode every image and mask; report each problem with the file and the reason."""
+    ds = Dataset.load(root)
+    errors: List[Reject] = []
+    warnings: List[Reject] = []
+    classes = set(ds.classes.classes)
+
+    for rec_id, n in Counter(r.id for r in ds.records).items():
+        if n > 1:
+            errors.append(Reject(path=rec_id, reason=f"id used by {n} records"))
+    for sha, n in Counter(r.sha256 for r in ds.records).items():
+        if n > 1:
+            ids = [r.id for r in ds.records if r.sha256 == sha]
+            warnings.append(Reject(path=ids[0], reason=f"same image content as {', '.join(ids[1:])}"))
+
+    for r in track(ds.records, "validate", enabled=progress):
+        img_path = ds.path(r.image)
+        if r.label not in classes:
+            errors.append(Reject(path=str(img_path), reason=f"label '{r.label}' is not in {ds.classes.classes}"))
+        try:
+            pixels, sha = read_image(img_path)
+        except ImageFileError as e:
+            errors.append(Reject(path=str(img_path), reason=str(e)))
+            continue
+        if sha != r.sha256:
+            errors.append(Reject(path=str(img_path), reason="content changed since import (sha256 differs)"))
+        h, w = pixels.shape[:2]
+        if (w, h) != (r.width, r.height):
+            errors.append(Reject(path=str(img_path), reason=f"is {w}x{h}, manifest says {r.width}x{r.height}"))
+        if r.mask is not None:
+            mask_path = ds.path(r.mask)
+            try:
+                mask, _ = read_image(mask_path)
+            except ImageFileError as e:
+                errors.append(Reject(path=str(mask_path), reason=f"mask unusable: {e}"))
+                continue
+            if mask.shape[:2] != (h, w):
+                errors.append(Reject(path=str(mask_path),
+                                     reason=f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {w}x{h}"))
+    if any(r.split is None for r in ds.records):
+        warnings.append(Reject(path=str(ds.root), reason="some records have no split yet (run `data split`)"))
+    return ValidationReport(root=str(ds.root), images=len(ds), masks=sum(r.mask is not None for r in ds.records),
+                            valid=not errors, errors=errors, warnings=warnings)

@@ -1,0 +1,1 @@
+"""Synthesis: the procedural line simulator and the defect generator."""

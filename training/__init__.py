@@ -1,0 +1,1 @@
+"""Training: the two-stream CNN+Transformer network, its training, evaluation and model registry."""
