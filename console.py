@@ -11,7 +11,7 @@ from rich.console import Console
 __all__ = ["console", "emit", "err_console"]
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 
 
 def emit(result: BaseModel, as_json: bool, human: Optional[Callable[[Any], None]] = None) -> None:

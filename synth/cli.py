@@ -25,14 +25,14 @@ class SimulateReport(BaseModel):
 
 
 def simulate(
-    n: int = typer.Option(2000, "--n", help="Parts to render."),
+    n: int = typer.Option(2000, "--n", min=1, help="Parts to render."),
     out: Path = typer.Option(..., "--out", "-o", help="Data set folder to write."),
     seed: int = typer.Option(0, "--seed"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="SimulatorConfig YAML."),
     size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (config: size)."),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 = gray, 3 = RGB (config: channels)."),
     ok_fraction: Optional[float] = typer.Option(None, "--ok-fraction", help="Share of OK parts."),
-    workers: int = typer.Option(2, "--workers", "-w", help="Rendering processes."),
+    workers: int = typer.Option(2, "--workers", "-w", min=1, help="Rendering processes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from lineguard.config import ConfigError, StrictModel, dump_config, load_config
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lineguard.data.format import ClassFile, Dataset, DatasetError, Origin, Record
 from lineguard.data.imaging import read_image, sha256_bytes, write_png
 from lineguard.data.preview import preview_dataset

@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 import pytest
+
 from lineguard.data.format import Dataset, DatasetError
 from lineguard.data.imaging import read_image, read_mask
 from lineguard.data.importers import IMPORTERS, detect_format, import_dataset

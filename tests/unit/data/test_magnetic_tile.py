@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lineguard.data.format import Dataset
 from lineguard.data.imaging import read_image, read_mask, write_png
 from lineguard.data.importers import import_dataset

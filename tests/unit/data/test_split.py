@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from lineguard.data.format import ClassFile, Dataset, DatasetError, Origin, Record
 from lineguard.data.split import split_dataset
 
