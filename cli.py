@@ -14,11 +14,14 @@ from . import LineguardError
 from .console import err_console
 from .data.cli import app as data_app
 from .synth.cli import simulate
+from .training.cli import evaluate, train
 
 app = typer.Typer(name="lineguard", no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Visual defect inspection for factory lines.")
 data_app.command("simulate")(simulate)
 app.add_typer(data_app, name="data")
+app.command("train")(train)
+app.command("eval")(evaluate)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

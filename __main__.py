@@ -1,0 +1,5 @@
+"""``python -m lineguard`` (and ``torchrun -m lineguard train ...``)."""
+
+from .cli import main
+
+main()

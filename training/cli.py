@@ -1,0 +1,70 @@
+"""``lineguard train`` and ``lineguard eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..console import console
+
+
+def train(
+    data: Path = typer.Option(..., "--data", "-d", help="Data set folder (split with `lineguard data split`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TrainConfig YAML."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Architecture (config: model)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="auto | none | imagenet-lite0 | PATH."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    img_size: Optional[int] = typer.Option(None, "--img-size"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="bf16 | fp32"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after the epoch past this."),
+    target_escape: Optional[float] = typer.Option(None, "--target-escape", help="Pick the threshold on val."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train a model; under `torchrun --nproc-per-node N -m lineguard train ...` with DDP."""
+    from ..config import load_config
+    from .config import TrainConfig
+    from .engine import train as run
+
+    cfg = load_config(TrainConfig, config, {
+        "model": model, "weights": weights, "epochs": epochs, "batch_size": batch_size, "img_size": img_size,
+        "precision": precision, "seed": seed, "max_minutes": max_minutes, "target_escape": target_escape})
+    summary = run(cfg, data, out, resume=resume, progress=not quiet)
+    if not summary:  # ranks other than 0
+        return
+    if as_json:
+        print(json.dumps(summary), flush=True)
+        return
+    shown = summary.get("test", summary["val"])
+    console.print(f"{out}: {summary['model']}, best epoch {summary['best_epoch']}/{summary['epochs_run']}, "
+                  f"{summary['train_minutes']:.1f} min; accuracy {shown['accuracy']:.4f}, "
+                  f"macro-F1 {shown['macro_f1']:.4f}, AUROC {shown['ok_ng_auroc']}")
+
+
+def evaluate(
+    model: Path = typer.Option(..., "--model", "-m", help="Model directory."),
+    data: Path = typer.Option(..., "--data", "-d", help="Data set folder."),
+    split: str = typer.Option("test", "--split"),
+    target_escape: Optional[float] = typer.Option(None, "--target-escape",
+                                                  help="Pick the threshold on val for this escape rate."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Accuracy, macro-F1, per-class P/R, OK/NG AUROC, escape and false-reject rates, heatmap IoU, latency."""
+    from .evaluate import evaluate_model_dir
+
+    m = evaluate_model_dir(model, data, split=split, target_escape=target_escape, progress=not quiet)
+    if as_json:
+        print(json.dumps(m), flush=True)
+        return
+    console.print(f"{split}: {m['images']} images, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
+                  f"AUROC {m['ok_ng_auroc']}, threshold {m['threshold']:.4f}: escape {m['escape_rate']:.4f}, "
+                  f"false reject {m['false_reject_rate']:.4f}; heatmap IoU {m['heatmap_iou']}; "
+                  f"latency {m['latency']['p50_ms']:.1f} ms")

@@ -1,0 +1,49 @@
+"""``lineguard train`` configuration: one typed model, YAML first, then command-line overrides."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from ..config import StrictModel
+from .data import AugmentConfig
+
+__all__ = ["TrainConfig"]
+
+
+class TrainConfig(StrictModel):
+    """Everything a training run depends on; saved as ``train.yaml`` in the model directory."""
+
+    model: str = "two_stream_lite0"
+    weights: Optional[str] = Field(
+        "auto", description="auto (ImageNet for Lite0 backbones, else random), none, imagenet-lite0 or a file")
+    img_size: int = Field(224, ge=32, le=1024)
+    channels: Literal[1, 3] = 1
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    label_smoothing: float = Field(0.05, ge=0, lt=1)
+    heatmap_weight: float = Field(1.0, ge=0, description="weight of the mask-supervised heatmap loss")
+    balance_power: float = Field(0.5, ge=0, le=1, description="class-balanced sampling: 1 = equal, 0 = natural")
+    precision: Literal["fp32", "bf16"] = "bf16"
+    ema_decay: float = Field(0.998, ge=0, lt=1, description="0 disables the weight EMA")
+    patience: int = Field(8, ge=1, description="epochs without val macro-F1 gain before stopping")
+    max_minutes: Optional[float] = Field(None, gt=0, description="stop after the epoch that passes this")
+    seed: int = 0
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads per process")
+    target_escape: Optional[float] = Field(
+        None, gt=0, lt=1, description="pick the OK/NG threshold on val so that escapes stay below this")
+    augment: AugmentConfig = AugmentConfig()
+
+    def resolved_weights(self) -> Optional[str]:
+        """The weight source ``create_model`` gets for this config."""
+        if self.weights in (None, "none"):
+            return None
+        if self.weights == "auto":
+            return "imagenet-lite0" if self.model.endswith("lite0") else None
+        return self.weights

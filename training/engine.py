@@ -1,0 +1,264 @@
+"""The training loop: class-balanced sampling, bf16 autocast, EMA, warmup + cosine, early stopping,
+a checkpoint every epoch with ``resume``, and DDP under ``torchrun`` (gloo on CPU, NCCL on GPU).
+
+Determinism: epoch ``e`` depends only on (seed, e): the sampler, the augmentation of every item and
+the dropout RNG are reseeded from them, so a run resumed after a kill ends like an unkilled one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import LineguardError
+from ..config import dump_config
+from ..data.format import Dataset
+from ..data.modelspec import ModelSpec
+from ..data.preprocess import Preprocess
+from ..data.progress import track
+from .config import TrainConfig
+from .data import BalancedSampler, DefectDataset, check_training_split, data_loader
+from .models import create_model, model_config
+from .weights import load_weights, save_weights
+
+__all__ = ["Dist", "TrainState", "train"]
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.safetensors"
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        """torchrun sets WORLD_SIZE/RANK; a plain run is rank 0 of 1."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return cls(int(os.environ.get("RANK", "0")), world)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.broadcast(t, 0)
+        return bool(t.item())
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_f1: float = -1.0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    seconds: float = 0.0
+    history: Optional[List[Dict]] = None
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict]:
+    """No weight decay on norms, biases, position embeddings and the class token."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or "pos_embed" in name or "cls_token" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    total = max(warm + 1, cfg.epochs * steps_per_epoch)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / (total - warm)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return f
+
+
+def heatmap_loss(heatmap: torch.Tensor, mask: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice on the images that have a mask (mixed supervision); 0 when none has one."""
+    if not has_mask.any():
+        return heatmap.sum() * 0.0
+    h = heatmap[has_mask].float()
+    t = F.interpolate(mask[has_mask], size=h.shape[-2:], mode="area")
+    bce = F.binary_cross_entropy_with_logits(h, t)
+    p = h.sigmoid()
+    inter = (p * t).flatten(1).sum(1)
+    dice = 1 - (2 * inter + 1) / (p.flatten(1).sum(1) + t.flatten(1).sum(1) + 1)
+    return bce + dice.mean()
+
+
+def _save_checkpoint(path: Path, model, ema, opt, sched, state: TrainState, cfg: TrainConfig) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "ema": ema.module.state_dict() if ema else None,
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": vars(state),
+                "config": cfg.model_dump(mode="json")}, tmp)
+    os.replace(tmp, path)  # a kill during the write leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig) -> Dict:
+    if not path.is_file():
+        raise LineguardError(f"{path}: no checkpoint to resume from")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    saved = dict(ck["config"])
+    now = cfg.model_dump(mode="json")
+    differ = [k for k in now if k not in ("epochs", "max_minutes", "workers", "threads") and saved.get(k) != now[k]]
+    if differ:
+        raise LineguardError(f"{path}: the run was started with other settings ({', '.join(differ)}); "
+                             "resume with the same config or train into a new folder")
+    return ck
+
+
+def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resume: bool = False,
+          progress: bool = True, max_steps: Optional[int] = None) -> Dict:
+    """Train on ``data`` (train split; val for selection) into the model directory ``out``.
+
+    Returns the summary the CLI prints; rank 0 writes the model directory (see ``model_dir``).
+    ``max_steps`` stops after that many optimiser steps in total (tests, smoke runs)."""
+    from .report import finish_model_dir
+
+    d = Dist.from_env()
+    out = Path(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif d.world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // d.world))
+    ds = Dataset.load(data)
+    train_recs, val_recs = ds.split("train"), ds.split("val")
+    check_training_split(ds, train_recs, val_recs)
+    if (out / CHECKPOINT).exists() and not resume:
+        raise LineguardError(f"{out}: holds a training run already; pass --resume to continue it")
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=len(ds.classes.classes), in_chans=cfg.channels,
+                         img_size=cfg.img_size, weights=cfg.resolved_weights())
+    mean, std = model.pretrained_mean_std
+    pre = Preprocess(size=(cfg.img_size, cfg.img_size), channels=cfg.channels, mean=list(mean), std=list(std))
+    train_set = DefectDataset(ds, train_recs, pre, cfg.augment, seed=cfg.seed)
+    val_set = DefectDataset(ds, val_recs, pre, None) if d.main else None
+    labels = [ds.classes.index(r.label) for r in train_recs]
+    sampler = BalancedSampler(labels, power=cfg.balance_power, seed=cfg.seed, rank=d.rank, world_size=d.world)
+    per_rank = max(1, cfg.batch_size // d.world)
+    loader = data_loader(train_set, per_rank, sampler=sampler, num_workers=cfg.workers, drop_last=True)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise LineguardError(f"{data}: {len(train_recs)} training images are fewer than one batch of {per_rank}")
+
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+    state = TrainState(history=[])
+    if resume:
+        ck = _load_checkpoint(out / CHECKPOINT, cfg)
+        model.load_state_dict(ck["model"])
+        if ema is not None:
+            ema.module.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state = TrainState(**ck["state"])
+    net = DistributedDataParallel(model) if d.world > 1 else model
+    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
+                              enabled=cfg.precision == "bf16")
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "train.yaml")
+
+    stop = False
+    while state.epoch < cfg.epochs and not stop:
+        epoch = state.epoch
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch)
+        net.train()
+        total, seen = 0.0, 0
+        for batch in track(loader, f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress and d.main,
+                           total=steps_per_epoch):
+            with autocast:
+                o = net(batch["image"])
+                loss_cls = F.cross_entropy(o["logits"].float(), batch["label"], label_smoothing=cfg.label_smoothing)
+                loss = loss_cls + cfg.heatmap_weight * heatmap_loss(o["heatmap"], batch["mask"], batch["has_mask"])
+            if not torch.isfinite(loss):
+                raise LineguardError(f"loss became {loss.item()} at epoch {epoch + 1}: lower --lr or use fp32")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            state.step += 1
+            if ema is not None:
+                ema.update(model, step=state.step)
+            total += loss.item() * len(batch["label"])
+            seen += len(batch["label"])
+            if max_steps is not None and state.step >= max_steps:
+                stop = True
+                break
+        train_seconds = time.perf_counter() - t0
+        state.epoch += 1
+        state.seconds += train_seconds
+        if d.main:
+            stop = _end_of_epoch(cfg, out, model, ema, opt, sched, state, val_set, ds, total / max(seen, 1),
+                                 seen * d.world / train_seconds) or stop
+        stop = d.broadcast_flag(stop)
+    d.barrier()
+    result = {}
+    if d.main:
+        best = load_weights(out / BEST)
+        model.load_state_dict(best)
+        spec = ModelSpec(arch=model_config(model), classes=ds.classes.classes, ok_class=ds.classes.ok_class,
+                         preprocess=pre)
+        result = finish_model_dir(out, model, spec, ds, cfg, state)
+    if d.world > 1:
+        dist.destroy_process_group()
+    return result
+
+
+def _end_of_epoch(cfg: TrainConfig, out: Path, model, ema, opt, sched, state: TrainState, val_set, ds: Dataset,
+                  train_loss: float, images_per_s: float) -> bool:
+    """Validate the EMA weights, keep the best, checkpoint; True when training should stop."""
+    from .evaluate import predict
+    from .metrics import classification_metrics
+
+    judged = ema.module if ema is not None else model
+    pred = predict(judged, val_set, ds.classes.index(ds.classes.ok_class))
+    m = classification_metrics(pred.probs, pred.labels, ds.classes.classes, ds.classes.ok_class)
+    row = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": pred.loss, "val_accuracy": m["accuracy"],
+           "val_macro_f1": m["macro_f1"], "val_auroc": m["ok_ng_auroc"], "lr": sched.get_last_lr()[0],
+           "images_per_s": images_per_s, "seconds": state.seconds}
+    state.history.append(row)
+    better = (m["macro_f1"], -pred.loss) > (state.best_f1, -state.best_loss)
+    if better:
+        state.best_f1, state.best_loss, state.best_epoch = m["macro_f1"], pred.loss, state.epoch
+        save_weights(judged.state_dict(), out / BEST)
+    _save_checkpoint(out / CHECKPOINT, model, ema, opt, sched, state, cfg)
+    print(f"epoch {state.epoch}: train loss {train_loss:.4f}, val loss {pred.loss:.4f}, "
+          f"acc {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, {images_per_s:.1f} img/s"
+          + (" *" if better else ""), flush=True)
+    if state.epoch - state.best_epoch >= cfg.patience:
+        print(f"early stop: no val macro-F1 gain for {cfg.patience} epochs", flush=True)
+        return True
+    return cfg.max_minutes is not None and state.seconds / 60 >= cfg.max_minutes

@@ -1,0 +1,118 @@
+"""Two-stream CNN + Transformer (Conformer-style two-way exchange at one stage of the CNN).
+
+The CNN runs to the stride-16 stage (stride 32 for inputs over 256 px), whose map becomes tokens for a small
+transformer (1x1 conv + BN, class token, learned position embedding); the patch tokens come back through a
+zero-initialised Linear and are added to the map, and the CNN continues with the fused map. Logits come from
+[pooled last CNN features, class token]; the heatmap from the fused map and the stride-8 features.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .layers import Block, DefectNet, LayerNorm, constant_pad
+from .registry import ImgSize, register_model
+
+__all__ = ["TokenExchange", "TwoStream"]
+
+
+class TokenExchange(nn.Module):
+    """Map (B, C, h, w) -> (map + tokens back-projected, normed class token) through ``depth`` blocks."""
+
+    def __init__(
+        self, channels: int, grid: Tuple[int, int], depth: int, embed_dim: int, num_heads: int, mlp_ratio: float
+    ) -> None:
+        super().__init__()
+        self.channels, self.grid, self.embed_dim = channels, grid, embed_dim
+        self.num_patches = grid[0] * grid[1]
+        self.to_tokens = nn.Sequential(nn.Conv2d(channels, embed_dim, 1, bias=False), nn.BatchNorm2d(embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, embed_dim))
+        tokens = 1 + self.num_patches
+        self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, tokens, mlp_ratio) for _ in range(depth)))
+        self.norm = LayerNorm(embed_dim)
+        self.to_map = nn.Linear(embed_dim, channels)
+        self.apply(_init_vit)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        # Zero contribution at the start: the (pretrained) CNN features pass through unchanged.
+        nn.init.zeros_(self.to_map.weight)
+        nn.init.zeros_(self.to_map.bias)
+
+    def forward(self, fmap: Tensor) -> Tuple[Tensor, Tensor]:
+        # Constant shapes only (batch as -1): the ONNX graph needs no Shape/Expand ops.
+        tokens = self.to_tokens(fmap).reshape(-1, self.embed_dim, self.num_patches).transpose(1, 2)
+        # Prepend a zero token, then add [cls_token, 0, ..., 0] + pos_embed: the class token without Expand.
+        cls = constant_pad(self.cls_token, (0, 0, 0, self.num_patches))
+        x = constant_pad(tokens, (0, 0, 1, 0)) + cls + self.pos_embed
+        x = self.norm(self.blocks(x))
+        back = self.to_map(x[:, 1:]).transpose(1, 2).reshape(-1, self.channels, *self.grid)
+        return fmap + back, x[:, 0]
+
+
+class TwoStream(DefectNet):
+    """CNN stream (timm ``backbone``) + transformer stream fused both ways; see the module docstring."""
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        in_chans: int = 1,
+        img_size: ImgSize = 224,
+        *,
+        depth: int = 4,
+        embed_dim: int = 192,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.2,
+    ) -> None:
+        super().__init__(backbone, num_classes, in_chans, img_size)
+        grid = (self.img_size[0] // self.deep_stride, self.img_size[1] // self.deep_stride)
+        channels = self.backbone.channels
+        self.fusion = TokenExchange(channels[self.deep_index], grid, depth, embed_dim, num_heads, mlp_ratio)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(channels[-1] + embed_dim, num_classes)
+
+    def forward(self, x: Tensor) -> dict:
+        self.check_input(x)
+        feats = self.backbone.run(x, stop=self.deep_index)
+        fused, cls = self.fusion(feats[-1])
+        feats = [*feats[:-1], fused, *self.backbone.run(fused, start=self.deep_index + 1)]
+        pooled = torch.cat([feats[-1].mean((2, 3)), cls], dim=1)
+        return {
+            "logits": self.head(self.head_drop(pooled)),
+            "heatmap": self.heatmap_head(feats[self.fine_index], fused),
+        }
+
+
+def _init_vit(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.zeros_(module.bias)
+
+
+@register_model
+def two_stream_lite0(**kwargs) -> TwoStream:
+    """EfficientNet-Lite0 CNN stream (the default; ``weights="imagenet-lite0"``)."""
+    return TwoStream("tf_efficientnet_lite0", **kwargs)
+
+
+@register_model
+def two_stream_resnet18(**kwargs) -> TwoStream:
+    """ResNet-18 CNN stream (most mature TensorRT support)."""
+    return TwoStream("resnet18", **kwargs)
+
+
+@register_model
+def two_stream_repvit_m1_1(**kwargs) -> TwoStream:
+    """RepViT-M1.1 CNN stream (BatchNorm only)."""
+    return TwoStream("repvit_m1_1", **kwargs)
+
+
+@register_model
+def two_stream_mobilenetv3(**kwargs) -> TwoStream:
+    """MobileNetV3-Large 1.0 CNN stream."""
+    return TwoStream("mobilenetv3_large_100", **kwargs)

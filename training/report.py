@@ -1,0 +1,113 @@
+"""After training: threshold on val, figures on test, plots, metrics.json and the model card."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+from ..data.format import Dataset
+from ..data.modelspec import ModelSpec
+from .config import TrainConfig
+from .data import DefectDataset
+from .evaluate import measure_latency, predict, split_metrics
+from .metrics import ng_scores, pick_threshold
+from .model_dir import save_model_files
+from .models import count_gmacs
+from .plots import plot_confusion, plot_curves, plot_pr
+
+__all__ = ["finish_model_dir"]
+
+
+def finish_model_dir(out: Path, model: torch.nn.Module, spec: ModelSpec, ds: Dataset, cfg: TrainConfig,
+                     state) -> Dict:
+    """Write the complete model directory for the best weights already loaded into ``model``."""
+    ok = spec.ok_index
+    val = predict(model, DefectDataset(ds, ds.split("val"), spec.preprocess, None), ok)
+    if cfg.target_escape is not None:
+        spec.threshold = pick_threshold(ng_scores(val.probs, ok), val.labels != ok, cfg.target_escape)
+    metrics: Dict = {"val": split_metrics(val, spec.classes, spec.ok_class, spec.threshold)}
+    test_recs = ds.split("test")
+    if test_recs:
+        test = predict(model, DefectDataset(ds, test_recs, spec.preprocess, None), ok)
+        metrics["test"] = split_metrics(test, spec.classes, spec.ok_class, spec.threshold)
+        plot_pr(test.probs, test.labels, spec.classes, spec.ok_class, out / "pr.png")
+    else:
+        plot_pr(val.probs, val.labels, spec.classes, spec.ok_class, out / "pr.png")
+    shown = "test" if test_recs else "val"
+    plot_confusion(metrics[shown]["confusion"], spec.classes, out / "confusion.png", f"{shown} split")
+    plot_curves(state.history, out / "curves.png")
+    size = spec.preprocess.size
+    metrics.update(
+        model=spec.arch["name"], best_epoch=state.best_epoch, epochs_run=state.epoch,
+        train_minutes=state.seconds / 60, train_images_per_s=_mean_rate(state.history),
+        gmacs=count_gmacs(model, size), params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+        precision=cfg.precision, latency=measure_latency(model, spec.preprocess.channels, size),
+        history=state.history, data=_provenance(ds))
+    save_model_files(out, model, spec, ds.classes)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "MODEL_CARD.md").write_text(_card(spec, cfg, metrics))
+    return {k: v for k, v in metrics.items() if k != "history"}
+
+
+def _mean_rate(history) -> float:
+    rates = [h["images_per_s"] for h in history]
+    return sum(rates) / len(rates) if rates else 0.0
+
+
+def _provenance(ds: Dataset) -> Dict:
+    """Images per split, class and source, and the generators/importers behind them."""
+    out: Dict = {"root": str(ds.root), "splits": {}, "origins": {}}
+    for s in ("train", "val", "test"):
+        recs = ds.split(s)
+        out["splits"][s] = {"classes": ds.counts(recs), "sources": dict(Counter(r.source for r in recs))}
+    out["origins"] = dict(Counter(f"{r.origin.kind}:{r.origin.name}@{r.origin.version}" for r in ds.records))
+    return out
+
+
+def _card(spec: ModelSpec, cfg: TrainConfig, m: Dict) -> str:
+    shown = "test" if "test" in m else "val"
+    r = m[shown]
+    rows = "\n".join(f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+                     for c, v in r["per_class"].items())
+    splits = "\n".join(f"| {s} | {v['classes']} | {v['sources']} |" for s, v in m["data"]["splits"].items())
+    auroc = f"{r['ok_ng_auroc']:.4f}" if r["ok_ng_auroc"] is not None else "n/a"
+    iou = f"{r['heatmap_iou']:.3f}" if r["heatmap_iou"] is not None else "n/a"
+    return f"""# Model card: {spec.arch['name']}
+
+Input {spec.preprocess.size[1]}x{spec.preprocess.size[0]}, {spec.preprocess.channels} channel(s), \
+mean {spec.preprocess.mean}, std {spec.preprocess.std}; weights from `{cfg.weights}`; \
+{m['params_m']:.2f} M parameters, {m['gmacs']:.2f} GMACs.
+Classes {spec.classes}, OK class `{spec.ok_class}`; NG when 1 - p(OK) >= {spec.threshold:.4f}.
+
+## Data (provenance: {m['data']['origins']})
+
+| split | classes | sources |
+|---|---|---|
+{splits}
+
+## Results on the {shown} split ({r['images']} images)
+
+Accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, OK/NG AUROC {auroc}, escape rate \
+{r['escape_rate']:.4f}, false-reject rate {r['false_reject_rate']:.4f}, heatmap IoU {iou}.
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{rows}
+
+Training: {m['epochs_run']} epochs (best {m['best_epoch']}), {m['train_minutes']:.1f} min, \
+{m['train_images_per_s']:.1f} images/s, {cfg.precision}. PyTorch latency (batch 1, this machine): \
+{m['latency']['p50_ms']:.1f} ms median.
+
+## Limits
+
+- Figures hold for images like the {shown} split: same camera, lighting, product and defect types.
+  New products, lenses or lighting need new validation data before this model decides on a line.
+- Small test classes give wide error bars: a class with 10 test images moves 10 points per image.
+- The heatmap is trained only where masks exist; treat it as a pointer, not a measurement.
+- The threshold was chosen on the val split{' for a target escape rate of ' + str(cfg.target_escape)
+                                            if cfg.target_escape else ' (default 0.5)'}.
+"""
