@@ -20,7 +20,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
     img_size: Optional[int] = typer.Option(None, "--img-size"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="bf16 | fp32"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | bf16 | fp32"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after the epoch past this."),
     target_escape: Optional[float] = typer.Option(None, "--target-escape", help="Pick the threshold on val."),

@@ -156,6 +156,8 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=len(ds.classes.classes), in_chans=cfg.channels,
                          img_size=cfg.img_size, weights=cfg.resolved_weights())
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)  # before EMA and DDP take views of the parameters
     mean, std = model.pretrained_mean_std
     pre = Preprocess(size=(cfg.img_size, cfg.img_size), channels=cfg.channels, mean=list(mean), std=list(std))
     train_set = DefectDataset(ds, train_recs, pre, cfg.augment, seed=cfg.seed)
@@ -182,7 +184,7 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
         state = TrainState(**ck["state"])
     net = DistributedDataParallel(model) if d.world > 1 else model
     autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
-                              enabled=cfg.precision == "bf16")
+                              enabled=cfg.resolved_precision() == "bf16")
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "train.yaml")
@@ -199,7 +201,7 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
         for batch in track(loader, f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress and d.main,
                            total=steps_per_epoch):
             with autocast:
-                o = net(batch["image"])
+                o = net(batch["image"].contiguous(memory_format=fmt))
                 loss_cls = F.cross_entropy(o["logits"].float(), batch["label"], label_smoothing=cfg.label_smoothing)
                 loss = loss_cls + cfg.heatmap_weight * heatmap_loss(o["heatmap"], batch["mask"], batch["has_mask"])
             if not torch.isfinite(loss):

@@ -45,7 +45,7 @@ def finish_model_dir(out: Path, model: torch.nn.Module, spec: ModelSpec, ds: Dat
         model=spec.arch["name"], best_epoch=state.best_epoch, epochs_run=state.epoch,
         train_minutes=state.seconds / 60, train_images_per_s=_mean_rate(state.history),
         gmacs=count_gmacs(model, size), params_m=sum(p.numel() for p in model.parameters()) / 1e6,
-        precision=cfg.precision, latency=measure_latency(model, spec.preprocess.channels, size),
+        precision=cfg.resolved_precision(), latency=measure_latency(model, spec.preprocess.channels, size),
         history=state.history, data=_provenance(ds))
     save_model_files(out, model, spec, ds.classes)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -99,7 +99,7 @@ Accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, OK/NG AUROC {auroc},
 {rows}
 
 Training: {m['epochs_run']} epochs (best {m['best_epoch']}), {m['train_minutes']:.1f} min, \
-{m['train_images_per_s']:.1f} images/s, {cfg.precision}. PyTorch latency (batch 1, this machine): \
+{m['train_images_per_s']:.1f} images/s, {m['precision']}. PyTorch latency (batch 1, this machine): \
 {m['latency']['p50_ms']:.1f} ms median.
 
 ## Limits
