@@ -26,7 +26,9 @@ demo: setup
 	$(BIN)/lineguard data split $(DEMO)/sim --val 0.1 --test 0.2 --seed 0
 	$(BIN)/lineguard data stats $(DEMO)/sim
 	$(BIN)/lineguard data preview $(DEMO)/sim --out $(DEMO)/preview.png
-	@echo "demo done: contact sheets in $(DEMO)/preview*.png"
+	$(BIN)/lineguard train --data $(DEMO)/sim --out $(DEMO)/model --img-size 128 --epochs 4 --weights imagenet-lite0
+	$(BIN)/lineguard eval --model $(DEMO)/model --data $(DEMO)/sim --split test --target-escape 0.01
+	@echo "demo done: contact sheets in $(DEMO)/preview*.png, model and its card in $(DEMO)/model"
 
 lint: setup
 	$(BIN)/ruff check .
