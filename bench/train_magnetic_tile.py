@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--minutes", type=float, default=60.0, help="training time budget per model")
     ap.add_argument("--epochs", type=int, default=200, help="upper bound; the time budget usually ends first")
-    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--work", type=Path, default=Path("runs/bench/train_mt"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench/train_mt.json"))
     args = ap.parse_args()
