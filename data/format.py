@@ -132,6 +132,9 @@ class ClassFile(_Row):
     def index(self, name: str) -> int:
         return self.classes.index(name)
 
+    def save(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
 
 def _read_jsonl(path: Path, model: type) -> Iterator:
     with path.open() as f:
@@ -184,8 +187,7 @@ class Dataset:
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / CLASSES_FILE).write_text(
-            yaml.safe_dump(self.classes.model_dump(mode="json"), sort_keys=False))
+        self.classes.save(self.root / CLASSES_FILE)
         _write_jsonl(self.root / MANIFEST_FILE, self.records)
         _write_jsonl(self.root / REJECTS_FILE, self.rejects)
 

@@ -28,7 +28,10 @@ from ..data.preprocess import Preprocess
 from ..data.progress import track
 from .config import TrainConfig
 from .data import BalancedSampler, DefectDataset, check_training_split, data_loader
+from .evaluate import predict
+from .metrics import classification_metrics
 from .models import create_model, model_config
+from .report import finish_model_dir
 from .weights import load_weights, save_weights
 
 __all__ = ["Dist", "TrainState", "train"]
@@ -139,8 +142,6 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
 
     Returns the summary the CLI prints; rank 0 writes the model directory (see ``model_dir``).
     ``max_steps`` stops after that many optimiser steps in total (tests, smoke runs)."""
-    from .report import finish_model_dir
-
     d = Dist.from_env()
     out = Path(out)
     if cfg.threads:
@@ -242,9 +243,6 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
 def _end_of_epoch(cfg: TrainConfig, out: Path, model, ema, opt, sched, state: TrainState, val_set, ds: Dataset,
                   train_loss: float, images_per_s: float) -> bool:
     """Validate the EMA weights, keep the best, checkpoint; True when training should stop."""
-    from .evaluate import predict
-    from .metrics import classification_metrics
-
     judged = ema.module if ema is not None else model
     pred = predict(judged, val_set, ds.classes.index(ds.classes.ok_class))
     m = classification_metrics(pred.probs, pred.labels, ds.classes.classes, ds.classes.ok_class)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Union
 
 import torch
-import yaml
 
 from ..data.format import CLASSES_FILE, ClassFile
 from ..data.modelspec import MODEL_FILE, ModelSpec
@@ -37,7 +36,7 @@ def save_model_files(out: Union[str, Path], model: torch.nn.Module, spec: ModelS
     out.mkdir(parents=True, exist_ok=True)
     save_weights(model.state_dict(), out / MODEL_FILE)
     spec.save(out)
-    (out / CLASSES_FILE).write_text(yaml.safe_dump(classes.model_dump(mode="json"), sort_keys=False))
+    classes.save(out / CLASSES_FILE)
 
 
 def load_model_dir(model_dir: Union[str, Path]) -> LoadedModel:
