@@ -22,7 +22,7 @@ def train(
     img_size: Optional[int] = typer.Option(None, "--img-size"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | bf16 | fp32"),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after the epoch past this."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget; LR fitted to it."),
     target_escape: Optional[float] = typer.Option(None, "--target-escape", help="Pick the threshold on val."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),

@@ -36,7 +36,8 @@ class TrainConfig(StrictModel):
     channels_last: bool = Field(True, description="NHWC tensors: 1.8x the training images/s of Lite0 on our CPUs")
     ema_decay: float = Field(0.998, ge=0, lt=1, description="0 disables the weight EMA")
     patience: int = Field(8, ge=1, description="epochs without val macro-F1 gain before stopping")
-    max_minutes: Optional[float] = Field(None, gt=0, description="stop after the epoch that passes this")
+    max_minutes: Optional[float] = Field(
+        None, gt=0, description="time budget; after epoch 1 the cosine is fitted to the epochs that fit")
     seed: int = 0
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads per process")

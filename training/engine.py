@@ -61,12 +61,15 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
-    def broadcast_flag(self, flag: bool) -> bool:
+    def broadcast_int(self, value: int) -> int:
         if self.world == 1:
-            return flag
-        t = torch.tensor([int(flag)])
+            return value
+        t = torch.tensor([int(value)])
         dist.broadcast(t, 0)
-        return bool(t.item())
+        return int(t.item())
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        return bool(self.broadcast_int(int(flag)))
 
 
 @dataclass
@@ -78,6 +81,10 @@ class TrainState:
     best_epoch: int = 0
     seconds: float = 0.0
     history: Optional[List[Dict]] = None
+    planned_epochs: Optional[int] = None  # with max_minutes: the epochs that fit the budget, fixed after epoch 1
+
+    def epochs(self, cfg: TrainConfig) -> int:
+        return min(cfg.epochs, self.planned_epochs or cfg.epochs)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict]:
@@ -89,13 +96,14 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, state: TrainState):
+    """Linear warmup, then cosine to ``min_lr_ratio`` at the last planned epoch (read from ``state``)."""
     warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    total = max(warm + 1, cfg.epochs * steps_per_epoch)
 
     def f(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
+        total = max(warm + 1, state.epochs(cfg) * steps_per_epoch)
         t = (step - warm) / (total - warm)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
@@ -172,17 +180,18 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
         raise LineguardError(f"{data}: {len(train_recs)} training images are fewer than one batch of {per_rank}")
 
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
-    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
     state = TrainState(history=[])
     if resume:
         ck = _load_checkpoint(out / CHECKPOINT, cfg)
+        state = TrainState(**ck["state"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch, state))
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+    if resume:
         model.load_state_dict(ck["model"])
         if ema is not None:
             ema.module.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        state = TrainState(**ck["state"])
     net = DistributedDataParallel(model) if d.world > 1 else model
     autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
                               enabled=cfg.resolved_precision() == "bf16")
@@ -191,7 +200,7 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
         dump_config(cfg, out / "train.yaml")
 
     stop = False
-    while state.epoch < cfg.epochs and not stop:
+    while state.epoch < state.epochs(cfg) and not stop:
         epoch = state.epoch
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -199,7 +208,7 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch)
         net.train()
         total, seen = 0.0, 0
-        for batch in track(loader, f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress and d.main,
+        for batch in track(loader, f"epoch {epoch + 1}/{state.epochs(cfg)}", enabled=progress and d.main,
                            total=steps_per_epoch):
             with autocast:
                 o = net(batch["image"].contiguous(memory_format=fmt))
@@ -223,6 +232,10 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
         train_seconds = time.perf_counter() - t0
         state.epoch += 1
         state.seconds += train_seconds
+        if cfg.max_minutes is not None and state.planned_epochs is None:
+            # fit the cosine to the time budget, measured on the first epoch; rank 0's count for all ranks
+            fit = max(2, int(cfg.max_minutes * 60 / train_seconds))
+            state.planned_epochs = d.broadcast_int(min(cfg.epochs, fit))
         if d.main:
             stop = _end_of_epoch(cfg, out, model, ema, opt, sched, state, val_set, ds, total / max(seen, 1),
                                  seen * d.world / train_seconds) or stop
