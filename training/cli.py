@@ -24,6 +24,9 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget; LR fitted to it."),
     target_escape: Optional[float] = typer.Option(None, "--target-escape", help="Pick the threshold on val."),
+    synthetic: Optional[Path] = typer.Option(None, "--synthetic", help="Synthetic data set to train beside --data."),
+    synthetic_ratio: Optional[float] = typer.Option(None, "--synthetic-ratio",
+                                                    help="Share of training draws from --synthetic (0.3)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -35,7 +38,8 @@ def train(
 
     cfg = load_config(TrainConfig, config, {
         "model": model, "weights": weights, "epochs": epochs, "batch_size": batch_size, "img_size": img_size,
-        "precision": precision, "seed": seed, "max_minutes": max_minutes, "target_escape": target_escape})
+        "precision": precision, "seed": seed, "max_minutes": max_minutes, "target_escape": target_escape,
+        "synthetic": str(synthetic) if synthetic else None, "synthetic_ratio": synthetic_ratio})
     summary = run(cfg, data, out, resume=resume, progress=not quiet)
     if not summary:  # ranks other than 0
         return

@@ -43,6 +43,9 @@ class TrainConfig(StrictModel):
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads per process")
     target_escape: Optional[float] = Field(
         None, gt=0, lt=1, description="pick the OK/NG threshold on val so that escapes stay below this")
+    synthetic: Optional[str] = Field(
+        None, description="a data set of synthetic images (no split or split train) trained beside the real ones")
+    synthetic_ratio: float = Field(0.3, ge=0, lt=1, description="share of the training draws taken from --synthetic")
     augment: AugmentConfig = AugmentConfig()
 
     def resolved_precision(self) -> str:

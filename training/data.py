@@ -42,12 +42,14 @@ __all__ = [
     "AugmentConfig",
     "BalancedSampler",
     "DefectDataset",
+    "MixedDataset",
     "build_transform",
     "check_training_split",
     "class_counts",
     "data_loader",
     "loader_context",
     "resize_mask",
+    "synthetic_records",
     "worker_init",
 ]
 
@@ -180,6 +182,19 @@ def check_training_split(ds: Dataset, train_records: Sequence[Record], val_recor
         raise DatasetError(f"{ds.root}: classes {names} have no training images")
 
 
+def synthetic_records(real: Dataset, synthetic: Dataset) -> List[Record]:
+    """The records of a synthetic set that training may use beside ``real``: those without a split or
+    in its train split. Their labels must be classes of ``real``; an empty set is an error."""
+    recs = [r for r in synthetic.records if r.split in (None, "train")]
+    if not recs:
+        raise DatasetError(f"{synthetic.root}: no images without a split or in the train split")
+    unknown = sorted({r.label for r in recs} - set(real.classes.classes))
+    if unknown:
+        raise DatasetError(f"{synthetic.root}: labels {unknown} are not classes of {real.root} "
+                           f"({real.classes.classes})")
+    return recs
+
+
 def worker_init(_: int) -> None:
     """DataLoader ``worker_init_fn``: one OpenCV thread per worker process (workers already run in
     parallel). Augmentation seeds do not depend on it. Only for workers started by
@@ -222,7 +237,8 @@ class DefectDataset(torch.utils.data.Dataset):
          "has_mask": bool, "index": int}
 
     ``has_mask`` is False for a record without a mask (its mask is zeros; it trains the class head
-    only). ``augment=None`` (or ``enabled: false``) gives exactly ``pre(image)``.
+    only). ``augment=None`` (or ``enabled: false``) gives exactly ``pre(image)``. Labels index
+    ``classes`` (default: ``ds``'s own; another set's list for synthetic images trained beside real ones).
 
     ``cache=True`` decodes every image and mask in the constructor (so a corrupt file fails at once)
     and keeps them resized to the input size as uint8; ``cache=False`` decodes per item (for sets too
@@ -237,7 +253,7 @@ class DefectDataset(torch.utils.data.Dataset):
 
     def __init__(self, ds: Dataset, records: List[Record], pre: Preprocess, augment: Optional[AugmentConfig],
                  seed: int = 0, cache: bool = True, check_sha256: bool = False,
-                 decode_threads: Optional[int] = None) -> None:
+                 decode_threads: Optional[int] = None, classes: Optional[Sequence[str]] = None) -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.ds = ds
@@ -248,11 +264,11 @@ class DefectDataset(torch.utils.data.Dataset):
         self.augment = augment if augment is not None and augment.enabled else None
         self.transform = build_transform(self.augment, pre) if self.augment is not None else None
         self.labels: List[int] = []
-        index = {c: i for i, c in enumerate(ds.classes.classes)}
+        names = list(ds.classes.classes if classes is None else classes)
+        index = {c: i for i, c in enumerate(names)}
         for r in self.records:
             if r.label not in index:
-                raise DatasetError(f"record {r.id}: label '{r.label}' is not one of the classes "
-                                   f"{ds.classes.classes}")
+                raise DatasetError(f"{ds.root}: record {r.id}: label '{r.label}' is not one of the classes {names}")
             self.labels.append(index[r.label])
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._images: Optional[np.ndarray] = None
@@ -367,6 +383,20 @@ class DefectDataset(torch.utils.data.Dataset):
         }
 
 
+class MixedDataset(torch.utils.data.ConcatDataset):
+    """Real then synthetic :class:`DefectDataset` items under one index; ``set_epoch`` reaches both."""
+
+    def __init__(self, real: DefectDataset, synthetic: DefectDataset) -> None:
+        super().__init__([real, synthetic])
+        self.real, self.synthetic = real, synthetic
+        self.labels = real.labels + synthetic.labels
+        self.groups = [0] * len(real) + [1] * len(synthetic)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.real.set_epoch(epoch)
+        self.synthetic.set_epoch(epoch)
+
+
 class BalancedSampler(Sampler[int]):
     """Class-balanced sampling, deterministic by (seed, epoch), split over distributed ranks.
 
@@ -377,10 +407,14 @@ class BalancedSampler(Sampler[int]):
     the same global sequence, rounded up to a multiple of ``world_size``, and takes
     ``sequence[rank::world_size]``: disjoint, equally long slices (every rank runs as many steps).
     ``rank``/``world_size`` default to the initialised ``torch.distributed`` group, else 0/1.
+
+    ``groups`` (a group id per image, e.g. 0 real / 1 synthetic) with ``group_shares`` (one share per
+    group, summing to 1) balance classes within each group and give each group its share of the draws.
     """
 
     def __init__(self, labels: Sequence[int], power: float = 1.0, num_samples: Optional[int] = None,
-                 seed: int = 0, rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+                 seed: int = 0, rank: Optional[int] = None, world_size: Optional[int] = None,
+                 groups: Optional[Sequence[int]] = None, group_shares: Optional[Sequence[float]] = None) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
         if self.labels.ndim != 1 or len(self.labels) == 0:
             raise ValueError("BalancedSampler needs a non-empty list of labels")
@@ -405,10 +439,35 @@ class BalancedSampler(Sampler[int]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
-        counts = np.bincount(self.labels)
-        weights = counts[self.labels].astype(np.float64) ** -self.power
-        self.probabilities = weights / weights.sum()
+        self.probabilities = self._probabilities(groups, group_shares)
         self.per_rank = math.ceil(self.num_samples / world_size)
+
+    def _probabilities(self, groups: Optional[Sequence[int]], shares: Optional[Sequence[float]]) -> np.ndarray:
+        if groups is None:
+            if shares is not None:
+                raise ValueError("group_shares needs groups")
+            g, shares = np.zeros(len(self.labels), np.int64), [1.0]
+        else:
+            g = np.asarray(groups, dtype=np.int64)
+            if g.shape != self.labels.shape:
+                raise ValueError(f"groups has {len(g)} entries for {len(self.labels)} labels")
+            if shares is None or len(shares) != g.max() + 1 or g.min() < 0:
+                raise ValueError("group_shares needs one share per group id 0..max(groups)")
+            if min(shares) < 0 or abs(sum(shares) - 1) > 1e-6:
+                raise ValueError(f"group_shares must be >= 0 and sum to 1, got {list(shares)}")
+            if self.power == 0:
+                raise ValueError("groups need power > 0 (sampling with replacement)")
+        p = np.zeros(len(self.labels), np.float64)
+        for k, share in enumerate(shares):
+            inside = g == k
+            if not inside.any():
+                if share > 0:
+                    raise ValueError(f"group {k} has a share of {share} but no images")
+                continue
+            counts = np.bincount(self.labels[inside])
+            w = counts[self.labels[inside]].astype(np.float64) ** -self.power
+            p[inside] = share * w / w.sum()
+        return p / p.sum()
 
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:

@@ -1,6 +1,9 @@
 """The training loop: class-balanced sampling, bf16 autocast, EMA, warmup + cosine, early stopping,
 a checkpoint every epoch with ``resume``, and DDP under ``torchrun`` (gloo on CPU, NCCL on GPU).
 
+``synthetic`` adds a synthetic data set: each epoch draws ``synthetic_ratio`` of its (unchanged number
+of) samples from it, class-balanced within each source; val and test stay real.
+
 Determinism: epoch ``e`` depends only on (seed, e): the sampler, the augmentation of every item and
 the dropout RNG are reseeded from them, so a run resumed after a kill ends like an unkilled one.
 """
@@ -27,7 +30,7 @@ from ..data.modelspec import ModelSpec
 from ..data.preprocess import Preprocess
 from ..data.progress import track
 from .config import TrainConfig
-from .data import BalancedSampler, DefectDataset, check_training_split, data_loader
+from .data import BalancedSampler, DefectDataset, MixedDataset, check_training_split, data_loader, synthetic_records
 from .evaluate import predict
 from .metrics import classification_metrics
 from .models import create_model, model_config
@@ -38,6 +41,7 @@ __all__ = ["Dist", "TrainState", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
+SYNTHETIC_CACHE_MAX = 20_000  # synthetic sets up to this many images are decoded once into memory
 
 
 @dataclass
@@ -171,8 +175,16 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
     pre = Preprocess(size=(cfg.img_size, cfg.img_size), channels=cfg.channels, mean=list(mean), std=list(std))
     train_set = DefectDataset(ds, train_recs, pre, cfg.augment, seed=cfg.seed)
     val_set = DefectDataset(ds, val_recs, pre, None) if d.main else None
-    labels = [ds.classes.index(r.label) for r in train_recs]
-    sampler = BalancedSampler(labels, power=cfg.balance_power, seed=cfg.seed, rank=d.rank, world_size=d.world)
+    mix: Dict = {}
+    if cfg.synthetic is not None and cfg.synthetic_ratio > 0:
+        syn = Dataset.load(cfg.synthetic)
+        syn_recs = synthetic_records(ds, syn)
+        train_set = MixedDataset(train_set, DefectDataset(
+            syn, syn_recs, pre, cfg.augment, seed=cfg.seed + 1, classes=ds.classes.classes,
+            cache=len(syn_recs) <= SYNTHETIC_CACHE_MAX))
+        mix = {"groups": train_set.groups, "group_shares": [1 - cfg.synthetic_ratio, cfg.synthetic_ratio]}
+    sampler = BalancedSampler(train_set.labels, power=cfg.balance_power, num_samples=len(train_recs),
+                              seed=cfg.seed, rank=d.rank, world_size=d.world, **mix)
     per_rank = max(1, cfg.batch_size // d.world)
     loader = data_loader(train_set, per_rank, sampler=sampler, num_workers=cfg.workers, drop_last=True)
     steps_per_epoch = len(loader)

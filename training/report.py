@@ -12,7 +12,7 @@ import torch
 from ..data.format import Dataset
 from ..data.modelspec import ModelSpec
 from .config import TrainConfig
-from .data import DefectDataset
+from .data import DefectDataset, synthetic_records
 from .evaluate import measure_latency, predict, split_metrics
 from .metrics import ng_scores, pick_threshold
 from .model_dir import save_model_files
@@ -46,7 +46,7 @@ def finish_model_dir(out: Path, model: torch.nn.Module, spec: ModelSpec, ds: Dat
         train_minutes=state.seconds / 60, train_images_per_s=_mean_rate(state.history),
         gmacs=count_gmacs(model, size), params_m=sum(p.numel() for p in model.parameters()) / 1e6,
         precision=cfg.resolved_precision(), latency=measure_latency(model, spec.preprocess.channels, size),
-        history=state.history, data=_provenance(ds))
+        history=state.history, data=_provenance(ds, cfg))
     save_model_files(out, model, spec, ds.classes)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "MODEL_CARD.md").write_text(_card(spec, cfg, metrics))
@@ -58,13 +58,21 @@ def _mean_rate(history) -> float:
     return sum(rates) / len(rates) if rates else 0.0
 
 
-def _provenance(ds: Dataset) -> Dict:
-    """Images per split, class and source, and the generators/importers behind them."""
-    out: Dict = {"root": str(ds.root), "splits": {}, "origins": {}}
+def _origins(records) -> Dict[str, int]:
+    return dict(Counter(f"{r.origin.kind}:{r.origin.name}@{r.origin.version}" for r in records))
+
+
+def _provenance(ds: Dataset, cfg: TrainConfig) -> Dict:
+    """Images per split, class and source, and the generators/importers behind them (synthetic too)."""
+    out: Dict = {"root": str(ds.root), "splits": {}, "origins": _origins(ds.records)}
     for s in ("train", "val", "test"):
         recs = ds.split(s)
         out["splits"][s] = {"classes": ds.counts(recs), "sources": dict(Counter(r.source for r in recs))}
-    out["origins"] = dict(Counter(f"{r.origin.kind}:{r.origin.name}@{r.origin.version}" for r in ds.records))
+    if cfg.synthetic is not None and cfg.synthetic_ratio > 0:
+        syn = Dataset.load(cfg.synthetic)
+        recs = synthetic_records(ds, syn)
+        out["synthetic"] = {"root": str(syn.root), "ratio": cfg.synthetic_ratio, "classes": syn.counts(recs),
+                            "sources": dict(Counter(r.source for r in recs)), "origins": _origins(recs)}
     return out
 
 
@@ -88,7 +96,7 @@ Classes {spec.classes}, OK class `{spec.ok_class}`; NG when 1 - p(OK) >= {spec.t
 | split | classes | sources |
 |---|---|---|
 {splits}
-
+{_synthetic_line(m['data'].get('synthetic'))}
 ## Results on the {shown} split ({r['images']} images)
 
 Accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, OK/NG AUROC {auroc}, escape rate \
@@ -111,3 +119,10 @@ Training: {m['epochs_run']} epochs (best {m['best_epoch']}), {m['train_minutes']
 - The threshold was chosen on the val split{' for a target escape rate of ' + str(cfg.target_escape)
                                             if cfg.target_escape else ' (default 0.5)'}.
 """
+
+
+def _synthetic_line(syn) -> str:
+    if not syn:
+        return ""
+    return (f"\nSynthetic training images from `{syn['root']}`, {syn['ratio']:.0%} of the draws: {syn['classes']}, "
+            f"sources {syn['sources']}, made by {syn['origins']}.\n")

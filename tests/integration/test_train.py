@@ -58,6 +58,23 @@ def test_train_writes_model_dir_and_eval_reads_it(sim: Path, tmp_path: Path) -> 
     assert ev2["threshold"] <= 1.0 and ev2["target_escape"] == 0.01
 
 
+def test_train_with_synthetic_set(sim: Path, tmp_path: Path) -> None:
+    syn = simulate_dataset(tmp_path / "syn", n=24, seed=5, cfg=SimulatorConfig(size=96), workers=1, progress=False)
+    summary = train(TrainConfig(**{**SMALL, "epochs": 1}, synthetic=str(syn.root), synthetic_ratio=0.5), sim,
+                    tmp_path / "model", progress=False)
+    got = summary["data"]["synthetic"]
+    assert got["ratio"] == 0.5 and sum(got["classes"].values()) == 24 and got["sources"] == {"simulated": 24}
+    assert summary["data"]["splits"]["test"]["sources"] == {"simulated": len(Dataset.load(sim).split("test"))}
+    assert "Synthetic training images" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    other = tmp_path / "other"
+    shutil.copytree(syn.root, other)
+    classes = (other / "classes.yaml").read_text()
+    (other / "classes.yaml").write_text(classes.replace("scratch", "crack"))
+    (other / "manifest.jsonl").write_text((other / "manifest.jsonl").read_text().replace('"scratch"', '"crack"'))
+    with pytest.raises(DatasetError, match=r"labels \['crack'\] are not classes"):
+        train(TrainConfig(**SMALL, synthetic=str(other)), sim, tmp_path / "bad", progress=False)
+
+
 def test_resume_after_kill_matches_unkilled_run(sim: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("\n".join(f"{k}: {v}" for k, v in SMALL.items()) + "\nepochs: 4\n")

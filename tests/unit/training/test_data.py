@@ -252,6 +252,25 @@ def test_sampler_balances_classes() -> None:
         BalancedSampler(labels, rank=2, world_size=2)
 
 
+def test_sampler_groups_get_their_share_and_balance_inside() -> None:
+    labels = [0] * 800 + [1] * 50 + [1] * 40 + [2] * 10  # real: 800 OK + 50 NG; synthetic: 40 + 10
+    groups = [0] * 850 + [1] * 50
+    s = BalancedSampler(labels, power=1.0, num_samples=40000, seed=0, groups=groups, group_shares=[0.7, 0.3])
+    drawn = s.global_indices()
+    synthetic = drawn >= 850
+    assert abs(synthetic.mean() - 0.3) < 0.01
+    real_labels = Counter(labels[i] for i in drawn[~synthetic])
+    assert abs(real_labels[0] / (~synthetic).sum() - 0.5) < 0.02  # classes balanced within the real group
+    syn_labels = Counter(labels[i] for i in drawn[synthetic])
+    assert abs(syn_labels[2] / synthetic.sum() - 0.5) < 0.02
+    with pytest.raises(ValueError, match="sum to 1"):
+        BalancedSampler(labels, groups=groups, group_shares=[0.5, 0.3])
+    with pytest.raises(ValueError, match="no images"):
+        BalancedSampler(labels, groups=[0] * 450 + [2] * 450, group_shares=[0.5, 0.25, 0.25])
+    with pytest.raises(ValueError, match="power > 0"):
+        BalancedSampler(labels, power=0, groups=groups, group_shares=[0.7, 0.3])
+
+
 _DDP_SCRIPT = textwrap.dedent("""
     import json, sys, torch, torch.distributed as dist
     from lineguard.training.data import BalancedSampler
