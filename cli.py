@@ -13,6 +13,7 @@ import typer
 from . import LineguardError
 from .console import err_console
 from .data.cli import app as data_app
+from .edge.cli import bench, export
 from .synth.cli import simulate
 from .training.cli import evaluate, train
 
@@ -22,6 +23,8 @@ data_app.command("simulate")(simulate)
 app.add_typer(data_app, name="data")
 app.command("train")(train)
 app.command("eval")(evaluate)
+app.command("export")(export)
+app.command("bench")(bench)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

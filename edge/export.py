@@ -1,0 +1,74 @@
+"""``lineguard export``: one entry point over the format table (``formats.FORMATS``).
+
+    export("runs/model", "onnx", data="data/mt")                 # model.onnx + parity report
+    export("runs/model", "onnx-int8", data="data/mt")            # model-int8.onnx + accuracy/speed report
+    export("runs/model", "engine", half=True, workspace=2)       # engines/<key>.engine (TensorRT)
+
+``onnx`` needs torch (development machine); ``onnx-int8`` and ``engine`` start from the model
+directory's ``model.onnx`` and need no torch, so a Jetson builds its engine from a copied directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from .formats import ExportError, export_format
+
+__all__ = ["export"]
+
+
+def export(model_dir: Union[str, Path], fmt: str, *, opset: Optional[int] = None, batch: Union[int, str, None] = None,
+           data: Optional[Union[str, Path]] = None, calib: Optional[Union[str, Path]] = None, half: bool = False,
+           int8: bool = False, workspace: Optional[float] = None, device: Optional[str] = None) -> Path:
+    """Export ``model_dir`` to ``fmt``; options that do not apply to the format are an error.
+
+    ``data``: a lineguard data set of real images (parity on its test split; INT8 calibration on its
+    train split and the accuracy check on its test split). ``calib`` overrides the calibration set."""
+    f = export_format(fmt)
+    f.check_args({"opset": opset, "batch": batch, "data": data, "calib": calib, "half": half, "int8": int8,
+                  "workspace": workspace, "device": device})
+    model_dir = Path(model_dir)
+    if not (model_dir / "model.yaml").is_file():
+        raise ExportError(f"{model_dir}: not a lineguard model directory (model.yaml missing)")
+    onnx_path = model_dir / "model.onnx"
+    if f.name == "onnx" or not onnx_path.is_file():
+        from .torch2onnx import torch2onnx  # needs torch
+
+        onnx_path = torch2onnx(model_dir, opset=opset or 17, batch=batch or 1, parity_data=data)
+        if f.name == "onnx":
+            return onnx_path
+    if f.name == "onnx-int8":
+        from .quantize import onnx2int8
+
+        if calib is None and data is None:
+            raise ExportError("--format onnx-int8 needs real images: --data DIR (or --calib DIR)")
+        return onnx2int8(onnx_path, calib or data, data=data)
+    return _engine(model_dir, onnx_path, batch=batch or 1, data=data, calib=calib, half=half, int8=int8,
+                   workspace=workspace or 2.0, device=device or "gpu")
+
+
+def _engine(model_dir: Path, onnx_path: Path, *, batch: Union[int, str], data: Optional[Union[str, Path]],
+            calib: Optional[Union[str, Path]], half: bool, int8: bool, workspace: float, device: str) -> Path:
+    """TensorRT engine. INT8: on TensorRT 8.x the entropy calibrator over ``calib``'s train split; on 10+ a
+    symmetric Q/DQ ONNX (``model-int8-trt.onnx``, calibrated the same way) that TensorRT builds as is."""
+    from .onnx2engine import build_engine
+
+    frames = None
+    if int8:
+        if calib is None and data is None:
+            raise ExportError("--int8 needs calibration images: --calib DIR (or --data DIR)")
+        from .runners.trt import import_tensorrt, trt_version
+
+        if trt_version(import_tensorrt("building a TensorRT engine"))[0] >= 10:
+            from .quantize import onnx2int8
+
+            onnx_path = onnx2int8(onnx_path, calib or data, data=data, out=model_dir / "model-int8-trt.onnx",
+                                  symmetric=True)
+        else:
+            from .frames import dataset_frames
+            from .runners.base import spec_of_onnx
+
+            frames, _ = dataset_frames(calib or data, spec_of_onnx(onnx_path), split="train", limit=500)
+    return build_engine(onnx_path, model_dir, precision="int8" if int8 else "fp16" if half else "fp32",
+                        batch=batch, workspace_gib=workspace, device=device, calib_frames=frames)

@@ -1,0 +1,116 @@
+"""ONNX Runtime runner: CPU, CUDA and TensorRT execution providers (torch-free, Python 3.8).
+
+    r = OrtRunner("model_dir/model.onnx", device="cpu", threads=2)
+    scores = r.predict(frames)            # uint8 (N, H, W, C)
+
+A provider that is asked for and missing is an error, never a silent fall-back to the CPU
+(ONNX Runtime itself falls back silently).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .base import INPUT, OUTPUTS, SPEC_KEY, Runner, RunnerError, optional_import, spec_from_json
+
+__all__ = ["DEVICES", "OrtRunner"]
+
+MAX_DYNAMIC_BATCH = 64  # frames per call for a model exported with a dynamic batch
+DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+class OrtRunner(Runner):
+    """An ONNX file exported by lineguard (``model.onnx`` or ``model-int8.onnx``) on ONNX Runtime.
+
+    ``device``: cpu | cuda | tensorrt (the TensorRT provider keeps CUDA as its fall-back for
+    unsupported nodes and caches engines in ``trt_cache``). ``threads``: intra-op threads (default:
+    all cores); set it explicitly when other work shares the machine. IO binding is used on GPU
+    providers, where it saves the output copies' allocations."""
+
+    backend = "ort"
+
+    def __init__(self, path: Union[str, Path], device: str = "cpu", threads: Optional[int] = None,
+                 device_id: int = 0, fp16: bool = False, trt_cache: Optional[Union[str, Path]] = None) -> None:
+        ort: Any = optional_import("onnxruntime", "pip install 'lineguard[runtime]' (or onnxruntime-gpu)",
+                                   "the ONNX Runtime runner")
+        self.path = Path(path)
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            raise RunnerError(f"{self.path}: no model file (missing or empty)")
+        if device not in DEVICES:
+            raise RunnerError(f"unknown ONNX Runtime device '{device}' (devices: {', '.join(DEVICES)})")
+        available = ort.get_available_providers()
+        if DEVICES[device] not in available:
+            raise RunnerError(f"{self.path}: ONNX Runtime {ort.__version__} here has no {DEVICES[device]} "
+                              f"(available: {', '.join(available)}); install onnxruntime-gpu for cuda/tensorrt")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = self._providers(device, device_id, fp16, trt_cache)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
+            raise RunnerError(f"{self.path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
+        if DEVICES[device] not in self.session.get_providers():  # e.g. CUDA libraries that failed to load
+            raise RunnerError(f"{self.path}: ONNX Runtime could not start {DEVICES[device]} "
+                              f"(running: {', '.join(self.session.get_providers())})")
+        self.device, self.threads = device, opts.intra_op_num_threads
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if SPEC_KEY not in meta:
+            raise RunnerError(f"{self.path}: not exported by lineguard (no '{SPEC_KEY}' metadata); "
+                              "export with `lineguard export`")
+        self.spec = spec_from_json(meta[SPEC_KEY], str(self.path))
+        self.batch_range = self._check_io()
+        if "int8" in meta.get("lineguard.precision", ""):
+            self.backend = "ort-int8"
+        self._binding = self.session.io_binding() if device != "cpu" else None
+
+    @staticmethod
+    def _providers(device: str, device_id: int, fp16: bool, trt_cache: Optional[Union[str, Path]]) -> List[Any]:
+        cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+        if device == "cpu":
+            return ["CPUExecutionProvider"]
+        if device == "cuda":
+            return [cuda, "CPUExecutionProvider"]
+        trt_opts: Dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": fp16}
+        if trt_cache is not None:
+            trt_opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache))
+        return [("TensorrtExecutionProvider", trt_opts), cuda, "CPUExecutionProvider"]
+
+    def _check_io(self) -> Tuple[int, int]:
+        inputs = self.session.get_inputs()
+        h, w, c = self.input_shape
+        if len(inputs) != 1 or inputs[0].name != INPUT or inputs[0].type != "tensor(uint8)":
+            got = [(i.name, i.type) for i in inputs]
+            raise RunnerError(f"{self.path}: expects one uint8 input '{INPUT}', the file has {got}")
+        shape = inputs[0].shape
+        if len(shape) != 4 or list(shape[1:]) != [h, w, c]:
+            raise RunnerError(f"{self.path}: input shape {shape} does not match its model description "
+                              f"(N, {h}, {w}, {c})")
+        names = [o.name for o in self.session.get_outputs()]
+        if tuple(names) != OUTPUTS:
+            raise RunnerError(f"{self.path}: outputs {names}, expected {list(OUTPUTS)}")
+        return (shape[0], shape[0]) if isinstance(shape[0], int) else (1, MAX_DYNAMIC_BATCH)
+
+    def _infer(self, frames: np.ndarray) -> Dict[str, np.ndarray]:
+        if self._binding is None:
+            return dict(zip(OUTPUTS, self.session.run(list(OUTPUTS), {INPUT: frames})))
+        b = self._binding
+        b.bind_cpu_input(INPUT, frames)
+        for name in OUTPUTS:
+            b.bind_output(name, self.device if self.device == "cuda" else "cuda")
+        self.session.run_with_iobinding(b)
+        return dict(zip(OUTPUTS, b.copy_outputs_to_cpu()))
+
+    def describe(self) -> Dict[str, object]:
+        return {**super().describe(), "file": str(self.path), "device": self.device, "threads": self.threads,
+                "providers": self.session.get_providers()}
+
+    def close(self) -> None:
+        self.__dict__.pop("session", None)
+        self._binding = None

@@ -1,0 +1,342 @@
+"""TensorRT engine runner (``backend = "trt"``): Jetson (TensorRT 8.5, Python 3.8) and x86 GPUs (TensorRT 10+).
+
+    with TrtRunner("model_dir/engines/3f2a9c0d1e4b5a67.engine") as r:
+        scores = r.predict(frames)                 # uint8 (N, H, W, C), any N
+
+An engine only runs on the TensorRT version and GPU that built it. Its side-car ``<key>.json`` (written
+by :func:`lineguard.edge.onnx2engine.build_engine`) records both plus the model description; the runner
+refuses a foreign engine before deserialising it.
+
+CUDA goes through pycuda's driver API with the device's *primary* context: retained once, pushed around
+every call and popped after it (not ``pycuda.autoinit``, which makes a context current in the importing
+thread only), so any thread of a daemon may call :meth:`TrtRunner.predict`; a lock serialises calls.
+TensorRT's own runtime-API calls use that same primary context.
+
+Only the named-tensor API is used (``num_io_tensors``, ``set_input_shape``, ``set_tensor_address``,
+``execute_async_v3``): it exists in 8.5 and is the only one left in 10.
+Torch-free, Python 3.8.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import threading
+from collections import deque
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Deque, Dict, Iterator, List, Tuple, Union
+
+import numpy as np
+
+from lineguard.edge.runners.base import INPUT, OUTPUTS, SPEC_KEY, Runner, RunnerError, optional_import, spec_from_json
+
+__all__ = ["CUDA_PYTHON_HINT", "PYCUDA_HINT", "REBUILD", "TRT_HINT", "TrtRunner", "import_pycuda",
+           "import_tensorrt", "open_device", "pushed", "sidecar_path", "trt_logger", "trt_version"]
+
+TRT_HINT = ("on a Jetson, JetPack ships TensorRT for the system Python 3.8 through apt (python3-libnvinfer): "
+            "make the venv with `python3 -m venv --system-site-packages`; elsewhere `pip install tensorrt`")
+PYCUDA_HINT = "pip install pycuda (it compiles against CUDA: nvcc on PATH or CUDA_ROOT set)"
+CUDA_PYTHON_HINT = ("pip install cuda-python (on JetPack 5 / CUDA 11.4 an 11.x release with a cp38 aarch64 "
+                    "wheel); pycuda has no stream capture")
+REBUILD = "rebuild it with `lineguard export --format engine` on this machine"
+
+_log = logging.getLogger(__name__)
+_LOGGERS: Dict[Any, Any] = {}  # one capturing logger per tensorrt module: TensorRT 8 treats the logger as global
+
+
+def import_tensorrt(what: str) -> Any:
+    """The ``tensorrt`` module, or :class:`RunnerError` saying how to install it."""
+    return optional_import("tensorrt", TRT_HINT, what)
+
+
+def import_pycuda(what: str) -> Any:
+    """The ``pycuda.driver`` module, or :class:`RunnerError` saying how to install it."""
+    return optional_import("pycuda.driver", PYCUDA_HINT, what)
+
+
+def trt_version(trt: Any) -> Tuple[int, int]:
+    """(major, minor) of the installed TensorRT: (8, 5) on JetPack 5."""
+    major, minor = str(trt.__version__).split(".")[:2]
+    return int(major), int(minor)
+
+
+def trt_logger(trt: Any) -> Any:
+    """A ``trt.ILogger`` that keeps the last 200 messages (``messages``: (seq, severity, text)) and passes
+    warnings and errors on to :mod:`logging`; ``errors(since)`` lists error texts after sequence ``since``."""
+    if trt not in _LOGGERS:
+        severity = trt.ILogger.Severity
+        errors = (severity.ERROR, severity.INTERNAL_ERROR)
+
+        class _Log(trt.ILogger):  # type: ignore[misc,name-defined]
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.seq = 0
+                self.messages: Deque[Tuple[int, Any, str]] = deque(maxlen=200)
+
+            def log(self, sev: Any, msg: str) -> None:
+                self.seq += 1
+                self.messages.append((self.seq, sev, msg))
+                if sev in errors or sev == severity.WARNING:
+                    _log.log(logging.ERROR if sev in errors else logging.WARNING, "TensorRT: %s", msg)
+
+            def errors(self, since: int) -> List[str]:
+                return [m for s, sev, m in self.messages if s > since and sev in errors]
+
+        _LOGGERS[trt] = _Log()
+    return _LOGGERS[trt]
+
+
+def open_device(cuda: Any, device_id: int) -> Tuple[str, Any]:
+    """(GPU name, retained primary context) of CUDA device ``device_id``; ``detach()`` the context when done."""
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+        if not 0 <= device_id < count:
+            raise RunnerError(f"CUDA device {device_id} does not exist ({count} device(s) on this machine)")
+        device = cuda.Device(device_id)
+        return str(device.name()), device.retain_primary_context()
+    except cuda.Error as e:
+        raise RunnerError(f"CUDA device {device_id} is not usable: {e}") from None
+
+
+@contextmanager
+def pushed(cuda: Any, context: Any) -> Iterator[None]:
+    """Make ``context`` current in this thread for the block."""
+    context.push()
+    try:
+        yield
+    finally:
+        cuda.Context.pop()
+
+
+def sidecar_path(engine_path: Union[str, Path]) -> Path:
+    """``<key>.json`` next to ``<key>.engine``."""
+    return Path(engine_path).with_suffix(".json")
+
+
+def _dims(dims: Any) -> Tuple[int, ...]:
+    return tuple(int(d) for d in dims)
+
+
+def _read_sidecar(engine: Path) -> Dict[str, Any]:
+    path = sidecar_path(engine)
+    if not path.is_file():
+        raise RunnerError(f"{path}: missing; it is written next to {engine.name} by `lineguard export --format "
+                          "engine` and records the TensorRT version, GPU and model description")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunnerError(f"{path}: unreadable engine side-car: {e}") from None
+    missing = [k for k in (SPEC_KEY, "tensorrt", "gpu", "device") if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise RunnerError(f"{path}: engine side-car lacks {', '.join(missing)}; {REBUILD}")
+    return info
+
+
+class TrtRunner(Runner):
+    """Runs a serialized TensorRT engine built by ``build_engine``.
+
+    Buffers (page-locked host, device) are allocated once at the largest batch; ``batch_range`` is the
+    optimisation profile's (min, max) for a dynamic-batch engine, else (b, b). ``cuda_graph=True`` captures
+    one CUDA graph per batch size (after one warm-up enqueue) through cuda-python and replays it; without
+    cuda-python that is a :class:`RunnerError`, never a silent fallback."""
+
+    backend = "trt"
+
+    def __init__(self, engine_path: Union[str, Path], device_id: int = 0, cuda_graph: bool = False) -> None:
+        self.path = Path(engine_path)
+        self._closed = True
+        self._lock = threading.Lock()
+        self._host: Dict[str, np.ndarray] = {}
+        self._dev: Dict[str, Any] = {}
+        self._graphs: Dict[int, Any] = {}
+        self._runtime: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
+        self.info = _read_sidecar(self.path)
+        self.spec = spec_from_json(json.dumps(self.info[SPEC_KEY]), str(sidecar_path(self.path)))
+        if not self.path.is_file():
+            raise RunnerError(f"{self.path}: engine file missing; {REBUILD}")
+        trt = import_tensorrt("the TensorRT runner")
+        cuda = import_pycuda("the TensorRT runner")
+        self._cudart = _import_cudart() if cuda_graph else None
+        gpu, ctx = open_device(cuda, device_id)
+        if self.info["tensorrt"] != trt.__version__ or self.info["gpu"] != gpu:
+            ctx.detach()
+            raise RunnerError(f"{self.path}: engine built for TensorRT {self.info['tensorrt']} on GPU "
+                              f"{self.info['gpu']}, this machine has TensorRT {trt.__version__} on GPU {gpu}; "
+                              f"{REBUILD}")
+        self._trt, self._cuda, self._ctx = trt, cuda, ctx
+        self._closed = False
+        try:
+            with pushed(cuda, ctx):
+                self._load()
+        except cuda.Error as e:
+            self.close()
+            raise RunnerError(f"{self.path}: CUDA error while loading the engine: {e}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self) -> None:
+        trt, cuda = self._trt, self._cuda
+        log = trt_logger(trt)
+        mark = log.seq
+        self._runtime = trt.Runtime(log)
+        device = str(self.info["device"])
+        if device.startswith("dla:"):
+            self._runtime.DLA_core = int(device[4:])
+        try:
+            self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        except (RuntimeError, TypeError, ValueError):
+            self._engine = None
+        if self._engine is None:
+            raise RunnerError(f"{self.path}: TensorRT {trt.__version__} cannot deserialize this engine (truncated "
+                              f"or corrupt file?){self._errors(mark)}; {REBUILD}")
+        self.batch_range = self._check_io()
+        self._context = self._engine.create_execution_context()
+        h, w, c = self.input_shape
+        if self._context is None or not self._context.set_input_shape(INPUT, (self.batch_range[1], h, w, c)):
+            raise RunnerError(f"{self.path}: TensorRT could not create an execution context for "
+                              f"{self.batch_range[1]} frames{self._errors(mark)}")
+        self._stream = cuda.Stream()
+        for name in (INPUT, *OUTPUTS):
+            host = cuda.pagelocked_empty(_dims(self._context.get_tensor_shape(name)),
+                                         np.uint8 if name == INPUT else np.float32)
+            self._host[name] = host
+            self._dev[name] = cuda.mem_alloc(host.nbytes)
+            self._context.set_tensor_address(name, int(self._dev[name]))
+
+    def _check_io(self) -> Tuple[int, int]:
+        """Engine I/O against base.py's names and the model description; returns (min, max) batch."""
+        trt, engine = self._trt, self._engine
+        names = sorted(engine.get_tensor_name(i) for i in range(engine.num_io_tensors))
+        if names != sorted((INPUT, *OUTPUTS)):
+            raise RunnerError(f"{self.path}: engine tensors {names}; a lineguard engine has {INPUT} -> "
+                              f"{', '.join(OUTPUTS)}; {REBUILD}")
+        for name in names:
+            mode, dtype = ((trt.TensorIOMode.INPUT, trt.DataType.UINT8) if name == INPUT
+                           else (trt.TensorIOMode.OUTPUT, trt.DataType.FLOAT))
+            if engine.get_tensor_mode(name) != mode or engine.get_tensor_dtype(name) != dtype:
+                raise RunnerError(f"{self.path}: engine tensor '{name}' is {engine.get_tensor_mode(name)} "
+                                  f"{engine.get_tensor_dtype(name)}, expected {mode} {dtype}; {REBUILD}")
+        shape = _dims(engine.get_tensor_shape(INPUT))
+        if len(shape) != 4 or shape[1:] != self.input_shape:
+            raise RunnerError(f"{self.path}: engine input {shape} does not take the model's frames "
+                              f"(N, {', '.join(map(str, self.input_shape))}); {REBUILD}")
+        k = _dims(engine.get_tensor_shape("probs"))[-1]
+        if k != len(self.spec.classes):
+            raise RunnerError(f"{self.path}: engine has {k} classes, the model description {len(self.spec.classes)}")
+        if shape[0] >= 1:
+            return shape[0], shape[0]
+        lo, _opt, hi = (_dims(s) for s in engine.get_tensor_profile_shape(INPUT, 0))
+        return lo[0], hi[0]
+
+    def _errors(self, since: int) -> str:
+        said = trt_logger(self._trt).errors(since)
+        return ": " + "; ".join(said[-3:]) if said else ""
+
+    def _infer(self, frames: np.ndarray) -> Dict[str, np.ndarray]:
+        n = len(frames)
+        h, w, c = self.input_shape
+        cuda, host, dev, stream = self._cuda, self._host, self._dev, self._stream
+        with self._lock:
+            if self._closed:
+                raise RunnerError(f"{self.path}: the runner is closed")
+            with pushed(cuda, self._ctx), self._cuda_errors():
+                mark = trt_logger(self._trt).seq
+                host[INPUT][:n] = frames
+                cuda.memcpy_htod_async(dev[INPUT], host[INPUT][:n], stream)
+                if not self._context.set_input_shape(INPUT, (n, h, w, c)):
+                    raise RunnerError(f"{self.path}: the engine refused a batch of {n}{self._errors(mark)}")
+                if self._cudart is None:
+                    self._enqueue(mark)
+                else:
+                    self._launch_graph(n, mark)
+                for name in OUTPUTS:
+                    cuda.memcpy_dtoh_async(host[name][:n], dev[name], stream)
+                stream.synchronize()
+                return {name: host[name][:n].copy() for name in OUTPUTS}
+
+    @contextmanager
+    def _cuda_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except self._cuda.Error as e:
+            raise RunnerError(f"{self.path}: CUDA error: {e}") from None
+
+    def _enqueue(self, mark: int) -> None:
+        if not self._context.execute_async_v3(self._stream.handle):
+            raise RunnerError(f"{self.path}: TensorRT execution failed{self._errors(mark)}")
+
+    def _cuda_ok(self, result: Tuple[Any, ...], what: str) -> Any:
+        """Check a cuda-python call's (error, value...) tuple; the value, if any."""
+        rt = self._cudart
+        if result[0] != rt.cudaError_t.cudaSuccess:
+            raise RunnerError(f"{self.path}: CUDA graph {what} failed: {result[0]}")
+        return result[1] if len(result) > 1 else None
+
+    def _launch_graph(self, n: int, mark: int) -> None:
+        """Replay the CUDA graph for batch ``n``, capturing it first (after one warm-up enqueue)."""
+        rt = self._cudart
+        stream = rt.cudaStream_t(self._stream.handle)
+        graph_exec = self._graphs.get(n)
+        if graph_exec is None:
+            self._enqueue(mark)  # TensorRT does its deferred per-shape work outside the capture
+            mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+            self._cuda_ok(rt.cudaStreamBeginCapture(stream, mode), "capture")
+            try:
+                enqueued = self._context.execute_async_v3(self._stream.handle)
+            finally:
+                graph = self._cuda_ok(rt.cudaStreamEndCapture(stream), "capture")
+            try:
+                if not enqueued:
+                    raise RunnerError(f"{self.path}: TensorRT execution failed during CUDA graph capture"
+                                      f"{self._errors(mark)}")
+                graph_exec = self._cuda_ok(rt.cudaGraphInstantiateWithFlags(graph, 0), "instantiation")
+            finally:
+                rt.cudaGraphDestroy(graph)
+            self._graphs[n] = graph_exec
+        self._cuda_ok(rt.cudaGraphLaunch(graph_exec, stream), "launch")
+
+    def close(self) -> None:
+        """Free graphs, buffers and TensorRT objects, release the CUDA context (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                with pushed(self._cuda, self._ctx):
+                    for graph_exec in self._graphs.values():
+                        self._cudart.cudaGraphExecDestroy(graph_exec)
+                    for buffer in self._dev.values():
+                        buffer.free()
+                    for host in self._host.values():  # pycuda's HostAllocation is the array's base
+                        free = getattr(host.base, "free", None)
+                        if free is not None:
+                            free()
+                    self._graphs, self._dev, self._host = {}, {}, {}
+                    self._context = self._engine = self._runtime = self._stream = None
+            finally:
+                self._ctx.detach()
+
+    def describe(self) -> Dict[str, object]:
+        out = super().describe()
+        out.update(engine=str(self.path), tensorrt=self.info["tensorrt"], gpu=self.info["gpu"],
+                   device=self.info["device"], precision=self.info.get("precision"),
+                   cuda_graph=self._cudart is not None)
+        return out
+
+
+def _import_cudart() -> Any:
+    """cuda-python's runtime module: ``cuda.bindings.runtime`` (12.6+), else the older ``cuda.cudart``."""
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise RunnerError(f"cuda_graph=True needs cuda-python's runtime bindings; {CUDA_PYTHON_HINT}")
+

@@ -1,0 +1,140 @@
+"""Model directory -> ONNX with the normalisation inside the graph, slimmed, checked against PyTorch.
+
+    path = torch2onnx("runs/model", opset=17, batch=1, parity_data="data/mt")
+    # runs/model/model.onnx + model.onnx.parity.json
+
+The graph takes uint8 frames (N, H, W, C) at the input size and returns ``probs``, ``ng_score`` and
+``heatmap`` (see ``lineguard.edge.runners.base``); the model description travels in its metadata.
+Exported with the TorchScript exporter at opset 17 (TensorRT 8.5 reads opsets up to 17; the dynamo
+exporter writes 18 for these models) and no ``LayerNormalization`` node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..data.modelspec import ModelSpec
+from ..training.model_dir import load_model_dir
+from .formats import ExportError
+from .frames import dataset_frames
+from .onnx_check import check_tensorrt
+from .runners.base import INPUT, OUTPUTS, SPEC_KEY
+from .runners.ort import OrtRunner
+
+__all__ = ["PARITY_TOLERANCE", "FrameModel", "parity_report", "torch2onnx"]
+
+PARITY_TOLERANCE = 1e-3  # max abs difference of probs / ng_score / heatmap, FP32 ONNX vs PyTorch
+TRT_MAX_OPSET = 17
+
+
+class FrameModel(nn.Module):
+    """uint8 frames (N, H, W, C) -> (probs, ng_score, heatmap): ``Preprocess.normalize`` and the heads'
+    activations around the network, so a runner does no float work in Python."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
+        super().__init__()
+        self.model = model
+        pre = spec.preprocess
+        std = torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std))  # (x / 255 - mean) / std = x * scale + shift
+        self.register_buffer("shift", -mean / std)
+        self.ok_index = spec.ok_index
+
+    def forward(self, frames: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = frames.permute(0, 3, 1, 2).float() * self.scale + self.shift
+        out = self.model(x)
+        probs = out["logits"].float().softmax(1)
+        return probs, 1.0 - probs[:, self.ok_index], out["heatmap"].float().sigmoid()
+
+
+def frame_model(model_dir: Union[str, Path]) -> Tuple[FrameModel, ModelSpec]:
+    loaded = load_model_dir(model_dir)
+    return FrameModel(loaded.model, loaded.spec).eval(), loaded.spec
+
+
+def torch2onnx(model_dir: Union[str, Path], out: Optional[Union[str, Path]] = None, opset: int = TRT_MAX_OPSET,
+               batch: Union[int, str] = 1, parity_data: Optional[Union[str, Path]] = None,
+               parity_images: int = 400) -> Path:
+    """Export ``model_dir`` to ``out`` (default ``model_dir/model.onnx``); see the module docstring.
+
+    ``batch``: a fixed batch size or ``"dynamic"``. With ``parity_data`` (a lineguard data set) the ONNX
+    Runtime outputs are compared with PyTorch's on its test split (up to ``parity_images``) and the export
+    fails unless every argmax agrees and no output differs by more than :data:`PARITY_TOLERANCE`; the
+    report is written next to the file either way (``<file>.parity.json``). Without it, 8 random frames."""
+    model_dir = Path(model_dir)
+    out = Path(out) if out is not None else model_dir / "model.onnx"
+    if not (isinstance(batch, int) and batch >= 1) and batch != "dynamic":
+        raise ExportError(f"--batch must be a positive integer or 'dynamic', got {batch!r}")
+    if not 11 <= opset <= 21:
+        raise ExportError(f"--opset {opset} is outside 11..21")
+    fm, spec = frame_model(model_dir)
+    h, w = spec.preprocess.size
+    example = torch.zeros((batch if isinstance(batch, int) else 2, h, w, spec.preprocess.channels), dtype=torch.uint8)
+    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(fm, (example,), str(tmp), opset_version=opset, dynamo=False, input_names=[INPUT],
+                          output_names=list(OUTPUTS), do_constant_folding=True,
+                          dynamic_axes={k: {0: "batch"} for k in (INPUT, *OUTPUTS)} if batch == "dynamic" else None)
+    graph = _slim(onnx.load(str(tmp)))
+    meta = {SPEC_KEY: json.dumps(spec.model_dump(mode="json")), "lineguard.precision": "fp32",
+            "lineguard.source": str(model_dir.resolve())}
+    for k, v in meta.items():
+        graph.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(graph)
+    if opset <= TRT_MAX_OPSET:
+        check_tensorrt(graph, trt="8.5")
+    onnx.save(graph, str(tmp))
+    report = {"file": out.name, **parity_report(fm, spec, tmp, parity_data, parity_images)}
+    Path(str(out) + ".parity.json").write_text(json.dumps(report, indent=1))
+    if not report["passed"]:
+        tmp.unlink()
+        raise ExportError(f"{out}: ONNX Runtime and PyTorch disagree (max abs diff {report['max_abs_diff']:.2e}, "
+                          f"argmax agreement {report['argmax_agreement']:.4f}); see {out}.parity.json")
+    os.replace(tmp, out)
+    return out
+
+
+def _slim(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxslim: constant folding and dead-node removal; the graph keeps its opset and I/O names."""
+    import onnxslim
+
+    slim = onnxslim.slim(graph)
+    return slim if slim is not None else graph
+
+
+@torch.no_grad()
+def parity_report(fm: FrameModel, spec: ModelSpec, onnx_path: Path, data: Optional[Union[str, Path]],
+                  limit: int) -> Dict:
+    """PyTorch vs ONNX Runtime (CPU) on the same frames: max abs diff per output and argmax agreement."""
+    if data is not None:
+        frames, _ = dataset_frames(data, spec, split="test", limit=limit)
+        source = f"{data} (test split)"
+    else:
+        h, w = spec.preprocess.size
+        frames = np.random.default_rng(0).integers(0, 256, (8, h, w, spec.preprocess.channels), dtype=np.uint8)
+        source = "8 random frames (pass --data for real images)"
+    runner = OrtRunner(onnx_path, threads=torch.get_num_threads())
+    got = runner.predict(frames)
+    runner.close()
+    ref = {k: [] for k in OUTPUTS}
+    for i in range(0, len(frames), 32):
+        for k, v in zip(OUTPUTS, fm(torch.from_numpy(frames[i:i + 32]))):
+            ref[k].append(v.numpy())
+    diffs = {k: float(np.abs(np.concatenate(ref[k]) - getattr(got, k)).max()) for k in OUTPUTS}
+    agree = float((np.concatenate(ref["probs"]).argmax(1) == got.probs.argmax(1)).mean())
+    worst = max(diffs.values())
+    return {"images": len(frames), "source": source,
+            "max_abs_diff": worst, "max_abs_diff_per_output": diffs, "argmax_agreement": agree,
+            "tolerance": PARITY_TOLERANCE, "passed": bool(agree == 1.0 and worst <= PARITY_TOLERANCE)}

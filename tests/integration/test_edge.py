@@ -1,0 +1,160 @@
+"""Export a model directory to ONNX and INT8, run it on ONNX Runtime, benchmark it; bad model files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from lineguard.data.format import Dataset
+from lineguard.data.modelspec import ModelSpec
+from lineguard.data.preprocess import Preprocess
+from lineguard.data.split import split_dataset
+from lineguard.edge.bench import bench, recommend
+from lineguard.edge.export import export
+from lineguard.edge.formats import ExportError
+from lineguard.edge.frames import dataset_frames
+from lineguard.edge.quantize import onnx2int8
+from lineguard.edge.runners import RunnerError, load_runner
+from lineguard.edge.runners.ort import OrtRunner
+from lineguard.edge.torch_runner import TorchRunner
+from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
+from lineguard.training.model_dir import save_model_files
+from lineguard.training.models import create_model, model_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sim") / "ds"
+    ds = simulate_dataset(root, n=48, seed=1, cfg=SimulatorConfig(size=96), workers=1, progress=False)
+    split_dataset(ds, val=0.2, test=0.3, seed=0)
+    return root
+
+
+def _model_dir(root: Path, sim: Path, name: str = "two_stream_lite0") -> Path:
+    ds = Dataset.load(sim)
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=len(ds.classes.classes), in_chans=1, img_size=SIZE).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so the export is tested on real arithmetic
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    spec = ModelSpec(arch=model_config(model), classes=ds.classes.classes, ok_class=ds.classes.ok_class,
+                     preprocess=Preprocess(size=(SIZE, SIZE), channels=1, mean=[0.45], std=[0.22]))
+    save_model_files(root, model, spec, ds.classes)
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, sim: Path) -> Path:
+    model_dir = _model_dir(tmp_path_factory.mktemp("m") / "model", sim)
+    export(model_dir, "onnx", data=sim)
+    return model_dir
+
+
+def test_onnx_takes_uint8_frames_and_matches_pytorch(exported: Path, sim: Path) -> None:
+    graph = onnx.load(str(exported / "model.onnx"))
+    assert {o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")} == {17}
+    assert "LayerNormalization" not in {n.op_type for n in graph.graph.node}
+    inp = graph.graph.input[0]
+    assert inp.name == "frames" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, SIZE, SIZE, 1]
+    parity = json.loads((exported / "model.onnx.parity.json").read_text())
+    assert parity["passed"] and parity["argmax_agreement"] == 1.0 and parity["max_abs_diff"] <= 1e-3
+    assert parity["images"] == len(Dataset.load(sim).split("test"))
+
+    runner = load_runner(exported)
+    frames, _ = dataset_frames(sim, runner.spec, split="test")
+    got = runner.predict(frames)
+    ref = TorchRunner(exported).predict(frames)
+    assert np.abs(got.probs - ref.probs).max() < 1e-4 and np.abs(got.heatmap - ref.heatmap).max() < 1e-4
+    assert np.allclose(got.ng_score, 1 - got.probs[:, runner.spec.ok_index], atol=1e-6)
+    assert got.heatmap.shape == (len(frames), 1, SIZE // 8, SIZE // 8)
+
+
+def test_dynamic_batch_gives_the_same_scores(exported: Path, sim: Path, tmp_path: Path) -> None:
+    dyn = tmp_path / "dyn.onnx"
+    from lineguard.edge.torch2onnx import torch2onnx
+
+    torch2onnx(exported, out=dyn, batch="dynamic")
+    r = OrtRunner(dyn, threads=1)
+    assert r.batch_range == (1, 64)
+    frames, _ = dataset_frames(sim, r.spec, split="test", limit=5)
+    assert np.abs(r.predict(frames).probs - OrtRunner(exported / "model.onnx").predict(frames).probs).max() < 1e-5
+
+
+def test_int8_is_qdq_with_unsigned_activations_and_reports(exported: Path, sim: Path, tmp_path: Path) -> None:
+    out = onnx2int8(exported / "model.onnx", sim, out=tmp_path / "model-int8.onnx", calib_images=16, max_drop=None)
+    graph = onnx.load(str(out))
+    ops = [n.op_type for n in graph.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    inits = {t.name: t for t in graph.graph.initializer}
+    zps = [inits[n.input[2]] for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits]
+    assert zps and all(z.data_type == onnx.TensorProto.UINT8 for z in zps)  # QUInt8 activations
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    assert report["calibration"]["images"] == 16 and report["calibration"]["method"] == "entropy"
+    assert 0 < report["size_ratio"] < 0.5 and report["faster"] in ("fp32", "int8")
+    assert report["test_images"] == len(Dataset.load(sim).split("test"))
+    r = load_runner(out)
+    assert r.backend == "ort-int8" and r.predict(dataset_frames(sim, r.spec, limit=3)[0]).probs.shape[0] == 3
+    with pytest.raises(ExportError, match="accuracy points"):  # a limit nothing can meet: the check bites
+        onnx2int8(exported / "model.onnx", sim, out=tmp_path / "strict.onnx", calib_images=8, max_drop=-1.0)
+    assert not (tmp_path / "strict.onnx").exists() and (tmp_path / "strict.onnx.report.json").exists()
+
+
+def test_bench_interleaves_and_reports_errors_per_row(exported: Path, sim: Path, tmp_path: Path) -> None:
+    other = _model_dir(tmp_path / "cnn", sim, name="cnn_lite0")
+    export(other, "onnx")
+    rows = bench([exported, other], ["ort", "ort-int8"], batches=[1, 2], rounds=1, seconds=0.05, warmup=1,
+                 options={"ort": {"threads": 1}})
+    ok = [r for r in rows if r.error is None]
+    assert {(r.model, r.batch) for r in ok} == {(str(m), b) for m in (exported, other) for b in (1, 2)}
+    assert all(r.p50_ms > 0 and r.p99_ms >= r.p50_ms and r.images_per_s > 0 for r in ok)
+    errors = [r for r in rows if r.error]
+    assert len(errors) == 4 and all("onnx-int8" in r.error for r in errors)  # no model-int8.onnx made
+    assert recommend(rows) == {str(m): {"onnxruntime": "ort"} for m in (exported, other)}
+
+
+def test_bad_model_files_are_clear_errors(exported: Path, tmp_path: Path) -> None:
+    data = (exported / "model.onnx").read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunnerError, match="cut.onnx: ONNX Runtime cannot load it"):
+        OrtRunner(tmp_path / "cut.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(RunnerError, match="missing or empty"):
+        OrtRunner(tmp_path / "empty.onnx")
+    graph = onnx.load(str(exported / "model.onnx"))
+    spec = json.loads(graph.metadata_props[0].value)
+    spec["preprocess"]["size"] = [96, 96]  # a description of another input size than the graph's
+    graph.metadata_props[0].value = json.dumps(spec)
+    onnx.save(graph, str(tmp_path / "other.onnx"))
+    with pytest.raises(RunnerError, match=r"does not match its model description \(N, 96, 96, 1\)"):
+        OrtRunner(tmp_path / "other.onnx")
+    del graph.metadata_props[:]
+    onnx.save(graph, str(tmp_path / "plain.onnx"))
+    with pytest.raises(RunnerError, match="not exported by lineguard"):
+        OrtRunner(tmp_path / "plain.onnx")
+    with pytest.raises(RunnerError, match="no CUDAExecutionProvider"):
+        OrtRunner(exported / "model.onnx", device="cuda")
+
+
+def test_cli_export_and_bench(exported: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lineguard", *args], capture_output=True, text=True)
+
+    res = cli("export", "--model", str(exported), "--format", "onnx", "--half")
+    assert res.returncode == 2 and "--half do(es) not apply to --format onnx" in res.stderr
+    res = cli("bench", "--model", str(exported), "--batch", "1", "--rounds", "1", "--seconds", "0.05", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["rows"][0]["backend"] == "ort" and out["rows"][0]["p50_ms"] > 0 and out["machine"]["cores"]
