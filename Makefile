@@ -31,7 +31,11 @@ demo: setup
 	$(BIN)/lineguard data preview $(DEMO)/sim --out $(DEMO)/preview.png
 	$(BIN)/lineguard train --data $(DEMO)/sim --out $(DEMO)/model --img-size 128 --epochs 4 --weights imagenet-lite0
 	$(BIN)/lineguard eval --model $(DEMO)/model --data $(DEMO)/sim --split test --target-escape 0.01
-	@echo "demo done: contact sheets in $(DEMO)/preview*.png, model and its card in $(DEMO)/model"
+	$(BIN)/lineguard export --model $(DEMO)/model --format onnx --data $(DEMO)/sim
+	$(BIN)/lineguard export --model $(DEMO)/model --format onnx-int8 --data $(DEMO)/sim --max-drop 2
+	$(BIN)/lineguard bench --model $(DEMO)/model --backend ort --backend ort-int8 --batch 1,8 --rounds 3 \
+		--out $(DEMO)/bench.json
+	@echo "demo done: contact sheets in $(DEMO)/preview*.png; model, card, ONNX, INT8 in $(DEMO)/model, bench.json in $(DEMO)"
 
 lint: setup
 	$(BIN)/ruff check .

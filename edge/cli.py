@@ -22,6 +22,7 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="TensorRT INT8."),
     workspace: Optional[float] = typer.Option(None, "--workspace", help="TensorRT workspace limit, GiB."),
     device: Optional[str] = typer.Option(None, "--device", help="TensorRT: gpu | dla:0 | dla:1."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="INT8: accuracy points it may lose (1)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Export a model directory (formats: onnx, onnx-int8, engine) with parity/accuracy reports."""
@@ -29,7 +30,7 @@ def export(
 
     b = None if batch is None else batch if batch == "dynamic" else _int(batch, "--batch")
     path = run(model, fmt, opset=opset, batch=b, data=data, calib=calib, half=half, int8=int8,
-               workspace=workspace, device=device)
+               workspace=workspace, device=device, max_drop=None if max_drop is None else max_drop / 100)
     reports = [p for p in (Path(str(path) + ".parity.json"), Path(str(path) + ".report.json")) if p.is_file()]
     summary = {"file": str(path), "size_mb": path.stat().st_size / 1e6,
                **{r.name.split(".")[-2]: json.loads(r.read_text()) for r in reports}}

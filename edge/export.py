@@ -20,14 +20,16 @@ __all__ = ["export"]
 
 def export(model_dir: Union[str, Path], fmt: str, *, opset: Optional[int] = None, batch: Union[int, str, None] = None,
            data: Optional[Union[str, Path]] = None, calib: Optional[Union[str, Path]] = None, half: bool = False,
-           int8: bool = False, workspace: Optional[float] = None, device: Optional[str] = None) -> Path:
+           int8: bool = False, workspace: Optional[float] = None, device: Optional[str] = None,
+           max_drop: Optional[float] = None) -> Path:
     """Export ``model_dir`` to ``fmt``; options that do not apply to the format are an error.
 
     ``data``: a lineguard data set of real images (parity on its test split; INT8 calibration on its
-    train split and the accuracy check on its test split). ``calib`` overrides the calibration set."""
+    train split and the accuracy check on its test split). ``calib`` overrides the calibration set.
+    ``max_drop``: INT8 accuracy loss allowed, as a fraction (default 0.01 = 1 point)."""
     f = export_format(fmt)
     f.check_args({"opset": opset, "batch": batch, "data": data, "calib": calib, "half": half, "int8": int8,
-                  "workspace": workspace, "device": device})
+                  "workspace": workspace, "device": device, "max_drop": max_drop})
     model_dir = Path(model_dir)
     if not (model_dir / "model.yaml").is_file():
         raise ExportError(f"{model_dir}: not a lineguard model directory (model.yaml missing)")
@@ -39,11 +41,12 @@ def export(model_dir: Union[str, Path], fmt: str, *, opset: Optional[int] = None
         if f.name == "onnx":
             return onnx_path
     if f.name == "onnx-int8":
-        from .quantize import onnx2int8
+        from .quantize import MAX_ACCURACY_DROP, onnx2int8
 
         if calib is None and data is None:
             raise ExportError("--format onnx-int8 needs real images: --data DIR (or --calib DIR)")
-        return onnx2int8(onnx_path, calib or data, data=data)
+        return onnx2int8(onnx_path, calib or data, data=data,
+                         max_drop=MAX_ACCURACY_DROP if max_drop is None else max_drop)
     return _engine(model_dir, onnx_path, batch=batch or 1, data=data, calib=calib, half=half, int8=int8,
                    workspace=workspace or 2.0, device=device or "gpu")
 

@@ -44,7 +44,7 @@ FORMATS: Tuple[ExportFormat, ...] = (
     ExportFormat("onnx", "model.onnx", "ort", cpu=True, gpu=True, args=("opset", "batch", "data"),
                  packages="torch, onnx, onnxslim, onnxruntime (parity)"),
     ExportFormat("onnx-int8", "model-int8.onnx", "ort-int8", cpu=True, gpu=False,
-                 args=("opset", "batch", "data", "calib"),
+                 args=("opset", "batch", "data", "calib", "max_drop"),
                  packages="onnx, onnxruntime (quantize_static, QDQ, QUInt8 activations)"),
     ExportFormat("engine", "engines/{key}.engine", "trt", cpu=False, gpu=True,
                  args=("opset", "batch", "data", "half", "int8", "calib", "workspace", "device"),

@@ -27,7 +27,7 @@ from .frames import dataset_frames
 from .runners.base import INPUT, SPEC_KEY, spec_from_json
 from .runners.ort import OrtRunner
 
-__all__ = ["INT8_OPS", "onnx2int8"]
+__all__ = ["INT8_OPS", "MAX_ACCURACY_DROP", "onnx2int8"]
 
 INT8_OPS = ["Conv", "Gemm", "MatMul"]
 MAX_ACCURACY_DROP = 0.01  # the export fails above this (1 point), unless allowed

@@ -128,7 +128,7 @@ def test_bench_interleaves_and_reports_errors_per_row(exported: Path, sim: Path,
 def test_bad_model_files_are_clear_errors(exported: Path, tmp_path: Path) -> None:
     data = (exported / "model.onnx").read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
-    with pytest.raises(RunnerError, match="cut.onnx: ONNX Runtime cannot load it"):
+    with pytest.raises(RunnerError, match=r"cut\.onnx: ONNX Runtime cannot load it"):
         OrtRunner(tmp_path / "cut.onnx")
     (tmp_path / "empty.onnx").write_bytes(b"")
     with pytest.raises(RunnerError, match="missing or empty"):
