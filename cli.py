@@ -1,6 +1,8 @@
 """The ``lineguard`` command: one verb group per job (Ultralytics style).
 
     lineguard data import SRC --out DIR      lineguard data simulate --n 2000 --out DIR
+    lineguard synth fit --data DIR --out GAN  lineguard synth generate --gan GAN --base DIR --n 100000 --out DIR
+    lineguard train --data DIR --out MODEL    lineguard export --model MODEL --format onnx
 """
 
 from __future__ import annotations
@@ -14,13 +16,19 @@ from . import LineguardError
 from .console import err_console
 from .data.cli import app as data_app
 from .edge.cli import bench, export
-from .synth.cli import simulate
-from .training.cli import evaluate, train
+from .synth.cli import generate, simulate
+from .synth.gan.cli import fit as gan_fit
+from .training.cli import evaluate, synth_score, train
 
 app = typer.Typer(name="lineguard", no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Visual defect inspection for factory lines.")
 data_app.command("simulate")(simulate)
 app.add_typer(data_app, name="data")
+synth_app = typer.Typer(no_args_is_help=True, help="Defect synthesis: fit the GAN, generate, score.")
+synth_app.command("fit")(gan_fit)
+synth_app.command("generate")(generate)
+synth_app.command("score")(synth_score)
+app.add_typer(synth_app, name="synth")
 app.command("train")(train)
 app.command("eval")(evaluate)
 app.command("export")(export)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from ..console import console
+
+if TYPE_CHECKING:
+    from .synth_score import ScoreReport
 
 
 def train(
@@ -72,3 +75,36 @@ def evaluate(
                   f"AUROC {m['ok_ng_auroc']}, threshold {m['threshold']:.4f}: escape {m['escape_rate']:.4f}, "
                   f"false reject {m['false_reject_rate']:.4f}; heatmap IoU {m['heatmap_iou']}; "
                   f"latency {m['latency']['p50_ms']:.1f} ms")
+
+
+def synth_score(
+    real: Path = typer.Option(..., "--real", help="Real data set (split with `lineguard data split`)."),
+    synthetic: Path = typer.Option(..., "--synthetic", help="Synthetic data set (`lineguard synth generate`)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model directory trained on the real set."),
+    split: str = typer.Option("train", "--split", help="Real split to compare with."),
+    max_images: int = typer.Option(2000, "--max-images", min=4, help="Cap per side (seeded sample)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Frechet distance, KID, precision/recall, real-vs-synthetic classifier AUC and near-copy rate of a
+    synthetic set, in the features of a model trained on the real set."""
+    from ..console import emit
+    from .synth_score import ScoreReport, score
+
+    rep = ScoreReport.model_validate(score(real, synthetic, model, split=split, max_images=max_images,
+                                           progress=not quiet))
+    emit(rep, as_json, _show)
+
+
+def _show(rep: ScoreReport) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{rep.synthetic} vs {rep.real} ({rep.split}), features of {rep.model} (d={rep.feature_dim})")
+    for col in ("", "real", "synth", "FD", "KID", "precision", "recall", "C2ST AUC", "near copies"):
+        t.add_column(col, justify="left" if not col else "right")
+    for name, m in [("overall", rep.overall), *rep.per_class.items()]:
+        t.add_row(name, str(m.real), str(m.synthetic), f"{m.fd:.3g}", f"{m.kid_mean:.3g} ± {m.kid_std:.2g}",
+                  f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.c2st_auc:.3f}", f"{m.near_copy_rate:.1%}")
+    console.print(t)
+    for name, why in rep.skipped.items():
+        console.print(f"{name}: skipped ({why})")

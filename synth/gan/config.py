@@ -1,0 +1,109 @@
+"""GAN settings (:class:`GanConfig`) and the two presets, ``cpu_preset()`` and ``gpu_preset()``.
+
+    cfg = load_config(GanConfig, "gan.yaml", {"kimg": 50})
+    cfg = cpu_preset()                   # 64x64 defects in about 2 h on a 2-core CPU
+
+Channels of the networks at resolution ``r`` are ``min(channel_base // r, channel_max)`` (StyleGAN2's
+rule), so ``channel_base`` sets the width at the top resolution and ``channel_max`` the cap below it.
+"""
+
+from __future__ import annotations
+
+from typing import List, Literal, Tuple
+
+from pydantic import Field, field_validator, model_validator
+
+from lineguard.config import StrictModel
+
+__all__ = ["ARCH_FIELDS", "GAN_FORMAT", "GAN_FORMAT_VERSION", "GAN_YAML", "WEIGHTS", "AugmentConfig", "GanConfig",
+           "cpu_preset", "gpu_preset"]
+
+GAN_FORMAT = "lineguard-gan"
+GAN_FORMAT_VERSION = 1
+GAN_YAML = "gan.yaml"  # a GAN_DIR: these two files
+WEIGHTS = "generator.safetensors"
+# settings that shape the networks' tensors: a checkpoint resumes only with the same values
+ARCH_FIELDS = ("resolution", "channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
+               "mbstd_group", "pretrain_ok_kimg")
+
+AugmentOp = Literal["flip", "translation", "cutout", "color"]
+
+
+class AugmentConfig(StrictModel):
+    """Discriminator augmentation: DiffAugment ops, each applied per image with probability ``p``; with
+    ``adaptive`` p is steered (ADA) so that r_t = E[sign(D(real))] stays near ``target``."""
+
+    ops: List[AugmentOp] = Field(default_factory=lambda: ["flip", "translation", "cutout", "color"],
+                                 description="flip: x-flip + quarter turns; color: brightness, contrast, saturation")
+    adaptive: bool = Field(True, description="ADA; False keeps p at p_init (DiffAugment proper: p_init 1.0)")
+    p_init: float = Field(0.0, ge=0.0, le=1.0)
+    target: float = Field(0.6, gt=0.0, lt=1.0, description="ADA target of r_t")
+    speed_kimg: float = Field(100.0, gt=0.0, description="p can move from 0 to 1 in this many kimg at most")
+    interval: int = Field(4, ge=1, description="D steps between updates of p")
+
+
+class GanConfig(StrictModel):
+    """Everything ``lineguard synth fit`` needs besides the data. Unknown keys are rejected."""
+
+    # architecture (ARCH_FIELDS)
+    resolution: int = Field(64, description="patch side in px: a power of 2, 16 to 256")
+    channels: Literal[1, 3] = Field(1, description="1 = gray, 3 = RGB; a mask channel is always added")
+    z_dim: int = Field(256, ge=1)
+    w_dim: int = Field(256, ge=1)
+    mapping_layers: int = Field(4, ge=1)
+    channel_base: int = Field(8192, ge=16)
+    channel_max: int = Field(256, ge=1)
+    mbstd_group: int = Field(4, ge=1, description="minibatch-stddev group size")
+    # optimisation
+    batch_size: int = Field(32, ge=2)
+    lr_g: float = Field(0.0025, gt=0.0)
+    lr_d: float = Field(0.0025, gt=0.0)
+    betas: Tuple[float, float] = (0.0, 0.99)
+    r1_gamma: float = Field(0.1, ge=0.0, description="R1 weight (0 = off); 0.0002 * res^2 / batch is ADA's rule")
+    r1_interval: int = Field(16, ge=1, description="lazy R1: every this many D steps, scaled up to match")
+    style_mixing: float = Field(0.9, ge=0.0, le=1.0, description="probability of mixing two w's in a batch")
+    ema_kimg: float = Field(10.0, ge=0.0, description="half-life of the EMA generator in kimg (0 = no EMA)")
+    ema_rampup: float = Field(0.05, ge=0.0, description="half-life <= this x images seen (0 = no ramp-up)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    oversample_power: float = Field(0.5, ge=0.0, le=1.0,
+                                    description="crop weight count^-power: 0 natural, 1 class-balanced")
+    # schedule
+    kimg: float = Field(2000.0, gt=0.0, description="thousands of real images shown to D")
+    pretrain_ok_kimg: float = Field(0.0, ge=0.0, description="first train on OK-image patches (DFMGAN-like); 0 = off")
+    tick_kimg: float = Field(4.0, gt=0.0, description="log a row to log.jsonl every this many kimg")
+    snapshot_kimg: float = Field(50.0, gt=0.0, description="checkpoint every this many kimg")
+    sample_kimg: float = Field(50.0, gt=0.0, description="sample grid every this many kimg")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 16 or v > 256 or v & (v - 1):
+            raise ValueError(f"resolution must be a power of 2 from 16 to 256, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _widths(self) -> GanConfig:
+        if self.channel_base < self.resolution:
+            raise ValueError(f"channel_base {self.channel_base} < resolution {self.resolution}: no channels at the top")
+        return self
+
+
+def cpu_preset() -> GanConfig:
+    """64x64 gray on a 2-core CPU: 24 channels at 64 px, 48 at 32, 96 at 16, 128 below; batch 16; 80 kimg
+    (2.3 h at the 34 kimg/h measured on one core shared with another job; 2 free cores should take
+    1.2-1.6 h, not measured); ADA steered fast (p 0 -> 1 in 20 kimg at most); R1 by ADA's rule
+    (0.0002 * 64^2 / 16); a short EMA. Its generator made ~140 patches/s on that one busy core."""
+    return GanConfig(resolution=64, z_dim=128, w_dim=128, mapping_layers=2, channel_base=1536, channel_max=128,
+                     batch_size=16, lr_g=0.002, lr_d=0.002, r1_gamma=0.05, style_mixing=0.5, ema_kimg=2.0,
+                     augment=AugmentConfig(speed_kimg=20.0), kimg=80.0, tick_kimg=1.0, snapshot_kimg=5.0,
+                     sample_kimg=5.0)
+
+
+def gpu_preset() -> GanConfig:
+    """64x64 on one GPU: StyleGAN2-ADA-like widths (256 at every resolution), batch 32, 3000 kimg of which
+    the first 500 on OK-image patches (DFMGAN-like; the training records need OK images)."""
+    return GanConfig(resolution=64, channel_base=16384, channel_max=256, batch_size=32, r1_gamma=0.1,
+                     ema_kimg=10.0, augment=AugmentConfig(speed_kimg=100.0), kimg=3000.0, pretrain_ok_kimg=500.0,
+                     tick_kimg=4.0, snapshot_kimg=100.0, sample_kimg=50.0)

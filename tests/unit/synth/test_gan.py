@@ -1,0 +1,244 @@
+"""The defect GAN: network shapes and conditioning, augmentation, training steps, R1, ADA, resume, GAN_DIR
+checks and the patch source. Tiny networks at 16 px on one thread: a few seconds in all."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lineguard import LineguardError
+from lineguard.data.format import Dataset
+from lineguard.synth.gan.augment import AdaptiveAugment
+from lineguard.synth.gan.config import GAN_YAML, WEIGHTS, AugmentConfig, GanConfig, cpu_preset, gpu_preset
+from lineguard.synth.gan.networks import Discriminator, Generator
+from lineguard.synth.gan.source import GanSource
+from lineguard.synth.gan.train import CHECKPOINT, GanTrainer, fit, load_training_data
+from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
+
+CLASSES = ["dent", "scratch", "stain"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("gan") / "sim"
+    simulate_dataset(root, n=24, seed=0, cfg=SimulatorConfig(size=64), workers=1, progress=False)
+    return root
+
+
+def tiny(**kw) -> GanConfig:
+    """16 px, 8-16 channels, batch 4; a tick per step; R1 every 2nd step; augmentation on from the start."""
+    base = dict(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4,
+                r1_interval=2, kimg=1.0, tick_kimg=0.004, snapshot_kimg=0.5, sample_kimg=0.5, ema_kimg=0.01,
+                augment=AugmentConfig(p_init=0.5), device="cpu")
+    return GanConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def gan_dir(sim: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gan") / "g"
+    fit(sim, out, tiny(), progress=False, max_steps=3)
+    return out
+
+
+# networks
+
+
+@pytest.mark.parametrize("resolution", [16, 32])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes(resolution: int, channels: int) -> None:
+    torch.manual_seed(0)
+    G = Generator(resolution, channels, 3, z_dim=8, w_dim=8, mapping_layers=2, channel_base=256, channel_max=16)
+    D = Discriminator(resolution, channels, 3, channel_base=256, channel_max=16)
+    c = torch.tensor([0, 1, 2, 1])
+    img, mask = G(torch.randn(4, 8), c)
+    assert img.shape == (4, channels, resolution, resolution) and mask.shape == (4, 1, resolution, resolution)
+    assert mask.min() >= 0 and mask.max() <= 1
+    assert G.num_ws == 2 * int(np.log2(resolution)) - 2
+    logits = D(img, mask, c)
+    assert logits.shape == (4,) and torch.isfinite(logits).all()
+    logits.sum().backward()  # gradients reach G through D
+    assert all(p.grad is not None for p in G.parameters())
+
+
+def test_class_conditioning_and_truncation() -> None:
+    torch.manual_seed(0)
+    G = Generator(16, 1, 3, z_dim=8, w_dim=8, mapping_layers=2, channel_base=128, channel_max=16).eval()
+    D = Discriminator(16, 1, 3, channel_base=128, channel_max=16)
+    z = torch.randn(2, 8).repeat(2, 1)
+    c = torch.tensor([0, 0, 1, 1])
+    img, mask = G(z, c)
+    assert not torch.allclose(img[:2], img[2:]) and not torch.allclose(mask[:2], mask[2:])
+    assert not torch.allclose(D(img, mask, torch.zeros(4, dtype=torch.long)), D(img, mask, c))
+    same, _ = G(torch.randn(4, 8), torch.zeros(4, dtype=torch.long), truncation=0.0)  # every w = the class mean
+    assert torch.allclose(same, same[:1].expand_as(same), atol=1e-6)
+
+
+def test_style_mixing() -> None:
+    torch.manual_seed(0)
+    G = Generator(16, 1, 3, z_dim=8, w_dim=8, mapping_layers=2, channel_base=128, channel_max=16).eval()
+    z, z2, c = torch.randn(3, 8), torch.randn(3, 8), torch.tensor([0, 1, 2])
+    plain, mixed = G(z, c)[0], G(z, c, z_mix=z2, crossover=2)[0]
+    assert mixed.shape == plain.shape
+    assert not torch.allclose(mixed, plain) and not torch.allclose(mixed, G(z2, c)[0])
+    assert torch.allclose(G(z, c, z_mix=z2, crossover=G.num_ws)[0], plain)  # crossover past the end: no mixing
+
+
+# augmentation
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augment_keeps_image_and_mask_aligned(channels: int) -> None:
+    torch.manual_seed(0)
+    img = torch.nn.functional.avg_pool2d(torch.randn(16, channels, 36, 36), 5, 1)  # smooth blobs, 32x32
+    mask = (img[:, :1] > 0).float()
+    aug = AdaptiveAugment(["flip", "translation", "cutout"], p=1.0)
+    a_img, a_mask = aug(img, mask)
+    assert not torch.equal(a_img, img)
+    assert torch.equal((a_img[:, :1] > 0).float(), a_mask)
+    c_img, c_mask = AdaptiveAugment(["color"], p=1.0)(img, mask)  # colour: the image only
+    assert torch.equal(c_mask, mask) and not torch.equal(c_img, img)
+
+
+def test_adaptive_p_follows_overfitting() -> None:
+    aug = AdaptiveAugment(["flip"], p=0.5, target=0.6, speed_kimg=1.0, interval=2)
+    confident = torch.full((8,), 3.0)  # D sure of every real: r_t = 1 > 0.6
+    aug.update(confident)
+    assert aug.p == 0.5  # moves only every `interval` updates
+    aug.update(confident)
+    assert aug.rt == 1.0 and aug.p == pytest.approx(0.5 + 16 / 1000)
+    for _ in range(4):
+        aug.update(torch.tensor([1.0, -1.0, -2.0, 1.0]))  # r_t = 0 < 0.6
+    assert aug.rt == 0.0 and aug.p == pytest.approx(0.5 + 16 / 1000 - 2 * 8 / 1000)
+    fixed = AdaptiveAugment(["flip"], p=1.0, adaptive=False, interval=1)
+    fixed.update(confident)
+    assert fixed.p == 1.0
+    state = aug.state_dict()
+    again = AdaptiveAugment(["flip"])
+    again.load_state_dict(state)
+    assert again.state_dict() == state
+
+
+# training
+
+
+def test_training_steps_and_lazy_r1(sim: Path) -> None:
+    cfg = tiny(r1_interval=3)
+    data = load_training_data(sim, cfg)
+    assert data.classes == CLASSES and data.label_names == CLASSES and data.ok_images is None
+    assert data.images.shape[1:] == (1, 16, 16) and set(data.masks.unique().tolist()) == {0.0, 1.0}
+    trainer = GanTrainer(cfg, data)
+    rows = [trainer.step() for _ in range(6)]
+    assert all(np.isfinite([r["loss_d"], r["loss_g"]]).all() for r in rows)
+    assert [r["r1"] > 0 for r in rows] == [True, False, False, True, False, False]
+    assert trainer.nimg == 6 * cfg.batch_size
+
+
+def test_pretraining_on_ok_patches(sim: Path) -> None:
+    cfg = tiny(pretrain_ok_kimg=0.008)  # the first 2 steps
+    data = load_training_data(sim, cfg)
+    assert data.label_names == [*CLASSES, "ok"] and data.ok_images is not None and len(data.ok_images) > 0
+    trainer = GanTrainer(cfg, data)
+    stages = []
+    for _ in range(3):
+        stages.append(trainer.stage)
+        trainer.step()
+    assert stages == ["ok", "ok", "defects"]
+
+
+def test_resume_continues_like_an_uninterrupted_run(sim: Path, tmp_path: Path) -> None:
+    cfg = tiny()
+    fit(sim, tmp_path / "a", cfg, progress=False, max_steps=4)
+    fit(sim, tmp_path / "b", cfg, progress=False, max_steps=2)
+    ck = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    assert ck["step"] == 2 and ck["version"] == 1 and ck["config"]["resolution"] == 16
+    with pytest.raises(LineguardError, match="--resume"):
+        fit(sim, tmp_path / "b", cfg, progress=False, max_steps=4)
+    fit(sim, tmp_path / "b", cfg, resume=True, progress=False, max_steps=4)
+    logs = [[json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in "ab"]
+    assert [r["step"] for r in logs[1]] == [1, 2, 3, 4]
+    losses = [[(r["loss_d"], r["loss_g"], r["r1"], r["p"]) for r in log] for log in logs]
+    assert losses[0] == losses[1]
+    assert (tmp_path / "a" / WEIGHTS).read_bytes() == (tmp_path / "b" / WEIGHTS).read_bytes()
+    with pytest.raises(LineguardError, match=r"checkpoint.pt.*architecture.*channel_max"):
+        fit(sim, tmp_path / "b", tiny(channel_max=8), resume=True, progress=False, max_steps=5)
+
+
+def test_class_without_crops_is_named(sim: Path, tmp_path: Path) -> None:
+    root = tmp_path / "nomask"
+    shutil.copytree(sim, root)
+    ds = Dataset.load(root)
+    for r in ds.records:
+        if r.label == "stain":
+            r.mask = None
+    ds.save()
+    with pytest.raises(LineguardError, match=r"class 'stain' has no usable defect crop.*no mask and no boxes"):
+        load_training_data(root, tiny())
+
+
+def test_gan_dir_outputs(gan_dir: Path) -> None:
+    meta = yaml.safe_load((gan_dir / GAN_YAML).read_text())
+    assert meta["classes"] == CLASSES and meta["resolution"] == 16 and meta["channels"] == 1
+    assert meta["data"]["crops"] == {"dent": 4, "scratch": 7, "stain": 3}
+    assert (gan_dir / "samples" / "reals.png").is_file() and (gan_dir / "samples" / "kimg000000.png").is_file()
+    assert (gan_dir / "fit.yaml").is_file() and len((gan_dir / "log.jsonl").read_text().splitlines()) == 3
+
+
+# the patch source
+
+
+def test_gan_dir_of_another_version_or_incomplete_is_refused(gan_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(gan_dir, other)
+    meta = yaml.safe_load((other / GAN_YAML).read_text())
+    (other / GAN_YAML).write_text(yaml.safe_dump({**meta, "version": 99}))
+    with pytest.raises(LineguardError, match=r"gan.yaml: format \('lineguard-gan', 99\).*lineguard synth fit"):
+        GanSource.load(other)
+    (other / GAN_YAML).write_text(yaml.safe_dump(meta))
+    (other / WEIGHTS).unlink()
+    with pytest.raises(LineguardError, match=r"generator.safetensors: missing"):
+        GanSource.load(other)
+    with pytest.raises(LineguardError, match=r"gan.yaml: missing"):
+        GanSource.load(tmp_path)
+
+
+def test_source_samples_patches_deterministically(gan_dir: Path) -> None:
+    src = GanSource.load(gan_dir, truncation=0.9)
+    assert src.classes == CLASSES and src.method == "stylegan" and len(src.version) == 16
+    with torch.no_grad():
+        src.G.to_mask[-1].bias.fill_(2.0)  # an untrained mask is noise: make its masks non-empty
+    patches = src.sample("scratch", 70, np.random.default_rng(5))  # more than one batch
+    assert len(patches) == 70
+    for p in patches:
+        assert p.image.shape == (16, 16) and p.image.dtype == np.uint8 and p.label == "scratch"
+        assert p.mask.dtype == np.uint8 and set(np.unique(p.mask)) <= {0, 255} and p.mask.any()
+    again = src.sample("scratch", 70, np.random.default_rng(5))
+    assert all(np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask) for a, b in zip(patches, again))
+    assert not np.array_equal(src.sample("scratch", 1, np.random.default_rng(6))[0].image, patches[0].image)
+    with torch.no_grad():
+        src.G.to_mask[-1].bias.fill_(-50.0)  # masks always empty: redrawn, then dropped
+    assert src.sample("dent", 3, np.random.default_rng(0)) == []
+    with pytest.raises(LineguardError, match="not 'ok'"):
+        src.sample("ok", 1, np.random.default_rng(0))
+
+
+def test_presets_are_valid() -> None:
+    cpu, gpu = cpu_preset(), gpu_preset()
+    assert cpu.resolution == gpu.resolution == 64
+    assert cpu.channel_base // 64 <= 32 and cpu.channel_max <= 128 and 16 <= cpu.batch_size <= 32
+    with pytest.raises(ValueError, match="power of 2"):
+        GanConfig(resolution=48)
