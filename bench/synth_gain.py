@@ -1,0 +1,178 @@
+"""Does synthesis help? Train the inspection model with 25% and 100% of the real defect training images,
+each (a) real only, (b) + copy-paste and Perlin patches, (c) + StyleGAN patches; several seeds; one real
+test split. Writes JSON (macro-F1, Fray/Crack recall, mean and std over seeds) and per-class sample
+grids of real crops vs generated patches.
+
+    LINEGUARD_REAL_DATA=../shared/datasets/magnetic-tile python bench/synth_gain.py \\
+        --fractions 0.25 1.0 --seeds 0 1 2 --minutes 15 --gan-kimg 80 --out runs/bench/synth_gain.json
+
+Every step resumes: data, GAN fits, generated sets and finished training runs are kept under --work.
+Cost on our 2-core CPU: a GAN fit per fraction (cpu preset, ~2 h for 80 kimg) plus
+len(fractions) x 3 x len(seeds) training runs of --minutes each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import cv2
+import numpy as np
+
+from lineguard.data.format import Dataset
+from lineguard.data.importers import import_dataset
+from lineguard.data.split import split_dataset
+from lineguard.synth.baselines import CopyPasteSource, PerlinSource
+from lineguard.synth.crops import defect_crops, group_by_class
+from lineguard.synth.gan.config import cpu_preset
+from lineguard.synth.gan.source import GanSource
+from lineguard.synth.gan.train import fit
+from lineguard.synth.generate import SourceFactory, generate
+from lineguard.training.config import TrainConfig
+from lineguard.training.engine import train
+
+VARIANTS = ("real", "baseline", "gan")
+RECALL_OF = ("Fray", "Crack")
+
+
+def subset(data: Path, out: Path, fraction: float, seed: int = 0) -> Path:
+    """``data`` with ``fraction`` of each defect class's train images (val, test and OK train kept)."""
+    if (out / "manifest.jsonl").exists():
+        return out
+    ds = Dataset.load(data)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in ds.classes.classes:
+        recs = [r for r in ds.split("train") if r.label == c]
+        if c != ds.classes.ok_class:
+            n = max(1, round(len(recs) * fraction))
+            recs = [recs[i] for i in sorted(rng.choice(len(recs), size=n, replace=False))]
+        keep += recs
+    rows = [r.model_copy(update={"image": str(ds.path(r.image).resolve()),
+                                 "mask": str(ds.path(r.mask).resolve()) if r.mask else None})
+            for r in keep + [r for r in ds.records if r.split in ("val", "test")]]
+    Dataset(out, ds.classes, rows).save()
+    return out
+
+
+def merged(parts: List[Path], out: Path) -> Path:
+    """One data set holding the records of ``parts`` (absolute paths; same class file)."""
+    if (out / "manifest.jsonl").exists():
+        return out
+    sets = [Dataset.load(p) for p in parts]
+    rows = [r.model_copy(update={"id": f"{i}-{r.id}", "image": str(d.path(r.image).resolve()),
+                                 "mask": str(d.path(r.mask).resolve()) if r.mask else None})
+            for i, d in enumerate(sets) for r in d.records]
+    Dataset(out, sets[0].classes, rows).save()
+    return out
+
+
+def sample_grid(real: Path, gan_dir: Path, out: Path, per_class: int = 8, size: int = 64) -> None:
+    """Rows per class: ``per_class`` real crops, then as many generated patches (image over mask)."""
+    ds = Dataset.load(real)
+    crops = group_by_class(defect_crops(ds, ds.split("train"), size=size, channels=1)[0])
+    src = GanSource.load(gan_dir)
+    rows = []
+    for c in src.classes:
+        reals = crops.get(c, [])[:per_class]
+        fakes = src.sample(c, per_class, np.random.default_rng(0))
+        cells = [np.vstack([x.image, x.mask]) for x in reals] + [np.vstack([p.image if p.image.ndim == 2 else
+                                                                              cv2.cvtColor(p.image, cv2.COLOR_RGB2GRAY),
+                                                                              p.mask]) for p in fakes]
+        gap = np.full((2 * size, 8), 255, np.uint8)
+        rows.append(np.hstack([*cells[:len(reals)], gap, *cells[len(reals):]]))
+    width = max(r.shape[1] for r in rows)
+    cv2.imwrite(str(out), np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1])), constant_values=255) for r in rows]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 1.0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--model", default="two_stream_lite0")
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--minutes", type=float, default=15.0, help="training budget per run")
+    ap.add_argument("--synthetic-n", type=int, default=4000, help="generated images per synthetic set")
+    ap.add_argument("--synthetic-ratio", type=float, default=0.3)
+    ap.add_argument("--gan-kimg", type=float, default=80.0)
+    ap.add_argument("--work", type=Path, default=Path("runs/bench/synth_gain"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench/synth_gain.json"))
+    args = ap.parse_args()
+    src = os.environ.get("LINEGUARD_REAL_DATA")
+    if not src:
+        raise SystemExit("set LINEGUARD_REAL_DATA to the magnetic-tile folder")
+    data = args.work / "data"
+    if not (data / "manifest.jsonl").exists():
+        import_dataset(src, data, progress=False)
+        split_dataset(Dataset.load(data), val=0.1, test=0.2, seed=0)
+    runs: Dict[str, Dict] = {}
+    timing: Dict[str, float] = {}
+    for f in args.fractions:
+        tag = f"f{round(f * 100):03d}"
+        real = subset(data, args.work / tag / "data", f)
+        synthetic: Dict[str, Path] = {}
+        if "baseline" in args.variants:
+            ds = Dataset.load(real)
+            half = args.synthetic_n // 2
+            t0 = time.perf_counter()
+            cp = generate(CopyPasteSource.from_dataset(ds, channels=1), real, half, args.work / tag / "copy-paste",
+                          progress=False)
+            pl = generate(PerlinSource.from_dataset(ds), real, args.synthetic_n - half, args.work / tag / "perlin",
+                          seed=1, progress=False)
+            timing[f"{tag}/baseline-generate"] = time.perf_counter() - t0
+            synthetic["baseline"] = merged([cp.dataset.root, pl.dataset.root], args.work / tag / "baseline")
+        if "gan" in args.variants:
+            gan_dir = args.work / tag / "gan"
+            if not (gan_dir / "gan.yaml").exists():
+                t0 = time.perf_counter()
+                cfg = cpu_preset().model_copy(update={"kimg": args.gan_kimg})
+                fit(real, gan_dir, cfg, resume=(gan_dir / "checkpoint.pt").exists(), progress=False)
+                timing[f"{tag}/gan-fit"] = time.perf_counter() - t0
+            sample_grid(real, gan_dir, args.work / f"{tag}-real-vs-gan.png")
+            t0 = time.perf_counter()
+            g = generate(SourceFactory(GanSource.load, (str(gan_dir),)), real, args.synthetic_n,
+                         args.work / tag / "gan-set", progress=False)
+            timing[f"{tag}/gan-generate"] = time.perf_counter() - t0
+            synthetic["gan"] = g.dataset.root
+        for v in args.variants:
+            for seed in args.seeds:
+                name = f"{tag}/{v}/seed{seed}"
+                out = args.work / tag / v / f"seed{seed}"
+                if (out / "metrics.json").exists():
+                    m = json.loads((out / "metrics.json").read_text())
+                else:
+                    cfg = TrainConfig(model=args.model, img_size=args.img_size, seed=seed, epochs=200,
+                                      max_minutes=args.minutes, patience=1000,
+                                      synthetic=str(synthetic[v]) if v != "real" else None,
+                                      synthetic_ratio=args.synthetic_ratio)
+                    m = train(cfg, real, out, resume=(out / "checkpoint.pt").exists(), progress=False)
+                t = m["test"]
+                runs[name] = {"fraction": f, "variant": v, "seed": seed, "macro_f1": t["macro_f1"],
+                              "accuracy": t["accuracy"], "auroc": t["ok_ng_auroc"],
+                              **{f"recall_{c}": t["per_class"][c]["recall"] for c in RECALL_OF},
+                              "train_minutes": m["train_minutes"]}
+                print(json.dumps({"run": name, **runs[name]}), flush=True)
+    table = {}
+    for f in args.fractions:
+        for v in args.variants:
+            rows = [r for r in runs.values() if r["fraction"] == f and r["variant"] == v]
+            table[f"{f:g}/{v}"] = {k: {"mean": float(np.mean([r[k] for r in rows])),
+                                       "std": float(np.std([r[k] for r in rows]))}
+                                   for k in ("macro_f1", "accuracy", *[f"recall_{c}" for c in RECALL_OF])}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"benchmark": "synth_gain", "model": args.model, "seeds": args.seeds,
+                                    "minutes_per_run": args.minutes, "synthetic_n": args.synthetic_n,
+                                    "synthetic_ratio": args.synthetic_ratio, "gan_kimg": args.gan_kimg,
+                                    "table": table, "runs": runs, "seconds": timing}, indent=1))
+    for k, v in table.items():
+        print(f"{k:18s} macro-F1 {v['macro_f1']['mean']:.4f} ± {v['macro_f1']['std']:.4f}  "
+              + "  ".join(f"{c} recall {v[f'recall_{c}']['mean']:.3f}" for c in RECALL_OF))
+
+
+if __name__ == "__main__":
+    main()
