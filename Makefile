@@ -29,13 +29,16 @@ demo: setup
 	$(BIN)/lineguard data split $(DEMO)/sim --val 0.1 --test 0.2 --seed 0
 	$(BIN)/lineguard data stats $(DEMO)/sim
 	$(BIN)/lineguard data preview $(DEMO)/sim --out $(DEMO)/preview.png
-	$(BIN)/lineguard train --data $(DEMO)/sim --out $(DEMO)/model --img-size 128 --epochs 4 --weights imagenet-lite0
+	$(BIN)/lineguard synth fit --data $(DEMO)/sim --out $(DEMO)/gan --preset cpu --kimg 2 --quiet
+	$(BIN)/lineguard synth generate --gan $(DEMO)/gan --base $(DEMO)/sim --n 2000 --size 128 --out $(DEMO)/synthetic
+	$(BIN)/lineguard train --data $(DEMO)/sim --out $(DEMO)/model --img-size 128 --epochs 4 --weights imagenet-lite0 \
+		--synthetic $(DEMO)/synthetic --synthetic-ratio 0.3
 	$(BIN)/lineguard eval --model $(DEMO)/model --data $(DEMO)/sim --split test --target-escape 0.01
 	$(BIN)/lineguard export --model $(DEMO)/model --format onnx --data $(DEMO)/sim
 	$(BIN)/lineguard export --model $(DEMO)/model --format onnx-int8 --data $(DEMO)/sim --max-drop 2
 	$(BIN)/lineguard bench --model $(DEMO)/model --backend ort --backend ort-int8 --batch 1,8 --rounds 3 \
 		--out $(DEMO)/bench.json
-	@echo "demo done: contact sheets in $(DEMO)/preview*.png; model, card, ONNX, INT8 in $(DEMO)/model, bench.json in $(DEMO)"
+	@echo "demo done: contact sheets in $(DEMO)/preview*.png, GAN samples in $(DEMO)/gan/samples; model, card, ONNX, INT8 in $(DEMO)/model, bench.json in $(DEMO)"
 
 lint: setup
 	$(BIN)/ruff check .
