@@ -294,13 +294,21 @@ class _Renderer:
         rng = np.random.default_rng([s.seed, i])
         label = s.source_classes[i % len(s.source_classes)]
         bg = self.job.backgrounds[int(rng.integers(len(self.job.backgrounds)))]
-        rejected = 0
+        rejected = empty = 0
         for _ in range(s.near_copy.redraws):
-            patch = self.source.sample(label, 1, rng)[0]
+            drawn = self.source.sample(label, 1, rng)
+            if not drawn:  # e.g. a generator whose masks came out empty
+                empty += 1
+                continue
+            patch = drawn[0]
             if self.job.index is None or not self.job.index.is_near(patch):
                 break
             rejected += 1
         else:
+            if empty:
+                raise GenerateError(f"{self.out}: image {i}: the {self.source.method} source gave no '{label}' patch "
+                                    f"with a defect in {empty} of {s.near_copy.redraws} draws (an undertrained GAN "
+                                    "makes empty masks: train it longer)")
             raise GenerateError(f"{self.out}: image {i}: all {s.near_copy.redraws} '{label}' patches were near copies "
                                 f"of real crops (threshold {s.near_copy.threshold})")
         try:

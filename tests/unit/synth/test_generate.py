@@ -218,6 +218,22 @@ def test_near_copies_of_real_crops_are_rejected_and_redrawn(base: Path, tmp_path
         generate(copies, base, 4, tmp_path / "cp", workers=1, size=SIZE, progress=False)
 
 
+class _Empty(_HalfCopies):
+    """A source that never makes a patch (an undertrained GAN whose masks all come out empty)."""
+
+    method = "empty"
+
+    def sample(self, label: str, n: int, rng: np.random.Generator) -> List[Patch]:
+        return []
+
+
+def test_a_source_without_patches_is_a_clear_error(base: Path, tmp_path: Path) -> None:
+    real = Dataset.load(base)
+    src = _Empty(CopyPasteSource.from_dataset(real), PerlinSource.from_dataset(real))
+    with pytest.raises(GenerateError, match=r"the empty source gave no '\w+' patch with a defect in 50 of 50 draws"):
+        generate(src, base, 4, tmp_path / "empty", workers=1, size=SIZE, chunk=CHUNK, progress=False)
+
+
 def test_sources_fail_clearly_and_draw_only_from_the_rng(base: Path) -> None:
     real = Dataset.load(base)
     no_scratch = Dataset(real.root, real.classes, [r for r in real.records if r.label != "scratch"])
