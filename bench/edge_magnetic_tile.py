@@ -50,8 +50,8 @@ def main() -> None:
     data = args.work / "data"
     dirs = {"two_stream_lite0": args.work / "two_stream_lite0", "cnn_resnet18": args.work / "cnn_resnet18",
             "two_stream_resnet18": args.work / "two_stream_resnet18"}
-    trained = {k: (v / "model.yaml").is_file() for k, v in dirs.items()}
-    if not trained["two_stream_resnet18"]:
+    trained = {k: (v / "metrics.json").is_file() for k, v in dirs.items()}  # a trainer's model directory
+    if not (dirs["two_stream_resnet18"] / "model.yaml").is_file():
         _random_model_dir(dirs["two_stream_resnet18"], data, "two_stream_resnet18", dirs["two_stream_lite0"])
     result = {"machine": machine(), "trained": trained, "export": {}}
     for name, d in dirs.items():
