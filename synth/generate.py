@@ -39,6 +39,7 @@ import json
 import math
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -334,6 +335,9 @@ _WORKER: Optional[_Renderer] = None
 def _init_worker(job: _Job) -> None:
     global _WORKER
     simulator._init_worker()
+    os.environ["OMP_NUM_THREADS"] = "1"  # one process per core: a torch source (the GAN) gets one thread
+    if "torch" in sys.modules:  # already imported (albumentations imports it): set it there too
+        sys.modules["torch"].set_num_threads(1)
     _WORKER = _Renderer(job)
 
 
