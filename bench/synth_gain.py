@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Dict, List
 
 import cv2
 import numpy as np
+from _magnetic_tile import prepared_split
 
 from lineguard.data.format import Dataset
-from lineguard.data.importers import import_dataset
-from lineguard.data.split import split_dataset
 from lineguard.synth.baselines import CopyPasteSource, PerlinSource
 from lineguard.synth.crops import defect_crops, group_by_class
 from lineguard.synth.gan.config import cpu_preset
@@ -103,13 +101,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/bench/synth_gain"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench/synth_gain.json"))
     args = ap.parse_args()
-    src = os.environ.get("LINEGUARD_REAL_DATA")
-    if not src:
-        raise SystemExit("set LINEGUARD_REAL_DATA to the magnetic-tile folder")
-    data = args.work / "data"
-    if not (data / "manifest.jsonl").exists():
-        import_dataset(src, data, progress=False)
-        split_dataset(Dataset.load(data), val=0.1, test=0.2, seed=0)
+    data = prepared_split(args.work)
     runs: Dict[str, Dict] = {}
     timing: Dict[str, float] = {}
     for f in args.fractions:

@@ -16,9 +16,8 @@ import platform
 import time
 from pathlib import Path
 
-from lineguard.data.format import Dataset
-from lineguard.data.importers import import_dataset
-from lineguard.data.split import split_dataset
+from _magnetic_tile import prepared_split
+
 from lineguard.training.config import TrainConfig
 from lineguard.training.engine import train
 
@@ -34,13 +33,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/bench/train_mt"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench/train_mt.json"))
     args = ap.parse_args()
-    src = os.environ.get("LINEGUARD_REAL_DATA")
-    if not src:
-        raise SystemExit("set LINEGUARD_REAL_DATA to the magnetic-tile folder")
-    data = args.work / "data"
-    if not (data / "manifest.jsonl").exists():
-        import_dataset(src, data, progress=False)
-        split_dataset(Dataset.load(data), val=0.1, test=0.2, seed=0)
+    data = prepared_split(args.work)
     results = {}
     for name in args.models:
         cfg = TrainConfig(model=name, epochs=args.epochs, max_minutes=args.minutes, precision=args.precision,
