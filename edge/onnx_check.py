@@ -14,20 +14,21 @@ Targets:
 Both reject nodes outside the default ONNX domain (``com.microsoft`` fused ops, ``ai.onnx.ml``,
 custom domains): TensorRT's parser knows only the default domain without plugins.
 Nodes inside subgraphs (``If``/``Loop``/``Scan`` bodies) are checked too.
-Torch-free, Python 3.8.
+:func:`input_convs` names the convolutions that read the (normalised) input frame: INT8 keeps them in
+higher precision (see ``quantize``). Torch-free, Python 3.8.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, List, Union
+from typing import Dict, Iterator, List, Set, Union
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from lineguard.edge.formats import ExportError
 
-__all__ = ["OPSET_LIMITS", "TRT85_OPS", "check_tensorrt", "iter_nodes", "load_onnx", "tensorrt_problems"]
+__all__ = ["OPSET_LIMITS", "TRT85_OPS", "check_tensorrt", "input_convs", "iter_nodes", "load_onnx", "tensorrt_problems"]
 
 # Highest default-domain opset each target's ONNX parser reads. 8.5: "TensorRT 8.5 supports operators up
 # to Opset 17" (onnx-tensorrt docs/operators.md, 8.5 release); 10: "TensorRT 10.0 supports operators in
@@ -110,3 +111,24 @@ def check_tensorrt(path_or_model: Union[str, Path, onnx.ModelProto], trt: str = 
         more = f"; ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
         raise ExportError(f"{where}: TensorRT {trt} cannot parse it ({len(problems)} problem(s)): "
                           + "; ".join(problems[:_SHOWN]) + more)
+
+
+def input_convs(model: onnx.ModelProto) -> List[str]:
+    """Names of the first Conv on every path from the graph input (through the in-graph preprocessing)."""
+    consumers: Dict[str, List[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: List[str] = []
+    seen: Set[str] = set()
+    todo = [i.name for i in model.graph.input]
+    while todo:
+        for node in consumers.get(todo.pop(), []):
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type == "Conv":
+                found.append(node.name)
+            else:
+                todo.extend(node.output)
+    return found

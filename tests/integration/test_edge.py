@@ -20,6 +20,7 @@ from lineguard.edge.bench import bench, recommend
 from lineguard.edge.export import export
 from lineguard.edge.formats import ExportError
 from lineguard.edge.frames import dataset_frames
+from lineguard.edge.onnx_check import input_convs
 from lineguard.edge.quantize import onnx2int8
 from lineguard.edge.runners import RunnerError, load_runner
 from lineguard.edge.runners.ort import OrtRunner
@@ -101,8 +102,15 @@ def test_int8_is_qdq_with_unsigned_activations_and_reports(exported: Path, sim: 
     inits = {t.name: t for t in graph.graph.initializer}
     zps = [inits[n.input[2]] for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits]
     assert zps and all(z.data_type == onnx.TensorProto.UINT8 for z in zps)  # QUInt8 activations
+    fp32_nodes = input_convs(onnx.load(str(exported / "model.onnx")))
+    assert len(fp32_nodes) == 1  # the stem reads the frame: it keeps float weights, every other Conv is quantised
+    convs = {n.name: n for n in graph.graph.node if n.op_type == "Conv"}
+    producers = {o: n.op_type for n in graph.graph.node for o in n.output}
+    assert producers.get(convs[fp32_nodes[0]].input[1]) is None  # a float initializer
+    assert all(producers.get(c.input[1]) == "DequantizeLinear" for name, c in convs.items() if name != fp32_nodes[0])
     report = json.loads(Path(str(out) + ".report.json").read_text())
     assert report["calibration"]["images"] == 16 and report["calibration"]["method"] == "entropy"
+    assert report["fp32_nodes"] == fp32_nodes and "Clip" in report["ops"]
     assert 0 < report["size_ratio"] < 0.5 and report["faster"] in ("fp32", "int8")
     assert report["test_images"] == len(Dataset.load(sim).split("test"))
     r = load_runner(out)

@@ -279,7 +279,9 @@ def make_tensorrt(version: str, state: CudaState, rec: Recorder) -> types.Module
     trt.ILogger = ILogger
     trt.NetworkDefinitionCreationFlag = enum.IntEnum(
         "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, **({"STRONGLY_TYPED": 5} if major >= 10 else {})})
-    trt.BuilderFlag = enum.Enum("BuilderFlag", ["GPU_FALLBACK", "TF32"] + (["FP16", "INT8"] if major < 11 else []))
+    trt.BuilderFlag = enum.Enum("BuilderFlag", ["GPU_FALLBACK", "TF32", "PREFER_PRECISION_CONSTRAINTS"]
+                                + (["FP16", "INT8"] if major < 11 else []))
+    trt.float16 = "float16"
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE"])
     trt.DeviceType = enum.Enum("DeviceType", ["GPU", "DLA"])
     trt.DataType = enum.Enum("DataType", ["FLOAT", "HALF", "UINT8"])
@@ -635,8 +637,11 @@ def test_int8_on_85_calibrates_with_a_cache_file(fakes: Fakes, onnx_file: Path, 
     batches = [frames_of(3, seed=1), frames_of(4, seed=2), frames_of(3, seed=3)]
     engine = build_engine(onnx_file, tmp_path, precision="int8", batch=4, calib_frames=iter(batches))
     trt = fakes.trt
-    assert fakes.config.flags == {trt.BuilderFlag.INT8, trt.BuilderFlag.FP16}
+    assert fakes.config.flags == {trt.BuilderFlag.INT8, trt.BuilderFlag.FP16,
+                                  trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS}
     assert isinstance(fakes.config.int8_calibrator, trt.IInt8EntropyCalibrator2)
+    pinned = {layer.name: getattr(layer, "precision", None) for layer in fakes.network.layers}
+    assert pinned["conv"] == trt.float16 and pinned["fc"] is None  # the frame's convolution stays FP16
     everything = np.concatenate(batches)
     fed = fakes.rec.calib_batches
     assert [len(b) for b in fed] == [4, 4, 4]  # 10 frames regrouped; the last batch repeats its 2 frames
