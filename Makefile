@@ -35,9 +35,10 @@ demo: setup
 		--synthetic $(DEMO)/synthetic --synthetic-ratio 0.3
 	$(BIN)/lineguard eval --model $(DEMO)/model --data $(DEMO)/sim --split test --target-escape 0.01
 	$(BIN)/lineguard export --model $(DEMO)/model --format onnx --data $(DEMO)/sim
-	$(BIN)/lineguard bench --model $(DEMO)/model --backend ort --backend torch --batch 1,8 --rounds 3 \
+	$(BIN)/lineguard export --model $(DEMO)/model --format onnx-int8 --data $(DEMO)/sim
+	$(BIN)/lineguard bench --model $(DEMO)/model --backend ort --backend ort-int8 --backend torch --batch 1,8 --rounds 3 \
 		--out $(DEMO)/bench.json
-	@echo "demo done: contact sheets in $(DEMO)/preview*.png, GAN samples in $(DEMO)/gan/samples; model, card and ONNX in $(DEMO)/model, bench.json in $(DEMO)"
+	@echo "demo done: contact sheets in $(DEMO)/preview*.png, GAN samples in $(DEMO)/gan/samples; model, card, ONNX and INT8 in $(DEMO)/model, bench.json in $(DEMO)"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -47,7 +47,8 @@ def export(
         console.print(f"INT8 vs FP32 on {r['test_images']} test images: accuracy {r['accuracy']['int8']:.4f} vs "
                       f"{r['accuracy']['fp32']:.4f} ({r['accuracy_delta'] * 100:+.2f} points), size x"
                       f"{r['size_ratio']:.2f}, batch-1 {r['latency_ms']['int8']:.2f} vs {r['latency_ms']['fp32']:.2f}"
-                      f" ms: use {'model-int8.onnx' if r['faster'] == 'int8' else 'model.onnx'} on this CPU")
+                      f" ms: use {'model-int8.onnx' if r['faster'] == 'int8' else 'model.onnx'} on this CPU"
+                      f"{'; input convolution kept in FP32' if r['fp32_nodes'] else ''}")
 
 
 def bench(

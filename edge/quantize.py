@@ -1,21 +1,23 @@
 """FP32 ONNX -> INT8 ONNX for ONNX Runtime: static QDQ, per-channel weights, unsigned activations,
 entropy calibration on real frames, Conv/Gemm/MatMul only (with their Clip/Relu), the input convolution
-kept in FP32; accuracy delta and size ratio reported.
+in INT8 or FP32, whichever is faster within the accuracy limit; accuracy delta and size ratio reported.
 
     path = onnx2int8("runs/model/model.onnx", calib="data/mt")   # runs/model/model-int8.onnx + .report.json
 
 Why these choices (measured on our 2-core AVX2 CPUs, ONNX Runtime 1.32): signed (QInt8) activations
 ran 1-4.6x *slower* than FP32, unsigned (QUInt8) ones faster; only dense convolutions and matrix
-products gain (resnet18 8.0 -> 2.6 ms), depthwise-heavy nets gain nothing or slow down, so the
-report says which precision is faster for this model instead of assuming INT8 wins.
+products gain (resnet18 conv time 0.61x of FP32 here: AVX2 without VNNI), depthwise-heavy nets gain
+little or slow down, so the report says which precision is faster for this model instead of assuming INT8 wins.
 
 Two choices keep the accuracy (two_stream_lite0 on the magnetic-tile test split, FP32 98.51%):
 - Clip/Relu are quantised with the layer before them, so that layer's output takes the activation's
   range (ReLU6: 0..6). Left out, the raw convolution output was quantised over its own range (BN-folded
   stem weights reach +-119 here): 73.9%; with them 95.5%.
-- The first convolution (the one reading the normalised frame) stays FP32. Its input is the camera's
+- The first convolution (the one reading the normalised frame) may stay FP32. Its input is the camera's
   8-bit image, already exact; a calibrated scale re-rounds those 256 levels and its large folded
-  weights amplify that: 95.5% -> 98.51% (= FP32) with it in FP32. It is 1-3 input channels: cheap.
+  weights amplify that: 95.5% -> 98.51% (= FP32) with it in FP32. Where that costs nothing in accuracy
+  it costs time (resnet18's 7x7 stem and its float max-pool: 0.60x -> 0.72x of FP32), so both
+  candidates are built and measured, and the faster one within ``max_drop`` is kept; the report lists both.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import onnx
@@ -67,11 +69,13 @@ def onnx2int8(fp32: Union[str, Path], calib: Union[str, Path], data: Optional[Un
               out: Optional[Union[str, Path]] = None,
               calib_images: int = CALIB_IMAGES, method: str = "entropy", max_drop: Optional[float] = MAX_ACCURACY_DROP,
               threads: Optional[int] = None, symmetric: bool = False) -> Path:
-    """Quantise ``fp32`` (a lineguard ``model.onnx``) with frames of ``calib``'s train split; then run both
-    models on the test split of ``data`` (default: ``calib``) and write ``<out>.report.json`` (accuracy and
-    macro-F1 of each, delta, sizes, batch-1 latency of each, the faster one). Fails when accuracy drops
-    more than ``max_drop``. ``symmetric``: signed activations with zero point 0, the only Q/DQ TensorRT
-    builds (for ``--format engine --int8`` on TensorRT >= 10; slower than unsigned on ONNX Runtime x86)."""
+    """Quantise ``fp32`` (a lineguard ``model.onnx``) with frames of ``calib``'s train split, as two candidates
+    (all quantised; input convolution in FP32); run them and FP32 on the test split of ``data`` (default:
+    ``calib``), keep the faster candidate within ``max_drop`` accuracy points and write ``<out>.report.json``
+    (accuracy and macro-F1, delta, sizes, batch-1 latencies, the faster precision, every candidate). Fails
+    when no candidate is within ``max_drop``. ``symmetric``: signed activations with zero point 0, the only
+    Q/DQ TensorRT builds (for ``--format engine --int8`` on TensorRT >= 10; slower than unsigned on ONNX
+    Runtime x86); then only the FP32-input candidate is built."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -87,39 +91,58 @@ def onnx2int8(fp32: Union[str, Path], calib: Union[str, Path], data: Optional[Un
     if len(calib_frames) < batch:
         raise ExportError(f"{calib}: {len(calib_frames)} calibration images, need at least {batch}")
     t0 = time.perf_counter()
+    acts = "symmetric QInt8" if symmetric else "QUInt8"
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        tmp_out = Path(tmp) / "int8.onnx"
-        fp32_nodes = input_convs(onnx.load(str(pre), load_external_data=False))
-        quantize_static(str(pre), str(tmp_out), _Frames(calib_frames, batch), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=INT8_OPS + FUSED_ACTIVATIONS, nodes_to_exclude=fp32_nodes,
-                        per_channel=True,
-                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                        extra_options={"CalibMovingAverage": False, "ActivationSymmetric": symmetric,
-                                       "WeightSymmetric": True})
-        graph = onnx.load(str(tmp_out))
-        acts = "symmetric QInt8" if symmetric else "QUInt8"
-        _set_meta(graph, fp32, {"lineguard.precision": f"int8 (QDQ, {acts} activations, per-channel, {method})"})
-        final = out.with_name(out.name + ".tmp")
-        onnx.save(graph, str(final))
-    seconds = time.perf_counter() - t0
-    int8 = OrtRunner(final, threads=threads)
-    report = _compare(ref, int8, spec, data or calib)
-    report.update(file=out.name, calibration={"data": str(calib), "split": "train", "images": len(calib_frames),
-                                              "method": method, "seconds": seconds},
-                  ops=INT8_OPS + FUSED_ACTIVATIONS, fp32_nodes=fp32_nodes,
+        inputs = input_convs(onnx.load(str(pre), load_external_data=False))
+        # Candidates: everything quantised, and the frame's convolution(s) in FP32 (see the module docstring).
+        # TensorRT's Q/DQ (symmetric) gets the second only: its calibrated path keeps them in FP16 too.
+        keeps = [inputs] if symmetric or not inputs else [[], inputs]
+        candidates: Dict[str, OrtRunner] = {}
+        for i, keep in enumerate(keeps):
+            tmp_out = Path(tmp) / f"int8-{i}.onnx"
+            quantize_static(str(pre), str(tmp_out), _Frames(calib_frames, batch), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=INT8_OPS + FUSED_ACTIVATIONS, nodes_to_exclude=keep,
+                            per_channel=True, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                            extra_options={"CalibMovingAverage": False, "ActivationSymmetric": symmetric,
+                                           "WeightSymmetric": True})
+            graph = onnx.load(str(tmp_out))
+            _set_meta(graph, fp32, {"lineguard.precision": f"int8 (QDQ, {acts} activations, per-channel, {method}"
+                                                           f"{', FP32 input convolution' if keep else ''})"})
+            final = out.with_name(f"{out.name}.{i}.tmp")
+            onnx.save(graph, str(final))
+            candidates[final.name] = OrtRunner(final, threads=threads)
+        seconds = time.perf_counter() - t0
+        report = _compare(ref, candidates, spec, data or calib)
+    for cand, keep in zip(report["candidates"], keeps):
+        cand["fp32_nodes"] = keep
+    fits = [c for c in report["candidates"] if max_drop is None or -c["accuracy_delta"] <= max_drop]
+    chosen = (min(fits, key=lambda c: c["latency_ms"]) if fits
+              else max(report["candidates"], key=lambda c: c["accuracy"]))
+    final = out.with_name(chosen["file"])
+    report.update(file=out.name, fp32_nodes=chosen["fp32_nodes"], argmax_agreement=chosen["argmax_agreement"],
+                  accuracy_delta=chosen["accuracy_delta"],
+                  calibration={"data": str(calib), "split": "train", "images": len(calib_frames), "method": method,
+                               "seconds": seconds},
+                  ops=INT8_OPS + FUSED_ACTIVATIONS,
                   size_mb={"fp32": fp32.stat().st_size / 1e6, "int8": final.stat().st_size / 1e6})
+    for key in ("accuracy", "macro_f1", "latency_ms"):
+        report[key]["int8"] = chosen[key]
+    report["faster"] = min(report["latency_ms"], key=report["latency_ms"].get)
     report["size_ratio"] = report["size_mb"]["int8"] / report["size_mb"]["fp32"]
-    ref.close()
-    int8.close()
+    for cand in report["candidates"]:
+        del cand["file"]
+    for r in (ref, *candidates.values()):
+        r.close()
     Path(str(out) + ".report.json").write_text(json.dumps(report, indent=1))
-    drop = report["accuracy"]["fp32"] - report["accuracy"]["int8"]
-    if max_drop is not None and drop > max_drop:
-        final.unlink()
-        raise ExportError(f"{out}: INT8 loses {drop * 100:.2f} accuracy points on {data or calib} (limit "
-                          f"{max_drop * 100:.1f}); see {out}.report.json")
+    for name in candidates:
+        if name != final.name or not fits:
+            out.with_name(name).unlink()
+    if not fits:
+        raise ExportError(f"{out}: INT8 loses {-chosen['accuracy_delta'] * 100:.2f} accuracy points on "
+                          f"{data or calib} (limit {max_drop * 100:.1f}); see {out}.report.json")
     os.replace(final, out)
     return out
 
@@ -135,27 +158,31 @@ def _set_meta(graph: onnx.ModelProto, source: Path, extra: Dict[str, str]) -> No
         graph.metadata_props.add(key=k, value=v)
 
 
-def _compare(ref: OrtRunner, int8: OrtRunner, spec: Any, data: Union[str, Path]) -> Dict:
+def _compare(ref: OrtRunner, candidates: Dict[str, OrtRunner], spec: Any, data: Union[str, Path]) -> Dict:
+    """FP32 figures and one entry per INT8 candidate (accuracy, macro-F1, argmax agreement with FP32,
+    batch-1 latency), all timed in the same interleaved rounds."""
     frames, labels = dataset_frames(data, spec, split="test")
-    result: Dict[str, Any] = {"test_images": len(frames), "accuracy": {}, "macro_f1": {}, "latency_ms": {}}
-    probs = {}
-    for name, r in (("fp32", ref), ("int8", int8)):
+    runners = {"fp32": ref, **candidates}
+    probs, metrics = {}, {}
+    for name, r in runners.items():
         probs[name] = r.predict(frames).probs
-        m = classification_metrics(probs[name], labels, spec.classes, spec.ok_class, spec.threshold)
-        result["accuracy"][name], result["macro_f1"][name] = m["accuracy"], m["macro_f1"]
-    result["argmax_agreement"] = float((probs["fp32"].argmax(1) == probs["int8"].argmax(1)).mean())
-    result["accuracy_delta"] = result["accuracy"]["int8"] - result["accuracy"]["fp32"]
+        metrics[name] = classification_metrics(probs[name], labels, spec.classes, spec.ok_class, spec.threshold)
     one = frames[:1]
-    times: Dict[str, list] = {"fp32": [], "int8": []}
+    times: Dict[str, List[float]] = {name: [] for name in runners}
     for _ in range(5):
-        ref.predict(one)
-        int8.predict(one)
-    for _ in range(6):  # interleaved blocks: both see the same machine state, and no call starts while the
-        for name, r in (("fp32", ref), ("int8", int8)):  # other session's threads still spin (that doubled both)
+        for r in runners.values():
+            r.predict(one)
+    for _ in range(6):  # interleaved blocks: all see the same machine state, and no call starts while another
+        for name, r in runners.items():  # session's threads still spin (alternating calls doubled every time)
             for _ in range(8):
                 t0 = time.perf_counter()
                 r.predict(one)
                 times[name].append((time.perf_counter() - t0) * 1000)
-    result["latency_ms"] = {k: float(np.median(v)) for k, v in times.items()}
-    result["faster"] = min(result["latency_ms"], key=result["latency_ms"].get)
-    return result
+    ms = {name: float(np.median(t)) for name, t in times.items()}
+    fp32 = metrics["fp32"]
+    return {"test_images": len(frames), "accuracy": {"fp32": fp32["accuracy"]},
+            "macro_f1": {"fp32": fp32["macro_f1"]}, "latency_ms": {"fp32": ms["fp32"]},
+            "candidates": [{"file": name, "accuracy": metrics[name]["accuracy"], "macro_f1": metrics[name]["macro_f1"],
+                            "accuracy_delta": metrics[name]["accuracy"] - fp32["accuracy"],
+                            "argmax_agreement": float((probs[name].argmax(1) == probs["fp32"].argmax(1)).mean()),
+                            "latency_ms": ms[name]} for name in candidates]}

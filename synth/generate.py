@@ -5,9 +5,11 @@ real set's train split, written in the lineguard data set format.
     res.dataset                                       # the merged data set (classes = the base set's)
 
 **Determinism.** Image ``i`` of a run with seed ``S`` depends only on (S, i), the source, the base set
-and the settings: its class is ``classes[i % K]`` (exactly balanced over the source's K classes), and
-every draw (background, patch, placement, augmentation) comes from ``np.random.default_rng([S, i])``.
-The worker count, the sharding and interruptions do not change a byte.
+and the settings (``chunk`` among them): its class is ``classes[i % K]`` (exactly balanced over the
+source's K classes); its background, placement and augmentation come from
+``np.random.default_rng([S, i])``, its patch from its chunk's patch stream
+``np.random.default_rng([S, k, 1])``, drawn class by class in one batch per chunk (a GAN runs one batch,
+not one forward pass per image). The worker count, the sharding and interruptions do not change a byte.
 
 **Layout.** ``images/<i // 10000>/gen-<i>.png`` and ``masks/...`` (at most 10 000 files a folder),
 ``generate.yaml`` (the settings), ``parts/c<k>.json`` (one per chunk of ``chunk`` consecutive
@@ -41,10 +43,11 @@ import multiprocessing
 import os
 import sys
 import time
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -74,7 +77,7 @@ __all__ = [
     "merge_shards",
 ]
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: patches drawn per chunk
 FILES_PER_FOLDER = 10_000
 SETTINGS_FILE = "generate.yaml"
 REPORT_FILE = "generate-report.json"
@@ -268,8 +271,10 @@ class _Renderer:
             return json.loads(path.read_text()), True
         start, stop = k * self.s.chunk, min(self.s.n, (k + 1) * self.s.chunk)
         records, rejected = [], 0
+        patches = _ChunkPatches(self.source, np.random.default_rng([self.s.seed, k, 1]),
+                                [self._label(i) for i in range(start, stop)])
         for i in range(start, stop):
-            rec, r = self.render(i)
+            rec, r = self.render(i, patches)
             records.append(rec.model_dump(mode="json", exclude_none=True))
             rejected += r
         part = {"chunk": k, "start": start, "stop": stop, "near_copy_rejected": rejected, "records": records}
@@ -289,19 +294,21 @@ class _Renderer:
             return False
         return True
 
-    def render(self, i: int) -> Tuple[Record, int]:
+    def _label(self, i: int) -> str:
+        return self.s.source_classes[i % len(self.s.source_classes)]
+
+    def render(self, i: int, patches: _ChunkPatches) -> Tuple[Record, int]:
         """Write image ``i`` and its mask; returns its record and the near copies rejected on the way."""
         s = self.s
         rng = np.random.default_rng([s.seed, i])
-        label = s.source_classes[i % len(s.source_classes)]
+        label = self._label(i)
         bg = self.job.backgrounds[int(rng.integers(len(self.job.backgrounds)))]
         rejected = empty = 0
         for _ in range(s.near_copy.redraws):
-            drawn = self.source.sample(label, 1, rng)
-            if not drawn:  # e.g. a generator whose masks came out empty
+            patch = patches.take(label)
+            if patch is None:  # e.g. a generator whose masks came out empty
                 empty += 1
                 continue
-            patch = drawn[0]
             if self.job.index is None or not self.job.index.is_near(patch):
                 break
             rejected += 1
@@ -327,6 +334,26 @@ class _Renderer:
         rec = Record(id=ident, image=image, label=label, mask=mask, source="synthetic", origin=self.origin,
                      sha256=sha256_bytes(data), width=w, height=h)
         return rec, rejected
+
+
+class _ChunkPatches:
+    """The patches of one chunk: each class's share drawn in one ``sample`` call, in sorted class order,
+    from the chunk's stream; a class that runs out (near copies, empty masks) draws ``REFILL`` more."""
+
+    REFILL = 8
+
+    def __init__(self, source: PatchSource, rng: np.random.Generator, labels: Sequence[str]) -> None:
+        self.source, self.rng = source, rng
+        self.ready: Dict[str, Deque[Patch]] = {}
+        for label in sorted(set(labels)):
+            self.ready[label] = deque(source.sample(label, labels.count(label), rng))
+
+    def take(self, label: str) -> Optional[Patch]:
+        """The next patch of ``label``, or None when a refill draw gave none."""
+        ready = self.ready.setdefault(label, deque())
+        if not ready:
+            ready.extend(self.source.sample(label, self.REFILL, self.rng))
+        return ready.popleft() if ready else None
 
 
 _WORKER: Optional[_Renderer] = None

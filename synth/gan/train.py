@@ -15,7 +15,7 @@ an EMA copy of G is what gets saved; Adam. The out folder::
     log.jsonl              a row per tick: losses, R1, augment p, r_t, s/kimg
     samples/               reals.png and kimg000123.png: a row per class, cells image | mask
     generator.safetensors  the EMA generator   } the GAN_DIR that GanSource reads,
-    gan.yaml               what it is          } written at the end
+    gan.yaml               what it is          } written every snapshot and at the end
 
 Determinism: one torch RNG seeded by ``seed`` draws batches, latents, noise and augmentations, and it
 is checkpointed, so on CPU a resumed run continues exactly like an uninterrupted one.
@@ -393,6 +393,7 @@ def fit(data_dir: PathLike, out_dir: PathLike, cfg: GanConfig, resume: bool = Fa
                       _sample_grid(trainer.G_ema, len(data.classes), cfg, trainer.device))
         if _crossed(before, trainer.nimg, cfg.snapshot_kimg):
             _save_checkpoint(ck_path, trainer, cfg, data.label_names)
+            _write_gan_dir(out, trainer, cfg, data)  # usable (generate, score) before the run ends
     if rows:
         _log_tick(out / "log.jsonl", rows, trainer, since)
     _save_checkpoint(ck_path, trainer, cfg, data.label_names)
