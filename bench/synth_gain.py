@@ -29,7 +29,7 @@ from lineguard.synth.crops import defect_crops, group_by_class
 from lineguard.synth.gan.config import cpu_preset
 from lineguard.synth.gan.source import GanSource
 from lineguard.synth.gan.train import fit
-from lineguard.synth.generate import SourceFactory, generate
+from lineguard.synth.generate import NearCopyConfig, SourceFactory, generate
 from lineguard.training.config import TrainConfig
 from lineguard.training.engine import train
 
@@ -113,7 +113,7 @@ def main() -> None:
             half = args.synthetic_n // 2
             t0 = time.perf_counter()
             cp = generate(CopyPasteSource.from_dataset(ds, channels=1), real, half, args.work / tag / "copy-paste",
-                          progress=False)
+                          near_copy=NearCopyConfig(enabled=False), progress=False)  # real crops by design
             pl = generate(PerlinSource.from_dataset(ds), real, args.synthetic_n - half, args.work / tag / "perlin",
                           seed=1, progress=False)
             timing[f"{tag}/baseline-generate"] = time.perf_counter() - t0
