@@ -92,8 +92,8 @@ class GanConfig(StrictModel):
 
 def cpu_preset() -> GanConfig:
     """64x64 gray on a 2-core CPU: 24 channels at 64 px, 48 at 32, 96 at 16, 128 below; batch 16; 80 kimg
-    (2.3 h at the 34 kimg/h measured on one core shared with another job; 2 free cores should take
-    1.2-1.6 h, not measured); ADA steered fast (p 0 -> 1 in 20 kimg at most); R1 by ADA's rule
+    (measured on the 2-core dev machine: 39 s/kimg with both cores free, so ~52 min; 2.3 h on one core
+    shared with another job); ADA steered fast (p 0 -> 1 in 20 kimg at most); R1 by ADA's rule
     (0.0002 * 64^2 / 16); a short EMA. Its generator made ~140 patches/s on that one busy core."""
     return GanConfig(resolution=64, z_dim=128, w_dim=128, mapping_layers=2, channel_base=1536, channel_max=128,
                      batch_size=16, lr_g=0.002, lr_d=0.002, r1_gamma=0.05, style_mixing=0.5, ema_kimg=2.0,
