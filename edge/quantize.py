@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -101,48 +102,45 @@ def onnx2int8(fp32: Union[str, Path], calib: Union[str, Path], data: Optional[Un
         keeps = [inputs] if symmetric or not inputs else [[], inputs]
         candidates: Dict[str, OrtRunner] = {}
         for i, keep in enumerate(keeps):
-            tmp_out = Path(tmp) / f"int8-{i}.onnx"
-            quantize_static(str(pre), str(tmp_out), _Frames(calib_frames, batch), quant_format=QuantFormat.QDQ,
+            path = Path(tmp) / f"int8-{i}.onnx"
+            quantize_static(str(pre), str(path), _Frames(calib_frames, batch), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=INT8_OPS + FUSED_ACTIVATIONS, nodes_to_exclude=keep,
                             per_channel=True, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=methods[method],
                             extra_options={"CalibMovingAverage": False, "ActivationSymmetric": symmetric,
                                            "WeightSymmetric": True})
-            graph = onnx.load(str(tmp_out))
+            graph = onnx.load(str(path))
             _set_meta(graph, fp32, {"lineguard.precision": f"int8 (QDQ, {acts} activations, per-channel, {method}"
                                                            f"{', FP32 input convolution' if keep else ''})"})
-            final = out.with_name(f"{out.name}.{i}.tmp")
-            onnx.save(graph, str(final))
-            candidates[final.name] = OrtRunner(final, threads=threads)
+            onnx.save(graph, str(path))
+            candidates[str(path)] = OrtRunner(path, threads=threads)
         seconds = time.perf_counter() - t0
         report = _compare(ref, candidates, spec, data or calib)
-    for cand, keep in zip(report["candidates"], keeps):
-        cand["fp32_nodes"] = keep
-    fits = [c for c in report["candidates"] if max_drop is None or -c["accuracy_delta"] <= max_drop]
-    chosen = (min(fits, key=lambda c: c["latency_ms"]) if fits
-              else max(report["candidates"], key=lambda c: c["accuracy"]))
-    final = out.with_name(chosen["file"])
-    report.update(file=out.name, fp32_nodes=chosen["fp32_nodes"], argmax_agreement=chosen["argmax_agreement"],
-                  accuracy_delta=chosen["accuracy_delta"],
-                  calibration={"data": str(calib), "split": "train", "images": len(calib_frames), "method": method,
-                               "seconds": seconds},
-                  ops=INT8_OPS + FUSED_ACTIVATIONS,
-                  size_mb={"fp32": fp32.stat().st_size / 1e6, "int8": final.stat().st_size / 1e6})
-    for key in ("accuracy", "macro_f1", "latency_ms"):
-        report[key]["int8"] = chosen[key]
-    report["faster"] = min(report["latency_ms"], key=report["latency_ms"].get)
-    report["size_ratio"] = report["size_mb"]["int8"] / report["size_mb"]["fp32"]
-    for cand in report["candidates"]:
-        del cand["file"]
-    for r in (ref, *candidates.values()):
-        r.close()
-    Path(str(out) + ".report.json").write_text(json.dumps(report, indent=1))
-    for name in candidates:
-        if name != final.name or not fits:
-            out.with_name(name).unlink()
-    if not fits:
-        raise ExportError(f"{out}: INT8 loses {-chosen['accuracy_delta'] * 100:.2f} accuracy points on "
-                          f"{data or calib} (limit {max_drop * 100:.1f}); see {out}.report.json")
+        for r in (ref, *candidates.values()):
+            r.close()
+        for cand, keep in zip(report["candidates"], keeps):
+            cand["fp32_nodes"] = keep
+        fits = [c for c in report["candidates"] if max_drop is None or -c["accuracy_delta"] <= max_drop]
+        chosen = (min(fits, key=lambda c: c["latency_ms"]) if fits
+                  else max(report["candidates"], key=lambda c: c["accuracy"]))
+        report.update(file=out.name, fp32_nodes=chosen["fp32_nodes"], argmax_agreement=chosen["argmax_agreement"],
+                      accuracy_delta=chosen["accuracy_delta"],
+                      calibration={"data": str(calib), "split": "train", "images": len(calib_frames),
+                                   "method": method, "seconds": seconds},
+                      ops=INT8_OPS + FUSED_ACTIVATIONS,
+                      size_mb={"fp32": fp32.stat().st_size / 1e6, "int8": Path(chosen["file"]).stat().st_size / 1e6})
+        for key in ("accuracy", "macro_f1", "latency_ms"):
+            report[key]["int8"] = chosen[key]
+        report["faster"] = min(report["latency_ms"], key=report["latency_ms"].get)
+        report["size_ratio"] = report["size_mb"]["int8"] / report["size_mb"]["fp32"]
+        Path(str(out) + ".report.json").write_text(json.dumps(
+            {**report, "candidates": [{k: v for k, v in c.items() if k != "file"} for c in report["candidates"]]},
+            indent=1))
+        if not fits:
+            raise ExportError(f"{out}: INT8 loses {-chosen['accuracy_delta'] * 100:.2f} accuracy points on "
+                              f"{data or calib} (limit {max_drop * 100:.1f}); see {out}.report.json")
+        final = out.with_name(out.name + ".tmp")
+        shutil.copyfile(chosen["file"], final)  # the temporary folder may be on another file system
     os.replace(final, out)
     return out
 
