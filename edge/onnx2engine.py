@@ -44,7 +44,7 @@ import onnx
 from lineguard.data.modelspec import ModelSpec
 from lineguard.edge.formats import ExportError
 from lineguard.edge.onnx_check import check_tensorrt, input_convs, iter_nodes, load_onnx
-from lineguard.edge.runners.base import INPUT, OUTPUTS, SPEC_KEY, RunnerError, spec_from_json
+from lineguard.edge.runners.base import INPUT, OUTPUTS, SPEC_KEY, RunnerError, spec_of_model
 from lineguard.edge.runners.trt import (
     import_pycuda,
     import_tensorrt,
@@ -84,12 +84,8 @@ def build_engine(onnx_path: Union[str, Path], out_dir: Union[str, Path], *, prec
     onnx_path = Path(onnx_path)
     profile = _profile(precision, batch, workspace_gib, device)
     model = load_onnx(onnx_path)
-    props = {p.key: p.value for p in model.metadata_props}
-    if SPEC_KEY not in props:
-        raise ExportError(f"{onnx_path}: no '{SPEC_KEY}' metadata (the model description); export the ONNX with "
-                          "`lineguard export --format onnx`")
     with _as_export_error():
-        spec = spec_from_json(props[SPEC_KEY], str(onnx_path))
+        spec = spec_of_model(model, str(onnx_path))
     _check_graph_io(model, onnx_path, spec, batch)
     with _as_export_error():
         trt = import_tensorrt("building a TensorRT engine")
@@ -117,7 +113,7 @@ def build_engine(onnx_path: Union[str, Path], out_dir: Union[str, Path], *, prec
             _atomic_write(engine, plan)
             side = dict(meta, format="lineguard-engine", workspace_gib=workspace_gib,
                         build_seconds=round(time.perf_counter() - start, 1), dla_gpu_fallback=fallback)
-            side[SPEC_KEY] = json.loads(props[SPEC_KEY])
+            side[SPEC_KEY] = spec.model_dump(mode="json")
             _atomic_write(sidecar_path(engine), json.dumps(side, indent=2).encode())
             return engine
     finally:

@@ -37,7 +37,7 @@ from ..training.metrics import classification_metrics
 from .formats import ExportError
 from .frames import dataset_frames
 from .onnx_check import input_convs
-from .runners.base import INPUT, SPEC_KEY, spec_from_json
+from .runners.base import INPUT
 from .runners.ort import OrtRunner
 
 __all__ = ["INT8_OPS", "MAX_ACCURACY_DROP", "onnx2int8"]
@@ -147,9 +147,6 @@ def onnx2int8(fp32: Union[str, Path], calib: Union[str, Path], data: Optional[Un
 
 def _set_meta(graph: onnx.ModelProto, source: Path, extra: Dict[str, str]) -> None:
     meta = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
-    if SPEC_KEY not in meta:
-        raise ExportError(f"{source}: not exported by lineguard (no model description)")
-    spec_from_json(meta[SPEC_KEY], str(source))
     meta.update(extra)
     del graph.metadata_props[:]
     for k, v in meta.items():

@@ -70,10 +70,16 @@ def spec_of_onnx(path: Union[str, Path]) -> ModelSpec:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf decode errors have no common type
         raise RunnerError(f"{path}: not a readable ONNX file: {e}") from None
+    return spec_of_model(model, str(path))
+
+
+def spec_of_model(model: Any, where: str) -> ModelSpec:
+    """The :class:`ModelSpec` in a loaded ``onnx.ModelProto``'s metadata; ``where`` names it in errors."""
     meta = {p.key: p.value for p in model.metadata_props}
     if SPEC_KEY not in meta:
-        raise RunnerError(f"{path}: not exported by lineguard (no '{SPEC_KEY}' metadata)")
-    return spec_from_json(meta[SPEC_KEY], str(path))
+        raise RunnerError(f"{where}: not exported by lineguard (no '{SPEC_KEY}' metadata, the model description); "
+                          "export it with `lineguard export --format onnx`")
+    return spec_from_json(meta[SPEC_KEY], where)
 
 
 class Runner(ABC):
