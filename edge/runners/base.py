@@ -28,7 +28,7 @@ from lineguard import LineguardError
 from lineguard.data.modelspec import ModelSpec
 
 __all__ = ["INPUT", "OUTPUTS", "SPEC_KEY", "Runner", "RunnerError", "Scores", "optional_import", "spec_from_json",
-           "spec_of_onnx"]
+           "spec_of_model", "spec_of_onnx"]
 
 INPUT = "frames"
 OUTPUTS = ("probs", "ng_score", "heatmap")
