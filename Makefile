@@ -30,7 +30,7 @@ demo: setup
 	$(BIN)/lineguard data stats $(DEMO)/sim
 	$(BIN)/lineguard data preview $(DEMO)/sim --out $(DEMO)/preview.png
 	$(BIN)/lineguard synth fit --data $(DEMO)/sim --out $(DEMO)/gan --preset cpu --kimg 2 --quiet
-	$(BIN)/lineguard synth generate --gan $(DEMO)/gan --base $(DEMO)/sim --n 300 --size 128 --out $(DEMO)/synthetic
+	$(BIN)/lineguard synth generate --gan $(DEMO)/gan --base $(DEMO)/sim --n 2000 --size 128 --out $(DEMO)/synthetic
 	$(BIN)/lineguard train --data $(DEMO)/sim --out $(DEMO)/model --img-size 128 --epochs 4 --weights imagenet-lite0 \
 		--synthetic $(DEMO)/synthetic --synthetic-ratio 0.3
 	$(BIN)/lineguard eval --model $(DEMO)/model --data $(DEMO)/sim --split test --target-escape 0.01
