@@ -35,9 +35,11 @@ demo: setup
 		--synthetic $(DEMO)/synthetic --synthetic-ratio 0.3
 	$(BIN)/lineguard eval --model $(DEMO)/model --data $(DEMO)/sim --split test --target-escape 0.01
 	$(BIN)/lineguard export --model $(DEMO)/model --format onnx --data $(DEMO)/sim
-	# The 4-epoch demo model (~80%) has thin margins: INT8 flips ~8% of its answers (-2.75 points measured);
-	# a trained one loses none (magnetic tile, 98.51% both). Hence the demo's wider limit.
-	$(BIN)/lineguard export --model $(DEMO)/model --format onnx-int8 --data $(DEMO)/sim --max-drop 5
+	# INT8 must keep accuracy within 1 point or the export refuses it. The 4-epoch demo model (~80%, thin
+	# margins) usually loses more (3-5.5 points measured; the trained magnetic-tile model loses none): then the
+	# demo shows the refusal and the bench reports the INT8 row as missing.
+	$(BIN)/lineguard export --model $(DEMO)/model --format onnx-int8 --data $(DEMO)/sim || \
+		echo "INT8 refused, see $(DEMO)/model/model-int8.onnx.report.json; benchmarking without it"
 	$(BIN)/lineguard bench --model $(DEMO)/model --backend ort --backend ort-int8 --backend torch --batch 1,8 --rounds 3 \
 		--out $(DEMO)/bench.json
 	@echo "demo done: contact sheets in $(DEMO)/preview*.png, GAN samples in $(DEMO)/gan/samples; model, card, ONNX and INT8 in $(DEMO)/model, bench.json in $(DEMO)"
