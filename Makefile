@@ -42,7 +42,7 @@ demo: setup
 		echo "INT8 refused, see $(DEMO)/model/model-int8.onnx.report.json; benchmarking without it"
 	$(BIN)/lineguard bench --model $(DEMO)/model --backend ort --backend ort-int8 --backend torch --batch 1,8 --rounds 3 \
 		--out $(DEMO)/bench.json
-	@echo "demo done: contact sheets in $(DEMO)/preview*.png, GAN samples in $(DEMO)/gan/samples; model, card, ONNX and INT8 in $(DEMO)/model, bench.json in $(DEMO)"
+	@echo "demo done: contact sheets in $(DEMO)/preview*.png, GAN samples in $(DEMO)/gan/samples; model, card, ONNX (and INT8 if kept) in $(DEMO)/model, bench.json in $(DEMO)"
 
 lint: setup
 	$(BIN)/ruff check .
