@@ -291,11 +291,10 @@ def _input_convs_fp16(trt: Any, network: Any, config: Any, names: Sequence[str])
     """Calibrated INT8 keeps the convolutions that read the frame in FP16, as the ONNX Runtime INT8 export keeps
     them in FP32 (see ``quantize``: quantising the first convolution cost 3 accuracy points there)."""
     wanted = set(names)
-    layers = [network.get_layer(i) for i in range(network.num_layers)]
-    for layer in layers:
-        if layer.name in wanted:
-            layer.precision = trt.float16
-    if any(layer.name in wanted for layer in layers):
+    pinned = [layer for layer in map(network.get_layer, range(network.num_layers)) if layer.name in wanted]
+    for layer in pinned:
+        layer.precision = trt.float16
+    if pinned:
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
 
 

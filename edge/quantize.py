@@ -100,7 +100,8 @@ def onnx2int8(fp32: Union[str, Path], calib: Union[str, Path], data: Optional[Un
         # Candidates: everything quantised, and the frame's convolution(s) in FP32 (see the module docstring).
         # TensorRT's Q/DQ (symmetric) gets the second only: its calibrated path keeps them in FP16 too.
         keeps = [inputs] if symmetric or not inputs else [[], inputs]
-        candidates: Dict[str, OrtRunner] = {}
+        meta = dict(ref.session.get_modelmeta().custom_metadata_map)
+        paths, candidates = [], []
         for i, keep in enumerate(keeps):
             path = Path(tmp) / f"int8-{i}.onnx"
             quantize_static(str(pre), str(path), _Frames(calib_frames, batch), quant_format=QuantFormat.QDQ,
@@ -110,60 +111,58 @@ def onnx2int8(fp32: Union[str, Path], calib: Union[str, Path], data: Optional[Un
                             extra_options={"CalibMovingAverage": False, "ActivationSymmetric": symmetric,
                                            "WeightSymmetric": True})
             graph = onnx.load(str(path))
-            _set_meta(graph, fp32, {"lineguard.precision": f"int8 (QDQ, {acts} activations, per-channel, {method}"
-                                                           f"{', FP32 input convolution' if keep else ''})"})
+            _set_meta(graph, {**meta, "lineguard.precision": f"int8 (QDQ, {acts} activations, per-channel, "
+                                                             f"{method}{', FP32 input convolution' if keep else ''})"})
             onnx.save(graph, str(path))
-            candidates[str(path)] = OrtRunner(path, threads=threads)
+            paths.append(path)
+            candidates.append(OrtRunner(path, threads=threads))
         seconds = time.perf_counter() - t0
         report = _compare(ref, candidates, spec, data or calib)
-        for r in (ref, *candidates.values()):
+        for r in (ref, *candidates):
             r.close()
         for cand, keep in zip(report["candidates"], keeps):
             cand["fp32_nodes"] = keep
         fits = [c for c in report["candidates"] if max_drop is None or -c["accuracy_delta"] <= max_drop]
         chosen = (min(fits, key=lambda c: c["latency_ms"]) if fits
                   else max(report["candidates"], key=lambda c: c["accuracy"]))
+        chosen_path = paths[report["candidates"].index(chosen)]
         report.update(file=out.name, fp32_nodes=chosen["fp32_nodes"], argmax_agreement=chosen["argmax_agreement"],
                       accuracy_delta=chosen["accuracy_delta"],
                       calibration={"data": str(calib), "split": "train", "images": len(calib_frames),
                                    "method": method, "seconds": seconds},
                       ops=INT8_OPS + FUSED_ACTIVATIONS,
-                      size_mb={"fp32": fp32.stat().st_size / 1e6, "int8": Path(chosen["file"]).stat().st_size / 1e6})
+                      size_mb={"fp32": fp32.stat().st_size / 1e6, "int8": chosen_path.stat().st_size / 1e6})
         for key in ("accuracy", "macro_f1", "latency_ms"):
             report[key]["int8"] = chosen[key]
         report["faster"] = min(report["latency_ms"], key=report["latency_ms"].get)
         report["size_ratio"] = report["size_mb"]["int8"] / report["size_mb"]["fp32"]
-        Path(str(out) + ".report.json").write_text(json.dumps(
-            {**report, "candidates": [{k: v for k, v in c.items() if k != "file"} for c in report["candidates"]]},
-            indent=1))
+        Path(str(out) + ".report.json").write_text(json.dumps(report, indent=1))
         if not fits:
             raise ExportError(f"{out}: INT8 loses {-chosen['accuracy_delta'] * 100:.2f} accuracy points on "
                               f"{data or calib} (limit {max_drop * 100:.1f}); see {out}.report.json")
         final = out.with_name(out.name + ".tmp")
-        shutil.copyfile(chosen["file"], final)  # the temporary folder may be on another file system
+        shutil.copyfile(chosen_path, final)  # the temporary folder may be on another file system
     os.replace(final, out)
     return out
 
 
-def _set_meta(graph: onnx.ModelProto, source: Path, extra: Dict[str, str]) -> None:
-    meta = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
-    meta.update(extra)
+def _set_meta(graph: onnx.ModelProto, meta: Dict[str, str]) -> None:
     del graph.metadata_props[:]
     for k, v in meta.items():
         graph.metadata_props.add(key=k, value=v)
 
 
-def _compare(ref: OrtRunner, candidates: Dict[str, OrtRunner], spec: Any, data: Union[str, Path]) -> Dict:
-    """FP32 figures and one entry per INT8 candidate (accuracy, macro-F1, argmax agreement with FP32,
+def _compare(ref: OrtRunner, candidates: List[OrtRunner], spec: Any, data: Union[str, Path]) -> Dict:
+    """FP32 figures and one entry per INT8 candidate, in order (accuracy, macro-F1, argmax agreement with FP32,
     batch-1 latency), all timed in the same interleaved rounds."""
     frames, labels = dataset_frames(data, spec, split="test")
-    runners = {"fp32": ref, **candidates}
+    runners = {"fp32": ref, **{i: r for i, r in enumerate(candidates)}}
     probs, metrics = {}, {}
     for name, r in runners.items():
         probs[name] = r.predict(frames).probs
         metrics[name] = classification_metrics(probs[name], labels, spec.classes, spec.ok_class, spec.threshold)
     one = frames[:1]
-    times: Dict[str, List[float]] = {name: [] for name in runners}
+    times: Dict[Any, List[float]] = {name: [] for name in runners}
     for _ in range(5):
         for r in runners.values():
             r.predict(one)
@@ -177,7 +176,7 @@ def _compare(ref: OrtRunner, candidates: Dict[str, OrtRunner], spec: Any, data: 
     fp32 = metrics["fp32"]
     return {"test_images": len(frames), "accuracy": {"fp32": fp32["accuracy"]},
             "macro_f1": {"fp32": fp32["macro_f1"]}, "latency_ms": {"fp32": ms["fp32"]},
-            "candidates": [{"file": name, "accuracy": metrics[name]["accuracy"], "macro_f1": metrics[name]["macro_f1"],
-                            "accuracy_delta": metrics[name]["accuracy"] - fp32["accuracy"],
-                            "argmax_agreement": float((probs[name].argmax(1) == probs["fp32"].argmax(1)).mean()),
-                            "latency_ms": ms[name]} for name in candidates]}
+            "candidates": [{"accuracy": metrics[i]["accuracy"], "macro_f1": metrics[i]["macro_f1"],
+                            "accuracy_delta": metrics[i]["accuracy"] - fp32["accuracy"],
+                            "argmax_agreement": float((probs[i].argmax(1) == probs["fp32"].argmax(1)).mean()),
+                            "latency_ms": ms[i]} for i in range(len(candidates))]}
