@@ -29,7 +29,7 @@ def train(
     target_escape: Optional[float] = typer.Option(None, "--target-escape", help="Pick the threshold on val."),
     synthetic: Optional[Path] = typer.Option(None, "--synthetic", help="Synthetic data set to train beside --data."),
     synthetic_ratio: Optional[float] = typer.Option(None, "--synthetic-ratio",
-                                                    help="Share of training draws from --synthetic (0.3)."),
+                                                    help="Share of each class's draws from --synthetic (0.3)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),

@@ -45,7 +45,8 @@ class TrainConfig(StrictModel):
         None, gt=0, lt=1, description="pick the OK/NG threshold on val so that escapes stay below this")
     synthetic: Optional[str] = Field(
         None, description="a data set of synthetic images (no split or split train) trained beside the real ones")
-    synthetic_ratio: float = Field(0.3, ge=0, lt=1, description="share of the training draws taken from --synthetic")
+    synthetic_ratio: float = Field(
+        0.3, ge=0, lt=1, description="share of each class's draws taken from --synthetic (classes it holds)")
     augment: AugmentConfig = AugmentConfig()
 
     def resolved_precision(self) -> str:

@@ -409,7 +409,9 @@ class BalancedSampler(Sampler[int]):
     ``rank``/``world_size`` default to the initialised ``torch.distributed`` group, else 0/1.
 
     ``groups`` (a group id per image, e.g. 0 real / 1 synthetic) with ``group_shares`` (one share per
-    group, summing to 1) balance classes within each group and give each group its share of the draws.
+    group, summing to 1) leave the class mix as group 0's images set it (a class only other groups hold
+    counts its own images) and split each class's draws between the groups that hold it, in proportion
+    to their shares: synthetic images add variety to their classes without shifting the class prior.
     """
 
     def __init__(self, labels: Sequence[int], power: float = 1.0, num_samples: Optional[int] = None,
@@ -457,16 +459,21 @@ class BalancedSampler(Sampler[int]):
                 raise ValueError(f"group_shares must be >= 0 and sum to 1, got {list(shares)}")
             if self.power == 0:
                 raise ValueError("groups need power > 0 (sampling with replacement)")
-        p = np.zeros(len(self.labels), np.float64)
         for k, share in enumerate(shares):
-            inside = g == k
-            if not inside.any():
+            if share > 0 and not (g == k).any():
+                raise ValueError(f"group {k} has a share of {share} but no images")
+        n_cls = int(self.labels.max()) + 1
+        counts = np.bincount(self.labels[g == 0], minlength=n_cls)
+        counts = np.where(counts > 0, counts, np.bincount(self.labels, minlength=n_cls))
+        p = np.zeros(len(self.labels), np.float64)
+        for c in np.flatnonzero(counts):
+            in_c = self.labels == c
+            held = {k: shares[k] for k in np.unique(g[in_c])}
+            total = sum(held.values())
+            for k, share in held.items():
                 if share > 0:
-                    raise ValueError(f"group {k} has a share of {share} but no images")
-                continue
-            counts = np.bincount(self.labels[inside])
-            w = counts[self.labels[inside]].astype(np.float64) ** -self.power
-            p[inside] = share * w / w.sum()
+                    inside = in_c & (g == k)
+                    p[inside] = counts[c] ** (1 - self.power) * share / total / inside.sum()
         return p / p.sum()
 
     def set_epoch(self, epoch: int) -> None:

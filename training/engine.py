@@ -1,8 +1,9 @@
 """The training loop: class-balanced sampling, bf16 autocast, EMA, warmup + cosine, early stopping,
 a checkpoint every epoch with ``resume``, and DDP under ``torchrun`` (gloo on CPU, NCCL on GPU).
 
-``synthetic`` adds a synthetic data set: each epoch draws ``synthetic_ratio`` of its (unchanged number
-of) samples from it, class-balanced within each source; val and test stay real.
+``synthetic`` adds a synthetic data set: the class mix of each epoch's (unchanged number of) draws stays
+that of the real images, and ``synthetic_ratio`` of each class's draws come from the synthetic images of
+that class (classes it lacks, e.g. OK, stay real); val and test stay real.
 
 Determinism: epoch ``e`` depends only on (seed, e): the sampler, the augmentation of every item and
 the dropout RNG are reseeded from them, so a run resumed after a kill ends like an unkilled one.

@@ -252,17 +252,22 @@ def test_sampler_balances_classes() -> None:
         BalancedSampler(labels, rank=2, world_size=2)
 
 
-def test_sampler_groups_get_their_share_and_balance_inside() -> None:
-    labels = [0] * 800 + [1] * 50 + [1] * 40 + [2] * 10  # real: 800 OK + 50 NG; synthetic: 40 + 10
+def test_sampler_groups_split_each_class_and_keep_the_class_mix() -> None:
+    labels = [0] * 800 + [1] * 50 + [1] * 40 + [2] * 10  # real: 800 OK + 50 NG; synthetic: 40 NG + 10 of class 2
     groups = [0] * 850 + [1] * 50
-    s = BalancedSampler(labels, power=1.0, num_samples=40000, seed=0, groups=groups, group_shares=[0.7, 0.3])
+    s = BalancedSampler(labels, power=0.5, num_samples=60000, seed=0, groups=groups, group_shares=[0.7, 0.3])
     drawn = s.global_indices()
     synthetic = drawn >= 850
-    assert abs(synthetic.mean() - 0.3) < 0.01
-    real_labels = Counter(labels[i] for i in drawn[~synthetic])
-    assert abs(real_labels[0] / (~synthetic).sum() - 0.5) < 0.02  # classes balanced within the real group
-    syn_labels = Counter(labels[i] for i in drawn[synthetic])
-    assert abs(syn_labels[2] / synthetic.sum() - 0.5) < 0.02
+    got = Counter(labels[i] for i in drawn)
+    mass = np.sqrt([800, 50, 10])  # class 2 is only synthetic: its own count
+    assert all(abs(got[c] / len(drawn) - mass[c] / mass.sum()) < 0.01 for c in range(3)), got
+    assert not synthetic[np.asarray(labels)[drawn] == 0].any()  # OK only real
+    ng = np.asarray(labels)[drawn] == 1
+    assert abs(synthetic[ng].mean() - 0.3) < 0.02  # the class's draws split 70 / 30
+    assert synthetic[np.asarray(labels)[drawn] == 2].all()
+    real_only = BalancedSampler(labels[:850], power=0.5, num_samples=60000, seed=0).global_indices()
+    mix = Counter(labels[i] for i in real_only)
+    assert abs(mix[1] / len(real_only) - (got[1]) / (got[0] + got[1])) < 0.01  # same OK/NG prior as real only
     with pytest.raises(ValueError, match="sum to 1"):
         BalancedSampler(labels, groups=groups, group_shares=[0.5, 0.3])
     with pytest.raises(ValueError, match="no images"):
