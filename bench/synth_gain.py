@@ -158,8 +158,9 @@ def main() -> None:
                                    for k in ("macro_f1", "accuracy", *[f"recall_{c}" for c in RECALL_OF])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "synth_gain", "model": args.model, "seeds": args.seeds,
-                                    "img_size": args.img_size, "minutes_per_run": args.minutes, "synthetic_n": args.synthetic_n,
-                                    "synthetic_ratio": args.synthetic_ratio, "gan_kimg": args.gan_kimg,
+                                    "img_size": args.img_size, "minutes_per_run": args.minutes,
+                                    "synthetic_n": args.synthetic_n, "synthetic_ratio": args.synthetic_ratio,
+                                    "gan_kimg": args.gan_kimg,
                                     "table": table, "runs": runs, "seconds": timing}, indent=1))
     for k, v in table.items():
         print(f"{k:18s} macro-F1 {v['macro_f1']['mean']:.4f} ± {v['macro_f1']['std']:.4f}  "
