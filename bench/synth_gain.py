@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from _magnetic_tile import prepared_split
 
+from lineguard.config import load_config
 from lineguard.data.format import Dataset
 from lineguard.synth.baselines import CopyPasteSource, PerlinSource
 from lineguard.synth.crops import defect_crops, group_by_class
@@ -134,14 +135,18 @@ def main() -> None:
         for v in args.variants:
             for seed in args.seeds:
                 name = f"{tag}/{v}/seed{seed}"
-                out = args.work / tag / v / f"seed{seed}"
+                out = args.work / tag / "train" / v / f"seed{seed}"
+                cfg = TrainConfig(model=args.model, img_size=args.img_size, seed=seed, epochs=200,
+                                  max_minutes=args.minutes, patience=1000,
+                                  synthetic=str(synthetic[v]) if v != "real" else None,
+                                  synthetic_ratio=args.synthetic_ratio)
                 if (out / "metrics.json").exists():
+                    kept = load_config(TrainConfig, out / "train.yaml")
+                    if kept != cfg:
+                        raise SystemExit(f"{out}: trained with other settings than these; remove it or use "
+                                         "another --work")
                     m = json.loads((out / "metrics.json").read_text())
                 else:
-                    cfg = TrainConfig(model=args.model, img_size=args.img_size, seed=seed, epochs=200,
-                                      max_minutes=args.minutes, patience=1000,
-                                      synthetic=str(synthetic[v]) if v != "real" else None,
-                                      synthetic_ratio=args.synthetic_ratio)
                     m = train(cfg, real, out, resume=(out / "checkpoint.pt").exists(), progress=False)
                 t = m["test"]
                 runs[name] = {"fraction": f, "variant": v, "seed": seed, "macro_f1": t["macro_f1"],
