@@ -124,5 +124,5 @@ Training: {m['epochs_run']} epochs (best {m['best_epoch']}), {m['train_minutes']
 def _synthetic_line(syn) -> str:
     if not syn:
         return ""
-    return (f"\nSynthetic training images from `{syn['root']}`, {syn['ratio']:.0%} of the draws: {syn['classes']}, "
-            f"sources {syn['sources']}, made by {syn['origins']}.\n")
+    return (f"\nSynthetic training images from `{syn['root']}`, {syn['ratio']:.0%} of the draws of each class "
+            f"they hold: {syn['classes']}, sources {syn['sources']}, made by {syn['origins']}.\n")
