@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import LineguardError
+from .files import atomic_write
 
 __all__ = ["ConfigError", "StrictModel", "dump_config", "load_config"]
 
@@ -78,4 +79,4 @@ def load_config(
 
 def dump_config(cfg: BaseModel, path: Union[str, Path]) -> None:
     """Write the resolved config beside an artefact, so it can be reproduced."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    atomic_write(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -12,7 +12,6 @@ Paths in the manifest are relative to the folder when the file lies inside it, a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Literal, Optional, Union
 
@@ -20,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .. import LineguardError
+from ..files import atomic_path, atomic_write
 
 __all__ = [
     "CLASSES_FILE",
@@ -133,7 +133,7 @@ class ClassFile(_Row):
         return self.classes.index(name)
 
     def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        atomic_write(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
 def _read_jsonl(path: Path, model: type) -> Iterator:
@@ -150,11 +150,9 @@ def _read_jsonl(path: Path, model: type) -> Iterator:
 
 
 def _write_jsonl(path: Path, rows: Iterable[BaseModel]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:  # a killed write leaves the old file
         for r in rows:
             f.write(r.model_dump_json(exclude_none=True) + "\n")
-    os.replace(tmp, path)  # atomic: a killed write never leaves half a manifest
 
 
 class Dataset:

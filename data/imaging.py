@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Tuple, Union
 
@@ -13,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .. import LineguardError
+from ..files import atomic_write
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -89,8 +89,5 @@ def write_png(path: Union[str, Path], array: np.ndarray) -> bytes:
     if not ok:
         raise ImageFileError(f"cannot encode {path} as PNG")
     data = buf.tobytes()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return data

@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError, model_validator
 
 from ..config import StrictModel
+from ..files import atomic_write
 from .format import DatasetError
 from .preprocess import Preprocess
 
@@ -56,4 +57,4 @@ class ModelSpec(StrictModel):
             raise DatasetError(f"{path}: {e}") from None
 
     def save(self, model_dir: Union[str, Path]) -> None:
-        Path(model_dir, SPEC_FILE).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        atomic_write(Path(model_dir, SPEC_FILE), yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

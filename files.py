@@ -1,0 +1,134 @@
+"""Safe file plumbing every layer uses (torch-free, Python 3.8): atomic writes, hashing, bounded reads.
+
+    atomic_write("out/metrics.json", json.dumps(m))          # text or bytes
+    with atomic_path("out/model.onnx") as tmp:               # for writers that take a path
+        onnx.save(graph, str(tmp))
+    data = read_regular("manifest image", path, max_bytes=MAX_FILE_BYTES)
+
+An atomic write puts a temporary file in the target's folder, fsyncs it, renames it over the target and
+fsyncs the folder: a kill or a full disk leaves the old file or the new one, never half of either, and
+no temporary file behind (it is removed on every error path). New files get the ordinary permissions
+(``0o666`` less the umask), like every other file of the folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Union
+
+from . import LineguardError
+
+__all__ = ["MAX_FILE_BYTES", "FileError", "atomic_path", "atomic_write", "fsync_dir", "inside", "read_regular",
+           "sha256_file"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+MAX_FILE_BYTES = 1 << 30  # no single image, mask or label file a lineguard stage reads is larger (1 GiB)
+TMP_SUFFIX = ".tmp"
+
+
+class FileError(LineguardError):
+    """A file that cannot be read or written safely; the message names it and the cause."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def fsync_dir(folder: PathLike) -> None:
+    """Make a rename in ``folder`` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on success it replaces ``path`` atomically (fsynced),
+    on an error it is removed and ``path`` is unchanged."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        os.close(fd)
+        yield tmp
+        with open(tmp, "rb+") as f:  # the writer may have closed (or replaced) the file: sync what is there
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write(path: PathLike, data: Union[str, bytes]) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically; see :func:`atomic_path`."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(payload)
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_regular(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; a device, FIFO, folder or larger file is a
+    :class:`FileError` (opened non-blocking, so a FIFO never hangs the reader)."""
+    path = Path(path)
+    try:
+        fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise FileError(f"{path}: cannot read file ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileError(f"{path}: not a regular file (a device, FIFO or folder)")
+        if st.st_size > max_bytes:
+            raise FileError(f"{path}: {st.st_size} bytes, more than the {max_bytes} a file may have here")
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        if e.errno == errno.EISDIR:
+            raise FileError(f"{path}: is a folder, not a file") from None
+        raise FileError(f"{path}: cannot read file ({e.strerror or e})") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > max_bytes:
+        raise FileError(f"{path}: grew past {max_bytes} bytes while being read")
+    return data
+
+
+def inside(path: PathLike, root: PathLike) -> bool:
+    """Whether ``path`` (symlinks resolved) lies in the folder ``root``."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return False
+    return True
