@@ -36,9 +36,19 @@ app.command("bench")(bench)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point: errors in the input print one clear line (no traceback) and exit with 2."""
+    """Entry point: errors in the input or the environment (unreadable files, a full disk) print one clear
+    line (no traceback) and exit with 2; an interrupt exits with 130."""
     try:
         app(args=argv, prog_name="lineguard")
     except LineguardError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(2)
+        _fail(str(e), 2)
+    except OSError as e:  # the file system said no (permissions, a full disk, a vanished file)
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(f"{where}{e.strerror or e}", 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {' '.join(message.splitlines())}", highlight=False)
+    sys.exit(code)

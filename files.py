@@ -13,9 +13,11 @@ no temporary file behind (it is removed on every error path). New files get the 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
+import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -25,7 +27,7 @@ from typing import Iterator, Union
 from . import LineguardError
 
 __all__ = ["MAX_FILE_BYTES", "FileError", "atomic_path", "atomic_write", "fsync_dir", "inside", "read_regular",
-           "sha256_file"]
+           "replace_folder", "sha256_file"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_FILE_BYTES = 1 << 30  # no single image, mask or label file a lineguard stage reads is larger (1 GiB)
@@ -33,7 +35,11 @@ TMP_SUFFIX = ".tmp"
 
 
 class FileError(LineguardError):
-    """A file that cannot be read or written safely; the message names it and the cause."""
+    """A file that cannot be read or written safely; ``str()`` is ``"<path>: <reason>"``."""
+
+    def __init__(self, path: PathLike, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
 
 
 def _umask() -> int:
@@ -103,25 +109,25 @@ def read_regular(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     try:
         fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
-        raise FileError(f"{path}: cannot read file ({e.strerror or e})") from None
+        raise FileError(path, f"cannot read file ({e.strerror or e})") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise FileError(f"{path}: not a regular file (a device, FIFO or folder)")
+            raise FileError(path, "not a regular file (a device, FIFO or folder)")
         if st.st_size > max_bytes:
-            raise FileError(f"{path}: {st.st_size} bytes, more than the {max_bytes} a file may have here")
+            raise FileError(path, f"{st.st_size} bytes, more than the {max_bytes} a file may have here")
         with os.fdopen(fd, "rb", closefd=True) as f:
             fd = -1
             data = f.read(max_bytes + 1)
     except OSError as e:
         if e.errno == errno.EISDIR:
-            raise FileError(f"{path}: is a folder, not a file") from None
-        raise FileError(f"{path}: cannot read file ({e.strerror or e})") from None
+            raise FileError(path, "is a folder, not a file") from None
+        raise FileError(path, f"cannot read file ({e.strerror or e})") from None
     finally:
         if fd >= 0:
             os.close(fd)
     if len(data) > max_bytes:
-        raise FileError(f"{path}: grew past {max_bytes} bytes while being read")
+        raise FileError(path, f"grew past {max_bytes} bytes while being read")
     return data
 
 
@@ -131,4 +137,39 @@ def inside(path: PathLike, root: PathLike) -> bool:
         Path(path).resolve().relative_to(Path(root).resolve())
     except ValueError:
         return False
+    return True
+
+
+def replace_folder(new: PathLike, target: PathLike) -> None:
+    """Put the finished folder ``new`` at ``target`` (which may hold an older version) and remove the old one.
+
+    Linux swaps the two in one step (``renameat2(RENAME_EXCHANGE)``), so ``target`` always holds a whole
+    version; elsewhere the old folder is renamed aside first (a kill between the two renames leaves it
+    there, next to ``target``, under a ``.old-`` name)."""
+    new, target = Path(new), Path(target)
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        os.replace(new, target)
+    elif not _exchange(new, target):
+        aside = Path(tempfile.mkdtemp(dir=str(target.parent), prefix=f".{target.name}.old-"))
+        os.replace(target, aside / target.name)
+        os.replace(new, target)
+        new = aside
+    fsync_dir(target.parent)
+    shutil.rmtree(new, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's renameat2; False where that is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # kernel or file system without exchange
+            return False
+        raise OSError(err, os.strerror(err), str(b))
     return True

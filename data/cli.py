@@ -9,11 +9,14 @@ import typer
 from rich.table import Table
 
 from ..console import console, emit
+from .imaging import MAX_PIXELS
 
 app = typer.Typer(no_args_is_help=True, help="Data sets: import, validate, split, stats, preview, simulate.")
 
 JSON = typer.Option(False, "--json", help="Print one JSON object as the last line.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+MAX_PIXELS_OPTION = typer.Option(MAX_PIXELS, "--max-pixels", min=1,
+                                 help="Images with more pixels are refused without decoding.")
 
 
 def _class_table(title: str, rows: dict, ok_class: str) -> Table:
@@ -43,6 +46,9 @@ def import_(
     ok_class: Optional[str] = typer.Option(None, "--ok-class", help="Name of the defect-free class."),
     copy: bool = typer.Option(False, "--copy", help="Copy images into the data set instead of referencing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a data set already in --out."),
+    allow_outside: bool = typer.Option(False, "--allow-outside",
+                                       help="Read files that annotations or symlinks place outside SRC."),
+    max_pixels: int = MAX_PIXELS_OPTION,
     as_json: bool = JSON,
     quiet: bool = QUIET,
 ) -> None:
@@ -50,7 +56,7 @@ def import_(
     from .importers import import_dataset
 
     rep = import_dataset(src, out, fmt=fmt, ok_class=ok_class, copy=copy, overwrite=overwrite,
-                         progress=not quiet)
+                         progress=not quiet, allow_outside=allow_outside, max_pixels=max_pixels)
 
     def human(r) -> None:
         console.print(_class_table(f"{r.out} ({r.format}): {r.images} images, {r.masks} with masks",
@@ -63,12 +69,12 @@ def import_(
 
 
 @app.command()
-def validate(root: Path = typer.Argument(..., help="Data set folder."), as_json: bool = JSON,
-             quiet: bool = QUIET) -> None:
+def validate(root: Path = typer.Argument(..., help="Data set folder."), max_pixels: int = MAX_PIXELS_OPTION,
+             as_json: bool = JSON, quiet: bool = QUIET) -> None:
     """Decode every image and mask and check them against the manifest (exit 1 if invalid)."""
     from .validate import validate_dataset
 
-    rep = validate_dataset(root, progress=not quiet)
+    rep = validate_dataset(root, progress=not quiet, max_pixels=max_pixels)
 
     def human(r) -> None:
         _problems("errors", r.errors)
@@ -104,6 +110,8 @@ def split(
         for cls in next(iter(r.counts.values())):
             t.add_row(cls, *(str(r.counts[s][cls]) for s in r.counts))
         console.print(t)
+        for w in r.warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
     emit(rep, as_json, human)
 

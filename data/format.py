@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .. import LineguardError
-from ..files import atomic_path, atomic_write
+from ..files import FileError, atomic_path, atomic_write, read_regular
 
 __all__ = [
     "CLASSES_FILE",
@@ -91,6 +91,7 @@ class Record(_Row):
     source: Source
     origin: Origin
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    mask_sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     width: int = Field(gt=0)
     height: int = Field(gt=0)
 
@@ -137,22 +138,45 @@ class ClassFile(_Row):
 
 
 def _read_jsonl(path: Path, model: type) -> Iterator:
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield model.model_validate_json(line)
-            except ValidationError as e:
-                first = e.errors()[0]
-                loc = ".".join(str(p) for p in first["loc"])
-                raise DatasetError(f"{path}:{n}: {loc}: {first['msg']}") from None
+    try:
+        data = read_regular(path)
+    except FileError as e:
+        raise DatasetError(str(e)) from None
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"{path}:{n}: not UTF-8 text (byte {e.start + 1} of the line)") from None
+        if not line.strip():
+            continue
+        try:
+            yield model.model_validate_json(line)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise DatasetError(f"{path}:{n}: {loc + ': ' if loc else ''}{first['msg']}") from None
 
 
 def _write_jsonl(path: Path, rows: Iterable[BaseModel]) -> None:
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:  # a killed write leaves the old file
         for r in rows:
             f.write(r.model_dump_json(exclude_none=True) + "\n")
+
+
+def _load_classes(path: Path) -> ClassFile:
+    try:
+        text = read_regular(path).decode("utf-8")
+        return ClassFile.model_validate(yaml.safe_load(text))
+    except FileError as e:
+        raise DatasetError(str(e)) from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        raise DatasetError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise DatasetError(f"{path}: {loc + ': ' if loc else ''}{first['msg']}") from None
 
 
 class Dataset:
@@ -171,10 +195,7 @@ class Dataset:
         cpath = root / CLASSES_FILE
         if not cpath.is_file():
             raise DatasetError(f"{root}: not a lineguard data set ({CLASSES_FILE} missing)")
-        try:
-            classes = ClassFile.model_validate(yaml.safe_load(cpath.read_text()))
-        except (ValidationError, yaml.YAMLError) as e:
-            raise DatasetError(f"{cpath}: {e}") from None
+        classes = _load_classes(cpath)
         mpath = root / MANIFEST_FILE
         if not mpath.is_file():
             raise DatasetError(f"{root}: {MANIFEST_FILE} missing")

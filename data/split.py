@@ -18,6 +18,7 @@ class SplitReport(BaseModel):
     seed: int
     folds: Optional[int]
     counts: Dict[str, Dict[str, int]]  # split -> class -> images
+    warnings: List[str]  # classes too small to reach every requested split
 
 
 def _groups(records: List[Record]) -> Dict[str, List[int]]:
@@ -51,16 +52,28 @@ def split_dataset(ds: Dataset, val: float = 0.1, test: float = 0.2, seed: int = 
     by_class: Dict[str, List[List[int]]] = defaultdict(list)
     for members in _groups(ds.records).values():
         by_class[ds.records[members[0]].label].append(members)
+    records = list(ds.records)
+    warnings: List[str] = []
+    asked = {"test": test, "val": val}
     for label in sorted(by_class):
-        groups = sorted(by_class[label], key=lambda m: ds.records[m[0]].id)
+        groups = sorted(by_class[label], key=lambda m: records[m[0]].id)
         order = rng.permutation(len(groups))
         n_test = _take(len(groups), test)
         n_val = _take(len(groups) - n_test, val / (1 - test)) if val > 0 else 0
+        short = [name for name, n in (("test", n_test), ("val", n_val)) if asked[name] > 0 and n == 0]
+        if short or len(groups) - n_test - n_val == 0:
+            warnings.append(f"class '{label}' has {len(groups)} distinct image(s): none in "
+                            f"{', '.join(short) or 'train'}")
         for rank, g in enumerate(order):
             split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
             fold = (rank - n_test) % folds if folds and split != "test" else None
             for i in groups[g]:
-                ds.records[i] = ds.records[i].model_copy(update={"split": split, "fold": fold})
+                records[i] = records[i].model_copy(update={"split": split, "fold": fold})
+    counts = {s: ds.counts([r for r in records if r.split == s]) for s in ("train", "val", "test")}
+    empty = [name for name, share in asked.items() if share > 0 and not sum(counts[name].values())]
+    if empty:
+        raise DatasetError(f"{ds.root}: too few images for the split asked for: {' and '.join(empty)} would "
+                           f"hold no image ({'; '.join(warnings)}); the data set is unchanged")
+    ds.records = records
     ds.save()
-    counts = {s: ds.counts(ds.split(s)) for s in ("train", "val", "test")}
-    return SplitReport(images=len(ds), seed=seed, folds=folds, counts=counts)
+    return SplitReport(images=len(ds), seed=seed, folds=folds, counts=counts, warnings=warnings)

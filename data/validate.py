@@ -8,8 +8,9 @@ from typing import List, Union
 
 from pydantic import BaseModel
 
+from ..files import TMP_SUFFIX
 from .format import Dataset, Reject
-from .imaging import ImageFileError, read_image
+from .imaging import MAX_PIXELS, ImageFileError, read_image
 from .progress import track
 
 __all__ = ["ValidationReport", "validate_dataset"]
@@ -24,8 +25,28 @@ class ValidationReport(BaseModel):
     warnings: List[Reject]
 
 
-def validate_dataset(root: Union[str, Path], progress: bool = True) -> ValidationReport:
-    """Decode every image and mask; report each problem with the file and the reason."""
+def _stray_files(ds: Dataset) -> List[Reject]:
+    """Files under ``images/`` and ``masks/`` that no record names, and leftover temporary files anywhere
+    (e.g. from a killed run, or images of an earlier, larger run)."""
+    named = set()
+    for r in ds.records:
+        named.add(ds.path(r.image).resolve())
+        if r.mask is not None:
+            named.add(ds.path(r.mask).resolve())
+    out = []
+    for path in sorted(p for p in ds.root.rglob("*") if not p.is_dir()):
+        rel = path.relative_to(ds.root)
+        if path.name.endswith(TMP_SUFFIX):
+            out.append(Reject(path=str(path), reason="temporary file left by an interrupted write"))
+        elif rel.parts[0] in ("images", "masks") and path.resolve() not in named:
+            out.append(Reject(path=str(path), reason="stray file: no record of the manifest names it"))
+    return out
+
+
+def validate_dataset(root: Union[str, Path], progress: bool = True, max_pixels: int = MAX_PIXELS
+                     ) -> ValidationReport:
+    """Decode every image and mask; report each problem with the file and the reason. Files the manifest
+    does not name (under images/ and masks/, and temporary files) are warnings."""
     ds = Dataset.load(root)
     errors: List[Reject] = []
     warnings: List[Reject] = []
@@ -44,7 +65,7 @@ def validate_dataset(root: Union[str, Path], progress: bool = True) -> Validatio
         if r.label not in classes:
             errors.append(Reject(path=str(img_path), reason=f"label '{r.label}' is not in {ds.classes.classes}"))
         try:
-            pixels, sha = read_image(img_path)
+            pixels, sha = read_image(img_path, max_pixels=max_pixels)
         except ImageFileError as e:
             errors.append(Reject(path=str(img_path), reason=str(e)))
             continue
@@ -56,13 +77,17 @@ def validate_dataset(root: Union[str, Path], progress: bool = True) -> Validatio
         if r.mask is not None:
             mask_path = ds.path(r.mask)
             try:
-                mask, _ = read_image(mask_path)
+                mask, mask_sha = read_image(mask_path, max_pixels=max_pixels)
             except ImageFileError as e:
                 errors.append(Reject(path=str(mask_path), reason=f"mask unusable: {e}"))
                 continue
+            if r.mask_sha256 is not None and mask_sha != r.mask_sha256:
+                errors.append(Reject(path=str(mask_path), reason="mask content changed since it was written "
+                                                                 "(sha256 differs)"))
             if mask.shape[:2] != (h, w):
                 errors.append(Reject(path=str(mask_path),
                                      reason=f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {w}x{h}"))
+    warnings.extend(_stray_files(ds))
     if any(r.split is None for r in ds.records):
         warnings.append(Reject(path=str(ds.root), reason="some records have no split yet (run `data split`)"))
     return ValidationReport(root=str(ds.root), images=len(ds), masks=sum(r.mask is not None for r in ds.records),

@@ -8,7 +8,9 @@ rejects with reasons, and the data set written atomically.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel
 
+from ...files import atomic_path, atomic_write, inside, replace_folder
 from ..format import (
     CLASSES_FILE,
     MANIFEST_FILE,
@@ -30,7 +33,16 @@ from ..format import (
     Record,
     Reject,
 )
-from ..imaging import IMAGE_SUFFIXES, ImageFileError, binarize_mask, read_image, write_png
+from ..imaging import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    MIN_SIDE,
+    ImageFileError,
+    binarize_mask,
+    read_image,
+    sha256_bytes,
+    write_png,
+)
 from ..progress import track
 
 __all__ = [
@@ -40,8 +52,10 @@ __all__ = [
     "Importer",
     "Scan",
     "Shape",
+    "check_id",
     "detect_format",
     "import_dataset",
+    "is_image_name",
     "list_images",
     "path_ids",
     "pick_ok_class",
@@ -49,6 +63,7 @@ __all__ = [
 ]
 
 REPORT_FILE = "import-report.json"
+CLIP_TOLERANCE = 1.0  # pixels a shape may reach outside its image before the clipping is a warning
 OK_CLASS_NAMES = ("ok", "good", "free", "normal", "pass", "defect_free", "no_defect")
 
 
@@ -87,16 +102,17 @@ class Importer:
     version: str
     detect: Callable[[Path], bool]
     scan: Callable[[Path, Optional[str]], Scan]
+    layout: str  # what ``detect`` looks for, for the error when nothing matches
 
 
 IMPORTERS: Dict[str, Importer] = {}
 
 
-def register_importer(name: str, version: str, detect: Callable[[Path], bool]):
-    """Decorator for a scan function ``(src, ok_class) -> Scan``."""
+def register_importer(name: str, version: str, detect: Callable[[Path], bool], layout: str):
+    """Decorator for a scan function ``(src, ok_class) -> Scan``; ``layout`` describes the folders it reads."""
 
     def wrap(scan: Callable[[Path, Optional[str]], Scan]):
-        IMPORTERS[name] = Importer(name, version, detect, scan)
+        IMPORTERS[name] = Importer(name, version, detect, scan, layout)
         return scan
 
     return wrap
@@ -114,10 +130,15 @@ class ImportReport(BaseModel):
     warnings: List[Reject]
 
 
+def is_image_name(p: Path) -> bool:
+    """A file (or a symlink, dangling ones included: the import rejects them with the reason) with an image
+    suffix."""
+    return (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES
+
+
 def list_images(folder: Path) -> List[Path]:
     """Image files directly in ``folder``, sorted (masks named ``*_mask`` excluded)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_mask"))
+    return sorted(p for p in folder.iterdir() if is_image_name(p) and not p.stem.endswith("_mask"))
 
 
 def path_ids(paths: List[Path], root: Path) -> List[str]:
@@ -145,10 +166,12 @@ def detect_format(src: Path) -> str:
     hits = [name for name, imp in IMPORTERS.items() if name != "imagefolder" and imp.detect(src)]
     if not hits and IMPORTERS["imagefolder"].detect(src):
         hits = ["imagefolder"]
+    if not hits:
+        expected = "; ".join(f"{n}: {imp.layout}" for n, imp in IMPORTERS.items())
+        raise DatasetError(f"{src}: no known layout recognised (expected one of {expected}); pass --format")
     if len(hits) != 1:
-        known = ", ".join(IMPORTERS)
-        what = "no known layout" if not hits else f"several layouts ({', '.join(hits)})"
-        raise DatasetError(f"{src}: {what} recognised; pass --format (one of {known})")
+        raise DatasetError(f"{src}: several layouts recognised ({', '.join(hits)}); pass --format "
+                           f"(one of {', '.join(IMPORTERS)})")
     return hits[0]
 
 
@@ -162,18 +185,26 @@ def _render_shapes(shapes: List[Shape], normalized: bool, w: int, h: int
     for s in shapes:
         pts = np.asarray(s.points, dtype=np.float64).reshape(-1, 2) * scale
         lo, hi = pts.min(axis=0), pts.max(axis=0)
+        if not np.isfinite(pts).all():
+            problems.append(f"{s.label} shape has coordinates that are not finite numbers; left out")
+            continue
         x0, y0 = max(lo[0], 0.0), max(lo[1], 0.0)
         x1, y1 = min(hi[0], float(w)), min(hi[1], float(h))
         if x1 <= x0 or y1 <= y0:
-            problems.append(f"{s.label} shape {lo.round(1).tolist()}-{hi.round(1).tolist()} lies outside "
-                            f"the {w}x{h} image")
+            problems.append(f"{s.label} shape {_span(lo, hi)} lies outside the {w}x{h} image")
             continue
+        if max(x0 - lo[0], y0 - lo[1], hi[0] - x1, hi[1] - y1) > CLIP_TOLERANCE:
+            problems.append(f"{s.label} shape {_span(lo, hi)} reaches outside the {w}x{h} image; clipped to it")
         boxes.append(Box(label=s.label, x0=round(x0, 2), y0=round(y0, 2), x1=round(x1, 2), y1=round(y1, 2)))
         if s.is_box:
             cv2.rectangle(mask, (int(x0), int(y0)), (int(np.ceil(x1)) - 1, int(np.ceil(y1)) - 1), 255, -1)
         else:
             cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 255)
     return boxes, mask, problems
+
+
+def _span(lo: np.ndarray, hi: np.ndarray) -> str:
+    return f"({lo[0]:.4g}, {lo[1]:.4g})-({hi[0]:.4g}, {hi[1]:.4g})"
 
 
 def _image_label(c: Candidate, boxes: List[Box], ok_class: str) -> str:
@@ -188,6 +219,45 @@ def _image_label(c: Candidate, boxes: List[Box], ok_class: str) -> str:
     return area.most_common(1)[0][0]
 
 
+def check_id(rec_id: str) -> Optional[str]:
+    """Why ``rec_id`` cannot name files in a data set (None if it can): it must be a relative path of plain
+    names (no ``..``, no empty part, no control characters), as files under ``images/`` and ``masks/``."""
+    parts = rec_id.split("/")
+    if not rec_id or rec_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return f"record id '{rec_id}' is not a relative path of plain names (no '..', '/', empty part)"
+    if any(ord(ch) < 32 or ch in "\\\x7f" for ch in rec_id):
+        return f"record id {rec_id!r} holds control characters or backslashes"
+    if any(len(p.encode("utf-8")) > 200 for p in parts):
+        return f"record id '{rec_id[:60]}...' has a name longer than 200 bytes"
+    return None
+
+
+def _dest(root: Path, kind: str, rec_id: str, suffix: str) -> Path:
+    """``root/kind/<id><suffix>``, checked to lie inside ``root`` (the id is checked already)."""
+    dst = root / kind / f"{rec_id}{suffix}"
+    if not inside(dst, root):
+        raise DatasetError(f"{dst}: would be written outside the data set {root}")
+    return dst
+
+
+def _check_folders(src: Path, out: Path, overwrite: bool) -> bool:
+    """Refuse an --out that would damage the source or another folder; True when ``out`` holds a data set."""
+    if not src.is_dir():
+        raise DatasetError(f"{src}: not a folder")
+    if inside(out, src):
+        raise DatasetError(f"{out}: --out lies inside the source folder {src}; choose a folder outside it")
+    if inside(src, out):
+        raise DatasetError(f"{out}: --out holds the source folder {src}; choose a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder")
+    holds = (out / MANIFEST_FILE).exists() or (out / CLASSES_FILE).exists()
+    if holds and not overwrite:
+        raise DatasetError(f"{out}: already holds a data set; pass --overwrite to replace it")
+    if out.is_dir() and not holds and any(out.iterdir()):
+        raise DatasetError(f"{out}: exists and holds files that are not a lineguard data set; choose a new folder")
+    return holds
+
+
 def import_dataset(
     src: Union[str, Path],
     out: Union[str, Path],
@@ -196,35 +266,79 @@ def import_dataset(
     copy: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    allow_outside: bool = False,
+    max_pixels: int = MAX_PIXELS,
 ) -> ImportReport:
-    """Import ``src`` (layout ``fmt``) into a lineguard data set at ``out``."""
+    """Import ``src`` (layout ``fmt``) into a lineguard data set at ``out``.
+
+    The set is built in a temporary folder beside ``out`` and put in place in one step when complete: a
+    failed or killed import (``overwrite`` included) leaves the data set that was there unchanged. Every
+    file read must lie inside ``src`` (symlinks resolved) unless ``allow_outside``; every file written lies
+    inside ``out``."""
     src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise DatasetError(f"{src}: not a folder")
-    if ((out / MANIFEST_FILE).exists() or (out / CLASSES_FILE).exists()) and not overwrite:
-        raise DatasetError(f"{out}: already holds a data set; pass --overwrite to replace it")
+    had_set = _check_folders(src, out, overwrite)
     fmt = detect_format(src) if fmt == "auto" else fmt
     if fmt not in IMPORTERS:
         raise DatasetError(f"unknown format '{fmt}' (known: {', '.join(IMPORTERS)})")
     importer = IMPORTERS[fmt]
     scan = importer.scan(src, ok_class)
     classes = ClassFile(classes=scan.classes, ok_class=scan.ok_class)
-    ds = Dataset(out, classes, [], list(scan.rejects))
-    origin = Origin(kind="importer", name=fmt, version=importer.version)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=str(out.parent), prefix=f".{out.name}.importing-"))
+    try:
+        ds = Dataset(work, classes, [], list(scan.rejects))
+        warnings = _import_candidates(ds, scan, src, Origin(kind="importer", name=fmt, version=importer.version),
+                                      copy=copy, allow_outside=allow_outside, max_pixels=max_pixels,
+                                      progress=progress)
+        ds.save()
+        report = ImportReport(
+            format=fmt, out=str(out), images=len(ds.records), classes=ds.counts(), ok_class=classes.ok_class,
+            masks=sum(r.mask is not None for r in ds.records), rejected=len(ds.rejects),
+            rejects=ds.rejects, warnings=warnings)
+        atomic_write(work / REPORT_FILE, report.model_dump_json(indent=1))
+        if not ds.records and had_set:
+            first = f"; first: {ds.rejects[0].path}: {ds.rejects[0].reason}" if ds.rejects else ""
+            raise DatasetError(f"{src}: nothing usable imported ({len(ds.rejects)} rejects{first}); the data set "
+                               f"in {out} is unchanged")
+        replace_folder(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if not ds.records:
+        raise DatasetError(f"{src}: nothing usable imported ({len(ds.rejects)} rejects, see {out / REJECTS_FILE})")
+    return report
+
+
+def _source_problem(path: Path, src: Path, allow_outside: bool) -> Optional[str]:
+    """Why the source file ``path`` may not be read (None if it may)."""
+    if path.is_symlink() and not path.exists():
+        return f"dangling symlink (its target {os.readlink(path)} does not exist)"
+    if not allow_outside and not inside(path, src):
+        return (f"lies outside the source folder {src} (resolves to {path.resolve()}); pass --allow-outside "
+                "to read it")
+    return None
+
+
+def _import_candidates(ds: Dataset, scan: Scan, src: Path, origin: Origin, *, copy: bool, allow_outside: bool,
+                       max_pixels: int, progress: bool) -> List[Reject]:
+    """Decode and check every candidate into ``ds`` (records and rejects); returns the warnings."""
     warnings: List[Reject] = []
     seen: Dict[str, str] = {}
     ids: Dict[str, str] = {}
-    out.mkdir(parents=True, exist_ok=True)
 
     def reject(path: Path, reason: str) -> None:
         ds.rejects.append(Reject(path=str(path), reason=reason))
 
     for c in track(scan.candidates, "import", enabled=progress):
+        problem = check_id(c.id) or _source_problem(c.image, src, allow_outside)
+        if problem is not None:
+            reject(c.image, problem)
+            continue
         if c.id in ids:  # one id, two records: the second mask would overwrite the first
             reject(c.image, f"id '{c.id}' already used by {ids[c.id]}")
             continue
         try:
-            pixels, sha = read_image(c.image)
+            pixels, sha = read_image(c.image, max_pixels=max_pixels)
         except ImageFileError as e:
             reject(c.image, str(e))
             continue
@@ -232,16 +346,23 @@ def import_dataset(
             reject(c.image, f"duplicate of {seen[sha]} (same sha256)")
             continue
         h, w = pixels.shape[:2]
-        mask_rel: Optional[str] = None
+        if min(h, w) < MIN_SIDE:
+            warnings.append(Reject(path=str(c.image), reason=f"only {w}x{h} pixels (models take {MIN_SIDE} px "
+                                                             "or more a side: it will be upscaled)"))
+        mask_rel = mask_sha = None
         boxes: Optional[List[Box]] = None
         drawn: Optional[np.ndarray] = None
         label = c.label
         if c.mask is not None:
+            mask_problem = _source_problem(c.mask, src, allow_outside)
+            if mask_problem is not None:
+                reject(c.mask, mask_problem)
+                continue
             if not c.mask.is_file():
                 warnings.append(Reject(path=str(c.mask), reason=f"mask file missing; {c.image} kept without mask"))
             else:
                 try:
-                    mask, _ = read_image(c.mask)
+                    mask, mask_sha = read_image(c.mask, max_pixels=max_pixels)
                 except ImageFileError as e:
                     reject(c.mask, f"mask unusable: {e}")
                     continue
@@ -251,6 +372,7 @@ def import_dataset(
                 if label != scan.ok_class and not binarize_mask(mask).any():
                     warnings.append(Reject(path=str(c.mask),
                                            reason=f"mask of a '{label}' image is empty; image kept without mask"))
+                    mask_sha = None
                 else:
                     mask_rel = _place(ds, c.mask, "masks", c.id, copy)
         elif c.shapes:
@@ -258,36 +380,26 @@ def import_dataset(
             warnings.extend(Reject(path=str(c.image), reason=p) for p in problems)
             label = _image_label(c, boxes, scan.ok_class)
             boxes = boxes or None
-        if label not in classes.classes:
-            reject(c.image, f"label '{label}' is not a known class ({', '.join(classes.classes)})")
+        if label not in ds.classes.classes:
+            reject(c.image, f"label '{label}' is not a known class ({', '.join(ds.classes.classes)})")
             continue
         if drawn is not None:  # written only for a kept record: no orphan mask files
-            mask_path = out / "masks" / f"{c.id}.png"
-            mask_path.parent.mkdir(parents=True, exist_ok=True)
-            write_png(mask_path, drawn)
+            mask_path = _dest(ds.root, "masks", c.id, ".png")
+            mask_sha = sha256_bytes(write_png(mask_path, drawn))
             mask_rel = ds.relative(mask_path)
         seen[sha] = str(c.image)
         ids[c.id] = str(c.image)
         ds.records.append(Record(
             id=c.id, image=_place(ds, c.image, "images", c.id, copy), label=label, mask=mask_rel,
-            boxes=boxes, source="real", origin=origin, sha256=sha, width=w, height=h))
-
-    ds.save()
-    report = ImportReport(
-        format=fmt, out=str(out), images=len(ds.records), classes=ds.counts(), ok_class=classes.ok_class,
-        masks=sum(r.mask is not None for r in ds.records), rejected=len(ds.rejects),
-        rejects=ds.rejects, warnings=warnings)
-    (out / REPORT_FILE).write_text(report.model_dump_json(indent=1))
-    if not ds.records:
-        raise DatasetError(f"{src}: nothing usable imported ({len(ds.rejects)} rejects, see {out / REJECTS_FILE})")
-    return report
+            mask_sha256=mask_sha, boxes=boxes, source="real", origin=origin, sha256=sha, width=w, height=h))
+    return warnings
 
 
 def _place(ds: Dataset, path: Path, kind: str, rec_id: str, copy: bool) -> str:
     """Reference ``path`` in the manifest, or copy it into the data set first."""
     if not copy:
         return ds.relative(path)
-    dst = ds.root / kind / f"{rec_id}{path.suffix.lower()}"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(path, dst)
+    dst = _dest(ds.root, kind, rec_id, path.suffix.lower())
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(path, tmp)
     return ds.relative(dst)

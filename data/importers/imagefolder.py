@@ -25,14 +25,15 @@ def _class_dirs(src: Path) -> List[Path]:
 
 
 def detect(src: Path) -> bool:
-    if any((src / n).exists() for n in OTHER_LAYOUT_NAMES):
+    other = {n.lower() for n in OTHER_LAYOUT_NAMES}
+    if any(p.name.lower() in other for p in src.iterdir()):
         return False
     if any(imp.detect(src) for name, imp in IMPORTERS.items() if name != NAME):
         return False
     return any(list_images(d) for d in _class_dirs(src))
 
 
-@register_importer(NAME, version="1", detect=detect)
+@register_importer(NAME, version="1", detect=detect, layout="<class>/<image files>")
 def scan(src: Path, ok_class: Optional[str]) -> Scan:
     rejects: List[Reject] = []
     found = []

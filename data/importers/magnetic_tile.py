@@ -19,7 +19,7 @@ def detect(src: Path) -> bool:
     return any((d / "Imgs").is_dir() for d in _class_dirs(src))
 
 
-@register_importer("magnetic-tile", version="1", detect=detect)
+@register_importer("magnetic-tile", version="1", detect=detect, layout="MT_<Class>/Imgs/*.jpg")
 def scan(src: Path, ok_class: Optional[str]) -> Scan:
     dirs = _class_dirs(src)
     names = [d.name[len(PREFIX):] for d in dirs]

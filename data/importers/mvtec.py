@@ -29,7 +29,7 @@ def detect(src: Path) -> bool:
     return (src / "train" / OK).is_dir() and (src / "test").is_dir()
 
 
-@register_importer("mvtec", version="1", detect=detect)
+@register_importer("mvtec", version="1", detect=detect, layout="train/good/ + test/<defect>/")
 def scan(src: Path, ok_class: Optional[str]) -> Scan:
     if ok_class not in (None, OK):
         raise DatasetError(f"{src}: the OK class of an MVTec AD folder is '{OK}', not '{ok_class}'")

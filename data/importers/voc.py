@@ -12,12 +12,14 @@ standard library parser does not guard against hostile XML such as entity expans
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import List, Optional, Set, Tuple
 
 import numpy as np
 
+from ...files import FileError, read_regular
 from ..format import DatasetError, Reject
 from ..imaging import IMAGE_SUFFIXES
 from .base import Candidate, Scan, Shape, list_images, register_importer
@@ -29,9 +31,27 @@ class _BadXml(ValueError):
     pass
 
 
+ANNOTATION_DIRS = ("annotations",)  # folder names, matched case-insensitively
+IMAGE_DIRS = ("jpegimages", "images")
+
+
+def _folder(src: Path, names: Tuple[str, ...]) -> Optional[Path]:
+    """The sub-folder of ``src`` whose lower-case name is the first of ``names`` found."""
+    found = {p.name.lower(): p for p in sorted(src.iterdir()) if p.is_dir()} if src.is_dir() else {}
+    return next((found[n] for n in names if n in found), None)
+
+
+def _xml_files(ann: Path) -> List[Path]:
+    return sorted(p for p in ann.iterdir() if p.suffix.lower() == ".xml" and (p.is_file() or p.is_symlink()))
+
+
+def _layout(src: Path) -> Tuple[Optional[Path], Optional[Path]]:
+    return _folder(src, ANNOTATION_DIRS), _folder(src, IMAGE_DIRS)
+
+
 def detect(src: Path) -> bool:
-    ann = src / "Annotations"
-    return ann.is_dir() and (src / "JPEGImages").is_dir() and any(ann.glob("*.xml"))
+    ann, images = _layout(src)
+    return ann is not None and images is not None and bool(_xml_files(ann))
 
 
 def _find_image(images: Path, xml: Path, filename: Optional[str]) -> Tuple[Optional[Path], str]:
@@ -56,9 +76,12 @@ def _number(obj: ET.Element, tag: str, n: int) -> float:
     if text is None:
         raise _BadXml(f"object {n}: <bndbox><{tag}> missing")
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise _BadXml(f"object {n}: <{tag}> is not a number: {text.strip()!r}") from None
+    if not math.isfinite(value):
+        raise _BadXml(f"object {n}: <{tag}> is not a finite number: {text.strip()!r}")
+    return value
 
 
 def _objects(root: ET.Element) -> List[Shape]:
@@ -75,16 +98,23 @@ def _objects(root: ET.Element) -> List[Shape]:
     return shapes
 
 
-@register_importer("voc", version="1", detect=detect)
+@register_importer("voc", version="1", detect=detect, layout="Annotations/*.xml + JPEGImages/ or images/ (any case)")
 def scan(src: Path, ok_class: Optional[str]) -> Scan:
     ok = ok_class or DEFAULT_OK
-    images = src / "JPEGImages"
+    ann, images = _layout(src)
+    if ann is None or images is None:
+        have = ", ".join(sorted(p.name + "/" for p in src.iterdir() if p.is_dir())) or "no folders"
+        raise DatasetError(f"{src}: not a VOC layout: expected an Annotations/ folder (any case) and a "
+                           f"JPEGImages/ or images/ folder (any case); found {have}")
     rejects: List[Reject] = []
     found: List[Tuple[str, Path, List[Shape]]] = []
     used: Set[Path] = set()
-    for xml in sorted((src / "Annotations").glob("*.xml")):
+    for xml in _xml_files(ann):
         try:
-            root = ET.parse(xml).getroot()
+            root = ET.fromstring(read_regular(xml))
+        except FileError as e:
+            rejects.append(Reject(path=str(xml), reason=e.reason))
+            continue
         except ET.ParseError as e:
             rejects.append(Reject(path=str(xml), reason=f"XML does not parse: {e}"))
             image, _ = _find_image(images, xml, None)

@@ -21,15 +21,16 @@ The YOLO split is not imported (lineguard re-splits), but ids keep it: ``train/<
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple, Union
 
 import numpy as np
 import yaml
 
+from ...files import FileError, read_regular
 from ..format import DatasetError, Reject
-from ..imaging import IMAGE_SUFFIXES
-from .base import Candidate, Scan, Shape, path_ids, register_importer
+from .base import Candidate, Scan, Shape, is_image_name, path_ids, register_importer
 
 DEFAULT_OK = "ok"
 YAML_NAMES = ("data.yaml", "data.yml")
@@ -50,8 +51,8 @@ def detect(src: Path) -> bool:
     if y is None:
         return False
     try:
-        data = yaml.safe_load(y.read_text())
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(read_regular(y).decode("utf-8"))
+    except (FileError, UnicodeDecodeError, yaml.YAMLError):
         return True  # a data.yaml that does not load is still meant as YOLO: scan says why
     return isinstance(data, dict) and "names" in data
 
@@ -67,6 +68,9 @@ def _class_names(data: dict, yfile: Path) -> Dict[int, str]:
             raise DatasetError(f"{yfile}: 'names' keys must be class ids (integers)") from None
     else:
         raise DatasetError(f"{yfile}: 'names' must be a list or a mapping id -> name")
+    bad = [v for v in out.values() if not isinstance(v, (str, int, float)) or isinstance(v, bool)]
+    if bad:
+        raise DatasetError(f"{yfile}: class names must be text, got {bad[0]!r}")
     out = {k: str(v).strip() for k, v in out.items()}
     if not out or any(not v for v in out.values()) or len(set(out.values())) != len(out):
         raise DatasetError(f"{yfile}: class names must be unique and non-empty: {names}")
@@ -76,13 +80,20 @@ def _class_names(data: dict, yfile: Path) -> Dict[int, str]:
 def _images_of(entry: Path, root: Path) -> List[Path]:
     """Images under a folder (recursively), or listed in a .txt file (one path a line)."""
     if entry.is_dir():
-        return sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in entry.rglob("*") if is_image_name(p))
+    try:
+        text = read_regular(entry).decode("utf-8")
+    except FileError as e:
+        raise DatasetError(str(e)) from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{entry}: image list is not UTF-8 text") from None
     out = []
-    for line in entry.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line:
             p = Path(line)
-            out.append(p if p.is_absolute() else (entry.parent if line.startswith("./") else root) / p)
+            p = p if p.is_absolute() else (entry.parent if line.startswith("./") else root) / p
+            out.append(Path(os.path.normpath(p)))  # '..' resolved in the text: ids never keep it
     return out
 
 
@@ -126,7 +137,7 @@ def _parse_line(text: str, names: Dict[int, str]) -> Shape:
 
 def _read_labels(path: Path, names: Dict[int, str]) -> List[Shape]:
     shapes = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_regular(path).decode("utf-8").splitlines(), 1):
         if line.strip():
             try:
                 shapes.append(_parse_line(line, names))
@@ -158,15 +169,19 @@ def _split_entries(data: dict, root: Path, base: Path, yfile: Path
     return out, rejects
 
 
-@register_importer("yolo", version="1", detect=detect)
+@register_importer("yolo", version="1", detect=detect, layout="data.yaml with names")
 def scan(src: Path, ok_class: Optional[str]) -> Scan:
     yfile = _yaml_file(src)
     if yfile is None:
         raise DatasetError(f"{src}: no {' or '.join(YAML_NAMES)}")
     try:
-        data = yaml.safe_load(yfile.read_text())
+        data = yaml.safe_load(read_regular(yfile).decode("utf-8"))
+    except FileError as e:
+        raise DatasetError(str(e)) from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{yfile}: not UTF-8 text") from None
     except yaml.YAMLError as e:
-        raise DatasetError(f"{yfile}: not valid YAML ({e})") from None
+        raise DatasetError(f"{yfile}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{yfile}: expected a mapping with 'names' and image folders")
     names = _class_names(data, yfile)
@@ -186,7 +201,11 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
     seen: Set[Path] = set()
     for split, entries in splits:
         for entry in entries:
-            images = [p for p in _images_of(entry, root) if p.resolve() not in seen]
+            try:
+                images = [p for p in _images_of(entry, root) if p.resolve() not in seen]
+            except DatasetError as e:  # an unreadable image list costs its images, not the import
+                rejects.append(Reject(path=str(entry), reason=str(e).split(": ", 1)[-1]))
+                continue
             seen.update(p.resolve() for p in images)
             top = entry if entry.is_dir() else root
             try:
@@ -206,8 +225,11 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
                 except _BadLabel as e:
                     rejects.append(Reject(path=str(label_file), reason=str(e)))
                     continue
-                except (OSError, UnicodeDecodeError) as e:
-                    rejects.append(Reject(path=str(label_file), reason=f"cannot read label file ({e})"))
+                except FileError as e:
+                    rejects.append(Reject(path=str(label_file), reason=e.reason))
+                    continue
+                except UnicodeDecodeError:
+                    rejects.append(Reject(path=str(label_file), reason="label file is not UTF-8 text"))
                     continue
                 candidates.append(Candidate(id=rec_id, image=image, label=shapes[0].label if shapes else ok,
                                             shapes=shapes, normalized=True))

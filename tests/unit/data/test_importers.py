@@ -399,14 +399,14 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
 
 
 def test_two_candidates_with_one_id_are_not_both_kept(tmp_path: Path, monkeypatch) -> None:
-    a, b = _image(tmp_path / "a.png"), _image(tmp_path / "b.png")
+    a, b = _image(tmp_path / "src" / "a.png"), _image(tmp_path / "src" / "b.png")
 
     def scan(src: Path, ok_class) -> Scan:
         return Scan(classes=["ok"], ok_class="ok",
                     candidates=[Candidate(id="same", image=a, label="ok"),
                                 Candidate(id="same", image=b, label="ok")])
 
-    monkeypatch.setitem(IMPORTERS, "test-same-id", Importer("test-same-id", "1", lambda p: False, scan))
-    rep = import_dataset(tmp_path, tmp_path / "out", fmt="test-same-id", progress=False)
+    monkeypatch.setitem(IMPORTERS, "test-same-id", Importer("test-same-id", "1", lambda p: False, scan, "any"))
+    rep = import_dataset(tmp_path / "src", tmp_path / "out", fmt="test-same-id", progress=False)
     assert rep.images == 1
     assert "already used" in _reasons(rep)[str(b)]
