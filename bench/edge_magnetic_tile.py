@@ -24,6 +24,7 @@ from lineguard.data.preprocess import Preprocess
 from lineguard.edge.bench import bench, machine, recommend
 from lineguard.edge.export import export
 from lineguard.edge.formats import ExportError
+from lineguard.files import atomic_write
 from lineguard.training.model_dir import save_model_files
 from lineguard.training.models import create_model, model_config
 
@@ -81,7 +82,7 @@ def main() -> None:
         **{f"{m}_int8_vs_fp32_b1": ratio((m, "ort-int8", 1), (m, "ort", 1)) for m in dirs},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, default=str))
+    atomic_write(args.out, json.dumps(result, indent=1, default=str))
     print(json.dumps(result["ratios"], indent=1))
     for (m, b, n), v in sorted(p50.items()):
         print(f"{m:22s} {b:9s} batch {n:2d}: p50 {v:7.2f} ms")

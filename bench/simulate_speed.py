@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lineguard.files import atomic_write
 from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     result = {"benchmark": "simulate", "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
                                                   "python": platform.python_version()}, "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    atomic_write(args.out, json.dumps(result, indent=1))
     print(json.dumps(result))
 
 

@@ -25,6 +25,7 @@ from _magnetic_tile import prepared_split
 
 from lineguard.config import load_config
 from lineguard.data.format import Dataset
+from lineguard.files import atomic_write
 from lineguard.synth.baselines import CopyPasteSource, PerlinSource
 from lineguard.synth.crops import defect_crops, group_by_class
 from lineguard.synth.gan.config import cpu_preset
@@ -162,7 +163,7 @@ def main() -> None:
                                        "std": float(np.std([r[k] for r in rows]))}
                                    for k in ("macro_f1", "accuracy", *[f"recall_{c}" for c in RECALL_OF])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "synth_gain", "model": args.model, "seeds": args.seeds,
+    atomic_write(args.out, json.dumps({"benchmark": "synth_gain", "model": args.model, "seeds": args.seeds,
                                     "img_size": args.img_size, "minutes_per_run": args.minutes,
                                     "synthetic_n": args.synthetic_n, "synthetic_ratio": args.synthetic_ratio,
                                     "gan_kimg": args.gan_kimg,

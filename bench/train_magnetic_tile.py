@@ -18,6 +18,7 @@ from pathlib import Path
 
 from _magnetic_tile import prepared_split
 
+from lineguard.files import atomic_write
 from lineguard.training.config import TrainConfig
 from lineguard.training.engine import train
 
@@ -49,7 +50,7 @@ def main() -> None:
     report = {"benchmark": "train_magnetic_tile", "split": "stratified 70/10/20 seed 0", "precision": args.precision,
               "minutes_per_model": args.minutes, "machine": machine, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    atomic_write(args.out, json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from typing import Dict, Union
 import numpy as np
 from pydantic import BaseModel
 
-from .format import Dataset
-from .imaging import read_image
+from .format import Dataset, DatasetError
+from .imaging import ImageFileError, read_image
 
 __all__ = ["DatasetStats", "dataset_stats"]
 
@@ -48,7 +48,11 @@ def dataset_stats(root: Union[str, Path], sample: int = 200, seed: int = 0) -> D
     pick = np.random.default_rng(seed).permutation(len(recs))[:sample] if recs else []
     s1 = s2 = n = 0.0
     for i in pick:
-        px = read_image(ds.path(recs[int(i)].image))[0].astype(np.float64) / 255.0
+        rec = recs[int(i)]
+        try:
+            px = read_image(ds.path(rec.image))[0].astype(np.float64) / 255.0
+        except ImageFileError as e:
+            raise DatasetError(f"{ds.path(rec.image)} (record {rec.id}): {e}") from None
         s1, s2, n = s1 + px.sum(), s2 + (px * px).sum(), n + px.size
     mean = s1 / n if n else 0.0
     std = float(np.sqrt(max(s2 / n - mean * mean, 0.0))) if n else 0.0

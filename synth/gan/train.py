@@ -24,7 +24,6 @@ is checkpointed, so on CPU a resumed run continues exactly like an uninterrupted
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -45,6 +44,7 @@ from lineguard.config import dump_config
 from lineguard.data.format import Dataset, DatasetError, Record
 from lineguard.data.imaging import ImageFileError, read_image, write_png
 from lineguard.data.progress import track
+from lineguard.files import atomic_path, atomic_write, sha256_file
 from lineguard.synth.crops import defect_crops, group_by_class
 
 from .augment import AdaptiveAugment
@@ -300,16 +300,21 @@ def _reals_grid(data: TrainingData) -> np.ndarray:
 
 
 def _save_checkpoint(path: Path, trainer: GanTrainer, cfg: GanConfig, labels: List[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": GAN_FORMAT, "version": GAN_FORMAT_VERSION, "config": cfg.model_dump(mode="json"),
-                "labels": labels, **trainer.state_dict()}, tmp)
-    os.replace(tmp, path)  # a kill during the write leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a kill during the write leaves the previous checkpoint intact
+        torch.save({"format": GAN_FORMAT, "version": GAN_FORMAT_VERSION, "config": cfg.model_dump(mode="json"),
+                    "labels": labels, **trainer.state_dict()}, tmp)
 
 
 def _load_checkpoint(path: Path, cfg: GanConfig, labels: List[str]) -> Dict[str, Any]:
     if not path.is_file():
         raise LineguardError(f"{path}: no checkpoint to resume from; start the run without --resume")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, ...: torch has no common error type
+        raise LineguardError(f"{path}: unreadable checkpoint (truncated or not a lineguard GAN checkpoint: "
+                             f"{type(e).__name__}); delete it to start over") from None
+    if not isinstance(ck, dict):
+        raise LineguardError(f"{path}: not a lineguard GAN checkpoint; delete it to start over")
     if (ck.get("format"), ck.get("version")) != (GAN_FORMAT, GAN_FORMAT_VERSION):
         raise LineguardError(f"{path}: a {ck.get('format')} checkpoint of version {ck.get('version')}, this lineguard "
                              f"resumes {GAN_FORMAT} version {GAN_FORMAT_VERSION}; train into a new folder")
@@ -324,23 +329,16 @@ def _load_checkpoint(path: Path, cfg: GanConfig, labels: List[str]) -> Dict[str,
     return ck
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_gan_dir(out: Path, trainer: GanTrainer, cfg: GanConfig, data: TrainingData) -> str:
     """generator.safetensors (the EMA generator) and gan.yaml; returns the weights' sha256."""
-    tmp = out / (WEIGHTS + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainer.G_ema.state_dict().items()}, str(tmp))
-    os.replace(tmp, out / WEIGHTS)
-    sha = hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest()
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.G_ema.state_dict().items()}, str(tmp))
+    sha = sha256_file(out / WEIGHTS)
     meta = {"format": GAN_FORMAT, "version": GAN_FORMAT_VERSION, "classes": data.classes, "labels": data.label_names,
             "resolution": cfg.resolution, "channels": cfg.channels, "weights": WEIGHTS, "sha256": sha,
             "kimg": round(trainer.nimg / 1000, 3), "steps": trainer.step_count, "data": data.provenance,
             "config": cfg.model_dump(mode="json")}
-    _write_atomic(out / GAN_YAML, yaml.safe_dump(meta, sort_keys=False).encode())
+    atomic_write(out / GAN_YAML, yaml.safe_dump(meta, sort_keys=False))
     return sha
 
 

@@ -178,6 +178,19 @@ def test_resume_continues_like_an_uninterrupted_run(sim: Path, tmp_path: Path) -
         fit(sim, tmp_path / "b", tiny(channel_max=8), resume=True, progress=False, max_steps=5)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_resume_from_a_damaged_checkpoint_is_one_clear_error(sim: Path, tmp_path: Path, damage: str) -> None:
+    out = tmp_path / "g"
+    fit(sim, out, tiny(), progress=False, max_steps=1)
+    ck = out / CHECKPOINT
+    data = ck.read_bytes()
+    ck.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a checkpoint at all")
+    kept = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(LineguardError, match=r"checkpoint.pt: unreadable checkpoint"):
+        fit(sim, out, tiny(), resume=True, progress=False, max_steps=2)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == kept
+
+
 def test_class_without_crops_is_named(sim: Path, tmp_path: Path) -> None:
     root = tmp_path / "nomask"
     shutil.copytree(sim, root)
