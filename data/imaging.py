@@ -185,12 +185,13 @@ def read_mask(path: Union[str, Path]) -> np.ndarray:
     return binarize_mask(arr)
 
 
-def write_png(path: Union[str, Path], array: np.ndarray) -> bytes:
-    """Write a gray or RGB uint8 array as PNG atomically; returns the bytes."""
+def write_png(path: Union[str, Path], array: np.ndarray, durable: bool = True) -> bytes:
+    """Write a gray or RGB uint8 array as PNG atomically (``durable``: see ``files.atomic_path``); returns
+    the bytes."""
     bgr = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
     ok, buf = cv2.imencode(".png", bgr)  # OpenCV's default (fast) mode: 2x faster than level 1 here
     if not ok:
         raise ImageFileError(f"cannot encode {path} as PNG")
     data = buf.tobytes()
-    atomic_write(path, data)
+    atomic_write(path, data, durable)
     return data

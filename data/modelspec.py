@@ -13,15 +13,41 @@ import yaml
 from pydantic import ValidationError, model_validator
 
 from ..config import StrictModel
-from ..files import atomic_write
+from ..files import FileError, atomic_write, read_regular
 from .format import DatasetError
 from .preprocess import Preprocess
 
-__all__ = ["MODEL_FILE", "SPEC_FILE", "ModelSpec"]
+__all__ = ["MAX_SIDE", "MODEL_FILE", "SPEC_FILE", "ModelSpec"]
 
 SPEC_FILE = "model.yaml"
 MODEL_FILE = "model.safetensors"
 SPEC_VERSION = 1
+MAX_SIDE = 4096  # px per side of a model input; larger sizes are typos (60000 px would need gigabytes)
+MAX_SPEC_BYTES = 1 << 20  # a model.yaml is a few hundred bytes
+
+
+def _side_error(what: str, size: Any) -> str:
+    """Why ``size`` (an int or [height, width]) is not a usable input size, or '' when it is."""
+    sides = [size] if isinstance(size, int) and not isinstance(size, bool) else size
+    if not isinstance(sides, (list, tuple)) or len(sides) not in (1, 2) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in sides):
+        return f"{what} must be an int or [height, width], got {size!r}"
+    if not all(1 <= s <= MAX_SIDE for s in sides):
+        return f"{what} {size!r} is outside 1..{MAX_SIDE} px per side"
+    return ""
+
+
+def _describe(err: ValidationError) -> str:
+    """A pydantic error as one line: 'loc': msg; ..."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = str(e["msg"]).replace("Value error, ", "", 1)
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        else:
+            parts.append(f"'{loc}': {msg}" if loc else msg)
+    return "; ".join(parts)
 
 
 class ModelSpec(StrictModel):
@@ -40,6 +66,20 @@ class ModelSpec(StrictModel):
             raise ValueError(f"ok_class '{self.ok_class}' is not one of {self.classes}")
         if self.version != SPEC_VERSION:
             raise ValueError(f"model format version {self.version}; this lineguard reads {SPEC_VERSION}")
+        name = self.arch.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"arch needs a model 'name' (a string), got {name!r}")
+        why = _side_error("preprocess.size", list(self.preprocess.size))
+        if not why and "img_size" in self.arch:
+            why = _side_error("arch.img_size", self.arch["img_size"])
+        if why:
+            raise ValueError(why)
+        chans = self.arch.get("in_chans", self.preprocess.channels)
+        if chans != self.preprocess.channels or isinstance(chans, bool):
+            raise ValueError(f"arch.in_chans is {chans!r} but preprocess.channels is {self.preprocess.channels}")
+        n = self.arch.get("num_classes", len(self.classes))
+        if n != len(self.classes) or isinstance(n, bool):
+            raise ValueError(f"arch.num_classes is {n!r} but there are {len(self.classes)} classes {self.classes}")
         return self
 
     @property
@@ -52,9 +92,25 @@ class ModelSpec(StrictModel):
         if not path.is_file():
             raise DatasetError(f"{model_dir}: not a lineguard model directory ({SPEC_FILE} missing)")
         try:
-            return cls.model_validate(yaml.safe_load(path.read_text()))
-        except (ValidationError, yaml.YAMLError) as e:
-            raise DatasetError(f"{path}: {e}") from None
+            text = read_regular(path, MAX_SPEC_BYTES).decode("utf-8")
+        except FileError as e:
+            raise DatasetError(str(e)) from None
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise DatasetError(f"{path}: not valid YAML ({problem}{where})") from None
+        if not isinstance(data, dict):
+            raise DatasetError(f"{path}: must be a mapping of keys (format, arch, classes, ...), "
+                               f"got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise DatasetError(f"{path}: {_describe(e)}") from None
 
     def save(self, model_dir: Union[str, Path]) -> None:
         atomic_write(Path(model_dir, SPEC_FILE), yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

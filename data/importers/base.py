@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel
 
-from ...files import atomic_path, atomic_write, inside, replace_folder
+from ...files import atomic_path, atomic_write, inside, replace_folder, sync_all
 from ..format import (
     CLASSES_FILE,
     MANIFEST_FILE,
@@ -290,6 +290,7 @@ def import_dataset(
         warnings = _import_candidates(ds, scan, src, Origin(kind="importer", name=fmt, version=importer.version),
                                       copy=copy, allow_outside=allow_outside, max_pixels=max_pixels,
                                       progress=progress)
+        sync_all()  # the copied images and drawn masks, before the manifest that names them
         ds.save()
         report = ImportReport(
             format=fmt, out=str(out), images=len(ds.records), classes=ds.counts(), ok_class=classes.ok_class,
@@ -385,7 +386,7 @@ def _import_candidates(ds: Dataset, scan: Scan, src: Path, origin: Origin, *, co
             continue
         if drawn is not None:  # written only for a kept record: no orphan mask files
             mask_path = _dest(ds.root, "masks", c.id, ".png")
-            mask_sha = sha256_bytes(write_png(mask_path, drawn))
+            mask_sha = sha256_bytes(write_png(mask_path, drawn, durable=False))  # synced before the manifest
             mask_rel = ds.relative(mask_path)
         seen[sha] = str(c.image)
         ids[c.id] = str(c.image)
@@ -400,6 +401,6 @@ def _place(ds: Dataset, path: Path, kind: str, rec_id: str, copy: bool) -> str:
     if not copy:
         return ds.relative(path)
     dst = _dest(ds.root, kind, rec_id, path.suffix.lower())
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst, durable=False) as tmp:  # synced before the manifest
         shutil.copyfile(path, tmp)
     return ds.relative(dst)
