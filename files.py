@@ -79,6 +79,7 @@ def atomic_path(path: PathLike, durable: bool = True) -> Iterator[Path]:
         os.fchmod(fd, _FILE_MODE)
         os.close(fd)
         yield tmp
+        os.chmod(tmp, _FILE_MODE)  # writers that replace the file (safetensors: 0o600) get the folder's mode too
         if durable:
             with open(tmp, "rb+") as f:  # the writer may have closed (or replaced) the file: sync what is there
                 os.fsync(f.fileno())

@@ -30,6 +30,7 @@ from ..data.format import Dataset
 from ..data.modelspec import ModelSpec
 from ..data.preprocess import Preprocess
 from ..data.progress import track
+from ..files import atomic_path
 from .config import TrainConfig
 from .data import BalancedSampler, DefectDataset, MixedDataset, check_training_split, data_loader, synthetic_records
 from .evaluate import predict
@@ -38,7 +39,7 @@ from .models import create_model, model_config
 from .report import finish_model_dir
 from .weights import load_weights, save_weights
 
-__all__ = ["Dist", "TrainState", "train"]
+__all__ = ["CHECKPOINT", "CheckpointError", "Dist", "TrainState", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
@@ -128,18 +129,44 @@ def heatmap_loss(heatmap: torch.Tensor, mask: torch.Tensor, has_mask: torch.Tens
     return bce + dice.mean()
 
 
+CHECKPOINT_KEYS = ("model", "ema", "optimizer", "scheduler", "state", "config")
+
+
+class CheckpointError(LineguardError):
+    """A checkpoint that cannot be resumed from; the message names the file and what to do."""
+
+
 def _save_checkpoint(path: Path, model, ema, opt, sched, state: TrainState, cfg: TrainConfig) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "ema": ema.module.state_dict() if ema else None,
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": vars(state),
-                "config": cfg.model_dump(mode="json")}, tmp)
-    os.replace(tmp, path)  # a kill during the write leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a kill during the write leaves the previous checkpoint intact
+        torch.save({"model": model.state_dict(), "ema": ema.module.state_dict() if ema else None,
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": vars(state),
+                    "config": cfg.model_dump(mode="json")}, tmp)
+
+
+def _unreadable(path: Path, why: str = "truncated or not a lineguard checkpoint") -> CheckpointError:
+    return CheckpointError(f"{path} is unreadable ({why}); delete it to start over or restore it")
 
 
 def _load_checkpoint(path: Path, cfg: TrainConfig) -> Dict:
     if not path.is_file():
-        raise LineguardError(f"{path}: no checkpoint to resume from")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{path}: no checkpoint to resume from")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # truncated zip, garbage, foreign pickle: torch raises many kinds
+        raise _unreadable(path) from None
+    if not isinstance(ck, dict) or any(k not in ck for k in CHECKPOINT_KEYS):
+        missing = [k for k in CHECKPOINT_KEYS if k not in ck] if isinstance(ck, dict) else []
+        raise _unreadable(path, f"keys {missing} missing" if missing else "not a lineguard checkpoint")
+    if not isinstance(ck["config"], dict) or not isinstance(ck["state"], dict) or not isinstance(ck["model"], dict):
+        raise _unreadable(path, "not a lineguard checkpoint")
+    try:
+        state = TrainState(**ck["state"])
+    except TypeError:
+        raise _unreadable(path, "its training state has other fields") from None
+    if not isinstance(state.best_epoch, int) or not isinstance(state.history, list):
+        raise _unreadable(path, "its training state is not a lineguard one")
+    if state.best_epoch > 0:
+        load_weights(path.with_name(BEST))  # the best weights so far must be there to finish the run
     saved = dict(ck["config"])
     now = cfg.model_dump(mode="json")
     differ = [k for k in now if k not in ("epochs", "max_minutes", "workers", "threads") and saved.get(k) != now[k]]
@@ -147,6 +174,19 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> Dict:
         raise LineguardError(f"{path}: the run was started with other settings ({', '.join(differ)}); "
                              "resume with the same config or train into a new folder")
     return ck
+
+
+def _restore(path: Path, ck: Dict, model, ema, opt, sched) -> None:
+    """Load a checkpoint's tensors and optimiser state; anything that does not fit is a ``CheckpointError``."""
+    try:
+        model.load_state_dict(ck["model"])
+        if ema is not None:
+            ema.module.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _unreadable(path, f"does not fit this model: {reason}") from None
 
 
 def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resume: bool = False,
@@ -166,6 +206,7 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
     check_training_split(ds, train_recs, val_recs)
     if (out / CHECKPOINT).exists() and not resume:
         raise LineguardError(f"{out}: holds a training run already; pass --resume to continue it")
+    ck = _load_checkpoint(out / CHECKPOINT, cfg) if resume else None  # before anything is decoded or written
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=len(ds.classes.classes), in_chans=cfg.channels,
@@ -193,18 +234,11 @@ def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resum
         raise LineguardError(f"{data}: {len(train_recs)} training images are fewer than one batch of {per_rank}")
 
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    state = TrainState(history=[])
-    if resume:
-        ck = _load_checkpoint(out / CHECKPOINT, cfg)
-        state = TrainState(**ck["state"])
+    state = TrainState(**ck["state"]) if ck is not None else TrainState(history=[])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch, state))
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
-    if resume:
-        model.load_state_dict(ck["model"])
-        if ema is not None:
-            ema.module.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
+    if ck is not None:
+        _restore(out / CHECKPOINT, ck, model, ema, opt, sched)
     net = DistributedDataParallel(model) if d.world > 1 else model
     autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
                               enabled=cfg.resolved_precision() == "bf16")

@@ -12,7 +12,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
+from ..files import atomic_path
+
 __all__ = ["plot_confusion", "plot_curves", "plot_pr"]
+
+
+def _save(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG atomically (a kill never leaves half a picture) and close it."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(history: List[Dict], path: Path) -> None:
@@ -31,8 +42,7 @@ def plot_curves(history: List[Dict], path: Path) -> None:
     b.legend(loc="lower right")
     b.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_confusion(confusion: List[List[int]], classes: List[str], path: Path, title: str) -> None:
@@ -49,8 +59,7 @@ def plot_confusion(confusion: List[List[int]], classes: List[str], path: Path, t
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_pr(probs: np.ndarray, labels: np.ndarray, classes: List[str], ok_class: str, path: Path) -> None:
@@ -71,5 +80,4 @@ def plot_pr(probs: np.ndarray, labels: np.ndarray, classes: List[str], ok_class:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)

@@ -11,6 +11,7 @@ import torch
 
 from ..data.format import Dataset
 from ..data.modelspec import ModelSpec
+from ..files import atomic_write
 from .config import TrainConfig
 from .data import DefectDataset, synthetic_records
 from .evaluate import measure_latency, predict, split_metrics
@@ -48,8 +49,8 @@ def finish_model_dir(out: Path, model: torch.nn.Module, spec: ModelSpec, ds: Dat
         precision=cfg.resolved_precision(), latency=measure_latency(model, spec.preprocess.channels, size),
         history=state.history, data=_provenance(ds, cfg))
     save_model_files(out, model, spec, ds.classes)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (out / "MODEL_CARD.md").write_text(_card(spec, cfg, metrics))
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
+    atomic_write(out / "MODEL_CARD.md", _card(spec, cfg, metrics))
     return {k: v for k, v in metrics.items() if k != "history"}
 
 

