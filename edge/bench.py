@@ -7,6 +7,8 @@ runtime family (ONNX Runtime, TensorRT, PyTorch) runs in turn for about ``second
 drifts of the host (up to 1.7x on our shared CPUs) hit all of them alike: compare ratios within one
 run. Families run one after another (PyTorch's and ONNX Runtime's thread pools disturb each other).
 ``preprocess=True`` times camera-sized frames (``source_size``) through ``Runner.prepare`` as well.
+A configuration that fails (loading, or its warm-up) gives rows with ``error`` set; :func:`nothing_ran`
+says when no row has figures. :func:`report_json` is strict JSON (null for the missing figures, never NaN).
 Torch-free, Python 3.8 (runs on the line computer).
 """
 
@@ -21,9 +23,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .runners import Runner, RunnerError, load_runner
+from lineguard import LineguardError
 
-__all__ = ["BenchRow", "bench", "machine", "recommend", "report"]
+from .formats import finite, strict_json
+from .runners import BACKENDS, Runner, RunnerError, load_runner
+
+__all__ = ["FAMILY", "BenchRow", "bench", "machine", "nothing_ran", "recommend", "report", "report_json"]
 
 FAMILY = {"ort": "onnxruntime", "ort-int8": "onnxruntime", "trt": "tensorrt", "torch": "torch"}
 
@@ -81,39 +86,63 @@ def bench(models: Sequence[Union[str, Path]], backends: Sequence[str], batches: 
           preprocess: bool = False, source_size: Tuple[int, int] = (480, 640), rounds: int = 5,
           seconds: float = 0.5, warmup: int = 3, options: Optional[Dict[str, Dict[str, object]]] = None
           ) -> List[BenchRow]:
-    """One row per (model, backend, batch). A runner that cannot load gives rows with ``error`` set
-    (the others still run). ``options[backend]`` go to that backend's runner."""
+    """One row per (model, backend, batch). A runner that cannot load or fails its warm-up gives rows with
+    ``error`` set (the others still run). ``options[backend]`` go to that backend's runner. An unknown
+    backend or a batch size < 1 is a :class:`RunnerError` before anything runs."""
+    unknown = [b for b in backends if b not in FAMILY]
+    if unknown:
+        raise RunnerError(f"unknown backend '{unknown[0]}' (backends: {', '.join(BACKENDS)})")
+    bad = [n for n in batches if isinstance(n, bool) or not isinstance(n, int) or n < 1]
+    if bad or not batches:
+        raise RunnerError(f"batch sizes must be positive integers, got {list(batches)}")
     rows: List[BenchRow] = []
     for family in dict.fromkeys(FAMILY[b] for b in backends):
-        runners: List[Tuple[str, str, Optional[Runner]]] = []
+        loaded: List[Tuple[str, str, Runner]] = []
         for m in models:
             for b in (b for b in backends if FAMILY[b] == family):
                 try:
-                    runners.append((str(m), b, load_runner(m, backend=b, **(options or {}).get(b, {}))))
-                except RunnerError as e:
-                    runners.append((str(m), b, None))
+                    loaded.append((str(m), b, load_runner(m, backend=b, **(options or {}).get(b, {}))))
+                except LineguardError as e:
                     rows += [BenchRow(str(m), b, n, preprocess, error=str(e)) for n in batches]
-        configs = [(m, b, r, n) for m, b, r in runners if r is not None for n in batches]
-        frames = {(id(r), n): _frames(r, n, preprocess, source_size) for _, _, r, n in configs}
-        times: Dict[int, List[float]] = {i: [] for i in range(len(configs))}
-        for _, _, r, n in configs:
-            for _ in range(warmup):
-                _call(r, frames[id(r), n], preprocess)
-        for _ in range(rounds):
-            for i, (_, _, r, n) in enumerate(configs):
-                end = time.perf_counter() + seconds
-                while True:
-                    times[i].append(_call(r, frames[id(r), n], preprocess))
-                    if time.perf_counter() >= end and len(times[i]) >= 3:
-                        break
-        for i, (m, b, r, n) in enumerate(configs):
-            t = np.asarray(times[i]) * 1000
-            rows.append(BenchRow(m, b, n, preprocess, p50_ms=float(np.percentile(t, 50)),
-                                 p90_ms=float(np.percentile(t, 90)), p99_ms=float(np.percentile(t, 99)),
-                                 images_per_s=float(n * 1000 / t.mean()), calls=len(t), runner=r.describe()))
-        for _, _, r in runners:
-            if r is not None:
+        try:
+            rows += _measure(loaded, batches, preprocess, source_size, rounds, seconds, warmup)
+        finally:
+            for _, _, r in loaded:
                 r.close()
+    return rows
+
+
+def _measure(loaded: Sequence[Tuple[str, str, Runner]], batches: Sequence[int], preprocess: bool,
+             source_size: Tuple[int, int], rounds: int, seconds: float, warmup: int) -> List[BenchRow]:
+    """Warm up every runner (error rows for one that fails), then the interleaved rounds."""
+    rows: List[BenchRow] = []
+    configs: List[Tuple[str, str, Runner, int, np.ndarray]] = []
+    for m, b, r in loaded:
+        try:
+            mine = [(m, b, r, n, _frames(r, n, preprocess, source_size)) for n in batches]
+            for *_, x in mine:
+                for _ in range(max(warmup, 1)):
+                    _call(r, x, preprocess)
+        except LineguardError as e:
+            rows += [BenchRow(m, b, n, preprocess, error=str(e)) for n in batches]
+            continue
+        configs += mine
+    times: Dict[int, List[float]] = {i: [] for i in range(len(configs))}
+    for _ in range(rounds):
+        for i, (_, _, r, _, x) in enumerate(configs):
+            end = time.perf_counter() + seconds
+            while True:
+                times[i].append(_call(r, x, preprocess))
+                if time.perf_counter() >= end and len(times[i]) >= 3:
+                    break
+    for i, (m, b, r, n, _) in enumerate(configs):
+        t = np.asarray(times[i]) * 1000
+        if not len(t):  # rounds=0
+            rows.append(BenchRow(m, b, n, preprocess, error="not measured (rounds=0)", runner=r.describe()))
+            continue
+        rows.append(BenchRow(m, b, n, preprocess, p50_ms=float(np.percentile(t, 50)),
+                             p90_ms=float(np.percentile(t, 90)), p99_ms=float(np.percentile(t, 99)),
+                             images_per_s=float(n * 1000 / t.mean()), calls=len(t), runner=r.describe()))
     return rows
 
 
@@ -132,5 +161,19 @@ def recommend(rows: Sequence[BenchRow]) -> Dict[str, Dict[str, str]]:
 
 
 def report(rows: Sequence[BenchRow]) -> Dict[str, object]:
-    """The JSON ``lineguard bench --json`` prints: machine, rows, recommendation."""
-    return {"machine": machine(), "rows": [asdict(r) for r in rows], "recommended": recommend(rows)}
+    """The JSON ``lineguard bench --json`` prints: machine, rows (None for figures a failed row lacks),
+    recommendation."""
+    return finite({"machine": machine(), "rows": [asdict(r) for r in rows], "recommended": recommend(rows)})
+
+
+def report_json(result: Dict[str, object], indent: Optional[int] = None) -> str:
+    """``report(...)`` as strict JSON (null, never NaN)."""
+    return strict_json(result, indent=indent)
+
+
+def nothing_ran(rows: Sequence[BenchRow]) -> Optional[str]:
+    """None if some row has figures, else one line saying so (with the first error)."""
+    if any(r.error is None for r in rows):
+        return None
+    first = next((r.error for r in rows if r.error), "no configurations")
+    return f"nothing was measured: all {len(rows)} configuration(s) failed; first: {first}"

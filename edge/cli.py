@@ -27,6 +27,7 @@ def export(
 ) -> None:
     """Export a model directory (formats: onnx, onnx-int8, engine) with parity/accuracy reports."""
     from .export import export as run
+    from .formats import strict_json
 
     b = None if batch is None else batch if batch == "dynamic" else _int(batch, "--batch")
     path = run(model, fmt, opset=opset, batch=b, data=data, calib=calib, half=half, int8=int8,
@@ -35,7 +36,7 @@ def export(
     summary = {"file": str(path), "size_mb": path.stat().st_size / 1e6,
                **{r.name.split(".")[-2]: json.loads(r.read_text()) for r in reports}}
     if as_json:
-        print(json.dumps(summary), flush=True)
+        print(strict_json(summary), flush=True)
         return
     console.print(f"{path} ({summary['size_mb']:.1f} MB)")
     if "parity" in summary:
@@ -65,10 +66,13 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Latency p50/p90/p99 and throughput per model, backend and batch size (one interleaved run)."""
+    from rich.markup import escape
     from rich.table import Table
 
+    from ..files import atomic_write
     from .bench import bench as run
-    from .bench import report
+    from .bench import nothing_ran, report, report_json
+    from .runners import RunnerError
 
     sizes = [_int(b, "--batch") for b in batches.split(",") if b.strip()]
     ort_opts = {"device": device, "threads": threads}
@@ -77,15 +81,17 @@ def bench(
     rows = run(model, backend, sizes, preprocess=preprocess, rounds=rounds, seconds=seconds, options=options)
     result = report(rows)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+        atomic_write(out, report_json(result, indent=1))
+    failed = nothing_ran(rows)
     if as_json:
-        print(json.dumps(result), flush=True)
+        print(report_json(result), flush=True)
+        if failed:
+            raise RunnerError(failed)
         return
     table = Table("model", "backend", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", title="lineguard bench")
     for r in rows:
         if r.error:
-            table.add_row(r.model, r.backend, str(r.batch), f"[red]{r.error}[/]", "", "", "")
+            table.add_row(r.model, r.backend, str(r.batch), f"[red]{escape(r.error)}[/]", "", "", "")
         else:
             table.add_row(r.model, r.backend, str(r.batch), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
                           f"{r.images_per_s:.1f}")
@@ -94,6 +100,8 @@ def bench(
     console.print(f"{m['cpu']}, {m['cores']} cores; preprocessing {'included' if preprocess else 'excluded'}")
     for name, fams in result["recommended"].items():
         console.print(f"recommended for {name}: " + ", ".join(f"{f}: {b}" for f, b in fams.items()))
+    if failed:
+        raise RunnerError(failed)
 
 
 def _int(text: str, flag: str) -> int:

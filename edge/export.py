@@ -6,6 +6,9 @@
 
 ``onnx`` needs torch (development machine); ``onnx-int8`` and ``engine`` start from the model
 directory's ``model.onnx`` and need no torch, so a Jetson builds its engine from a copied directory.
+A ``model.onnx`` that is missing, unreadable or stale (its ``lineguard.weights_sha256`` is not the sha256 of
+the directory's weights file, e.g. after ``train --resume``) is exported again first (that needs torch);
+without a weights file (a copied directory) ``model.onnx`` is used as it is.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+from ..data.modelspec import ModelSpec
+from ..files import sha256_file
 from .formats import ExportError, export_format
+from .runners.base import WEIGHTS_KEY
 
 __all__ = ["export"]
 
@@ -34,8 +40,13 @@ def export(model_dir: Union[str, Path], fmt: str, *, opset: Optional[int] = None
     if not (model_dir / "model.yaml").is_file():
         raise ExportError(f"{model_dir}: not a lineguard model directory (model.yaml missing)")
     onnx_path = model_dir / "model.onnx"
-    if f.name == "onnx" or not onnx_path.is_file():
-        from .torch2onnx import torch2onnx  # needs torch
+    if f.name == "onnx" or not _current(model_dir, onnx_path):
+        try:
+            from .torch2onnx import torch2onnx  # needs torch
+        except ImportError as e:
+            state = "stale or unreadable" if onnx_path.is_file() else "missing"
+            raise ExportError(f"{onnx_path}: {state}, and exporting it again needs torch ({e}); run `lineguard "
+                              f"export --model {model_dir} --format onnx` where torch is installed") from None
 
         onnx_path = torch2onnx(model_dir, opset=opset or 17, batch=batch or 1, parity_data=data)
         if f.name == "onnx":
@@ -75,3 +86,23 @@ def _engine(model_dir: Path, onnx_path: Path, *, batch: Union[int, str], data: O
             frames, _ = dataset_frames(calib or data, spec_of_onnx(onnx_path), split="train", limit=500)
     return build_engine(onnx_path, model_dir, precision="int8" if int8 else "fp16" if half else "fp32",
                         batch=batch, workspace_gib=workspace, device=device, calib_frames=frames)
+
+
+def _current(model_dir: Path, onnx_path: Path) -> bool:
+    """Can ``onnx_path`` be used as it is: it exists and records the sha256 of the model directory's weights file
+    (no weights file: nothing to compare, it is used)?"""
+    if not onnx_path.is_file():
+        return False
+    weights = model_dir / ModelSpec.load(model_dir).weights
+    if not weights.is_file():
+        return True
+    from .onnx_check import load_onnx
+
+    try:
+        recorded = {p.key: p.value for p in load_onnx(onnx_path).metadata_props}.get(WEIGHTS_KEY)
+    except ExportError:
+        return False  # unreadable: export it again
+    try:
+        return recorded == sha256_file(weights)
+    except OSError as e:
+        raise ExportError(f"{weights}: cannot read the weights file ({e.strerror or e})") from None

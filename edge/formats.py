@@ -9,12 +9,14 @@ Torch-free, Python 3.8.
 from __future__ import annotations
 
 import difflib
+import json
+import math
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from lineguard import LineguardError
 
-__all__ = ["FORMATS", "ExportError", "ExportFormat", "export_format"]
+__all__ = ["FORMATS", "ExportError", "ExportFormat", "export_format", "finite", "strict_json"]
 
 
 class ExportError(LineguardError):
@@ -60,3 +62,19 @@ def export_format(name: str) -> ExportFormat:
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ExportError(f"unknown export format '{name}'{hint} (formats: {', '.join(names)})")
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (in dicts, lists, tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def strict_json(obj: Any, indent: Optional[int] = None) -> str:
+    """Standard JSON for the reports export and bench write: no NaN/Infinity (null instead)."""
+    return json.dumps(finite(obj), indent=indent, allow_nan=False)

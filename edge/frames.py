@@ -1,31 +1,56 @@
 """Real frames from a lineguard data set, as every runner takes them (torch-free, Python 3.8).
 
     frames, labels = dataset_frames("data/mt", spec, split="test")   # uint8 (N, H, W, C), int64 (N,)
+    test = load_frames("data/mt", spec, split="test")                 # + the records and the split used
+    check_disjoint(load_frames("data/mt", spec, split="train"), test)  # calibration never sees test images
+
+A requested split without images is an error (never a silent fall-back to every image).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
-from lineguard.data.format import Dataset, DatasetError
+from lineguard.data.format import Dataset, DatasetError, Record
 from lineguard.data.imaging import ImageFileError, read_image
 from lineguard.data.modelspec import ModelSpec
 
-__all__ = ["dataset_frames"]
+__all__ = ["Frames", "check_disjoint", "dataset_frames", "load_frames"]
 
 
-def dataset_frames(data: Union[str, Path], spec: ModelSpec, split: Optional[str] = "test",
-                   limit: Optional[int] = None, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """Images of ``split`` (None: every image; a set without that split: every image too) resized with
-    the model's ``Preprocess``, and their labels as indices of ``spec.classes``. ``limit`` takes an
-    evenly spread, seeded sample. A label the model does not know or an unreadable image is an error."""
+@dataclass
+class Frames:
+    """Frames of a data set's split, their labels (indices of the model's classes) and records."""
+
+    frames: np.ndarray  # uint8 (N, H, W, C)
+    labels: np.ndarray  # int64 (N,)
+    records: List[Record]
+    root: Path
+    split: Optional[str]  # None: every image of the set
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def load_frames(data: Union[str, Path], spec: ModelSpec, split: Optional[str] = "test",
+                limit: Optional[int] = None, seed: int = 0) -> Frames:
+    """Images of ``split`` (None: every image) resized with the model's ``Preprocess``, with their labels.
+    A set whose ``split`` has no images is a :class:`DatasetError` (run ``lineguard data split``).
+    ``limit`` takes an evenly spread, seeded sample. A label the model does not know or an unreadable image
+    is an error."""
     ds = Dataset.load(data)
-    records = ds.split(split) if split is not None else []
-    if not records:
+    if split is None:
         records = list(ds.records)
+    else:
+        records = ds.split(split)
+        if not records:
+            have = sorted({r.split for r in ds.records if r.split is not None})
+            raise DatasetError(f"{ds.root}: no images in the '{split}' split ({len(ds.records)} images, splits: "
+                               f"{', '.join(have) or 'none'}); run `lineguard data split {ds.root}`")
     if limit is not None and len(records) > limit:
         pick = np.sort(np.random.default_rng(seed).choice(len(records), size=limit, replace=False))
         records = [records[i] for i in pick]
@@ -44,4 +69,26 @@ def dataset_frames(data: Union[str, Path], spec: ModelSpec, split: Optional[str]
         px = spec.preprocess.resize(img)
         frames[i] = px[..., None] if px.ndim == 2 else px
         labels[i] = index[r.label]
-    return frames, labels
+    return Frames(frames, labels, records, ds.root, split)
+
+
+def dataset_frames(data: Union[str, Path], spec: ModelSpec, split: Optional[str] = "test",
+                   limit: Optional[int] = None, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """(frames, labels) of :func:`load_frames`."""
+    got = load_frames(data, spec, split=split, limit=limit, seed=seed)
+    return got.frames, got.labels
+
+
+def check_disjoint(calib: Frames, test: Frames) -> None:
+    """:class:`DatasetError` if the calibration and the test frames share an image (the same content, or the
+    same record of one data set): INT8 must not be gated on the images it was calibrated on."""
+    same_set = calib.root.resolve() == test.root.resolve()
+    ids = {r.id for r in calib.records} if same_set else set()
+    shas = {r.sha256 for r in calib.records}
+    shared = [r for r in test.records if r.sha256 in shas or r.id in ids]
+    if shared:
+        names = ", ".join(r.id for r in shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
+        raise DatasetError(f"{test.root}: {len(shared)} image(s) of the '{test.split}' split (the accuracy check) "
+                           f"are also calibration images ('{calib.split}' split of {calib.root}): {names}; "
+                           "calibration and test images must differ: re-split with `lineguard data split` "
+                           "or pass other --calib images")

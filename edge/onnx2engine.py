@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,16 +43,26 @@ import onnx
 from lineguard.data.modelspec import ModelSpec
 from lineguard.edge.formats import ExportError
 from lineguard.edge.onnx_check import check_tensorrt, input_convs, iter_nodes, load_onnx
-from lineguard.edge.runners.base import INPUT, OUTPUTS, SPEC_KEY, RunnerError, spec_of_model
+from lineguard.edge.runners.base import (
+    INPUT,
+    OUTPUTS,
+    SPEC_KEY,
+    WEIGHTS_KEY,
+    RunnerError,
+    check_weights,
+    spec_of_model,
+)
 from lineguard.edge.runners.trt import (
     import_pycuda,
     import_tensorrt,
     open_device,
     pushed,
+    read_sidecar,
     sidecar_path,
     trt_logger,
     trt_version,
 )
+from lineguard.files import atomic_write, sha256_file
 
 __all__ = ["DEVICES", "DYNAMIC_PROFILE", "PRECISIONS", "build_engine"]
 
@@ -84,8 +93,10 @@ def build_engine(onnx_path: Union[str, Path], out_dir: Union[str, Path], *, prec
     onnx_path = Path(onnx_path)
     profile = _profile(precision, batch, workspace_gib, device)
     model = load_onnx(onnx_path)
+    weights = {p.key: p.value for p in model.metadata_props}.get(WEIGHTS_KEY)
     with _as_export_error():
         spec = spec_of_model(model, str(onnx_path))
+        check_weights(onnx_path, weights, spec, "onnx", model_dir=out_dir)  # never an engine of stale weights
     _check_graph_io(model, onnx_path, spec, batch)
     with _as_export_error():
         trt = import_tensorrt("building a TensorRT engine")
@@ -100,21 +111,22 @@ def build_engine(onnx_path: Union[str, Path], out_dir: Union[str, Path], *, prec
     try:
         with pushed(cuda, context):
             meta = {"tensorrt": trt.__version__, "gpu": gpu, "precision": precision, "batch": batch,
-                    "profile": list(profile), "device": device, "onnx_sha256": _sha256(onnx_path)}
+                    "profile": list(profile), "device": device, "onnx_sha256": sha256_file(onnx_path)}
             key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
             engine = Path(out_dir) / "engines" / f"{key}.engine"
-            if cache and _cached(engine, meta):
+            if cache and _cached(engine, meta, weights):
                 return engine
             engine.parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             builder = _Builder(trt, cuda, onnx_path, spec, major, input_convs(model))
             plan, fallback = builder.build(precision, profile, workspace_gib, device, quantized, calib_frames,
                                            engine.with_suffix(".calib"), cache)
-            _atomic_write(engine, plan)
+            atomic_write(engine, plan)
             side = dict(meta, format="lineguard-engine", workspace_gib=workspace_gib,
                         build_seconds=round(time.perf_counter() - start, 1), dla_gpu_fallback=fallback)
             side[SPEC_KEY] = spec.model_dump(mode="json")
-            _atomic_write(sidecar_path(engine), json.dumps(side, indent=2).encode())
+            side[WEIGHTS_KEY] = weights  # the runner refuses the engine once the model directory's weights change
+            atomic_write(sidecar_path(engine), json.dumps(side, indent=2))
             return engine
     finally:
         context.detach()
@@ -365,35 +377,17 @@ def _calibrator(trt: Any, cuda: Any, frames: Optional[Iterable[np.ndarray]], sha
             return cache.read_bytes() if reuse and cache.is_file() else None
 
         def write_calibration_cache(self, data: Any) -> None:
-            _atomic_write(cache, bytes(data))
+            atomic_write(cache, bytes(data))
 
     return _EntropyCalibrator()
 
 
-def _cached(engine: Path, meta: dict) -> bool:
-    """Is there an engine whose side-car records exactly ``meta``?"""
-    try:
-        info = json.loads(sidecar_path(engine).read_text())
-    except (OSError, ValueError):
+def _cached(engine: Path, meta: dict, weights: Optional[str]) -> bool:
+    """Is there an engine whose (valid) side-car records exactly ``meta`` and the weights' sha256?"""
+    if not engine.is_file():
         return False
-    return engine.is_file() and isinstance(info, dict) and all(info.get(k) == v for k, v in meta.items())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and ``os.replace``: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        info, _ = read_sidecar(engine)
+    except RunnerError:
+        return False
+    return info.get(WEIGHTS_KEY) == weights and all(info.get(k) == v for k, v in meta.items())

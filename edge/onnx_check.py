@@ -63,7 +63,10 @@ _SHOWN = 10  # problems listed in an ExportError; the rest are counted
 
 
 def load_onnx(path: Union[str, Path]) -> onnx.ModelProto:
-    """The model in ``path`` without its external weights; :class:`ExportError` if unreadable."""
+    """The model in ``path`` without its external weights; :class:`ExportError` if missing, empty or unreadable."""
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size == 0:
+        raise ExportError(f"{path}: no ONNX file (missing or empty)")
     try:
         return onnx.load(str(path), load_external_data=False)
     except (OSError, ValueError, DecodeError) as e:

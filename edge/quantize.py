@@ -22,8 +22,6 @@ Two choices keep the accuracy (two_stream_lite0 on the magnetic-tile test split,
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 import time
@@ -33,11 +31,12 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 import numpy as np
 import onnx
 
+from ..files import atomic_path, atomic_write
 from ..training.metrics import classification_metrics
-from .formats import ExportError
-from .frames import dataset_frames
+from .formats import ExportError, strict_json
+from .frames import Frames, check_disjoint, load_frames
 from .onnx_check import input_convs
-from .runners.base import INPUT
+from .runners.base import INPUT, WEIGHTS_KEY, RunnerError, check_weights
 from .runners.ort import OrtRunner
 
 __all__ = ["INT8_OPS", "MAX_ACCURACY_DROP", "onnx2int8"]
@@ -76,19 +75,29 @@ def onnx2int8(fp32: Union[str, Path], calib: Union[str, Path], data: Optional[Un
     (accuracy and macro-F1, delta, sizes, batch-1 latencies, the faster precision, every candidate). Fails
     when no candidate is within ``max_drop``. ``symmetric``: signed activations with zero point 0, the only
     Q/DQ TensorRT builds (for ``--format engine --int8`` on TensorRT >= 10; slower than unsigned on ONNX
-    Runtime x86); then only the FP32-input candidate is built."""
+    Runtime x86); then only the FP32-input candidate is built. Either split missing, or an image in both
+    (same record or same content), is a ``DatasetError``; so is an ``fp32`` older than its model directory's
+    weights (``lineguard.weights_sha256``, carried into the INT8 file's metadata). A failure leaves no
+    temporary file and the old ``out`` as it was."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32 = Path(fp32)
     out = Path(out) if out is not None else fp32.with_name("model-int8.onnx")
-    ref = OrtRunner(fp32, threads=threads)
-    spec, batch = ref.spec, ref.batch_range[0]
     methods = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise ExportError(f"unknown calibration method '{method}' ({', '.join(methods)})")
-    calib_frames, _ = dataset_frames(calib, spec, split="train", limit=calib_images)
+    ref = OrtRunner(fp32, threads=threads)
+    spec, batch = ref.spec, ref.batch_range[0]
+    try:  # a model.onnx older than its model directory's weights would carry stale weights into INT8
+        check_weights(fp32, ref.metadata.get(WEIGHTS_KEY), spec, "onnx")
+    except RunnerError as e:
+        raise ExportError(str(e)) from None
+    calib_set = load_frames(calib, spec, split="train", limit=calib_images)
+    test_set = load_frames(data or calib, spec, split="test")
+    check_disjoint(calib_set, test_set)
+    calib_frames = calib_set.frames
     if len(calib_frames) < batch:
         raise ExportError(f"{calib}: {len(calib_frames)} calibration images, need at least {batch}")
     t0 = time.perf_counter()
@@ -100,7 +109,7 @@ def onnx2int8(fp32: Union[str, Path], calib: Union[str, Path], data: Optional[Un
         # Candidates: everything quantised, and the frame's convolution(s) in FP32 (see the module docstring).
         # TensorRT's Q/DQ (symmetric) gets the second only: its calibrated path keeps them in FP16 too.
         keeps = [inputs] if symmetric or not inputs else [[], inputs]
-        meta = dict(ref.session.get_modelmeta().custom_metadata_map)
+        meta = dict(ref.metadata)  # the model description and the weights' sha256 travel on
         paths, candidates = [], []
         for i, keep in enumerate(keeps):
             path = Path(tmp) / f"int8-{i}.onnx"
@@ -117,7 +126,7 @@ def onnx2int8(fp32: Union[str, Path], calib: Union[str, Path], data: Optional[Un
             paths.append(path)
             candidates.append(OrtRunner(path, threads=threads))
         seconds = time.perf_counter() - t0
-        report = _compare(ref, candidates, spec, data or calib)
+        report = _compare(ref, candidates, spec, test_set)
         for r in (ref, *candidates):
             r.close()
         for cand, keep in zip(report["candidates"], keeps):
@@ -128,21 +137,21 @@ def onnx2int8(fp32: Union[str, Path], calib: Union[str, Path], data: Optional[Un
         chosen_path = paths[report["candidates"].index(chosen)]
         report.update(file=out.name, fp32_nodes=chosen["fp32_nodes"], argmax_agreement=chosen["argmax_agreement"],
                       accuracy_delta=chosen["accuracy_delta"],
-                      calibration={"data": str(calib), "split": "train", "images": len(calib_frames),
+                      calibration={"data": str(calib), "split": calib_set.split, "images": len(calib_frames),
                                    "method": method, "seconds": seconds},
+                      test={"data": str(data or calib), "split": test_set.split},
                       ops=INT8_OPS + FUSED_ACTIVATIONS,
                       size_mb={"fp32": fp32.stat().st_size / 1e6, "int8": chosen_path.stat().st_size / 1e6})
         for key in ("accuracy", "macro_f1", "latency_ms"):
             report[key]["int8"] = chosen[key]
         report["faster"] = min(report["latency_ms"], key=report["latency_ms"].get)
         report["size_ratio"] = report["size_mb"]["int8"] / report["size_mb"]["fp32"]
-        Path(str(out) + ".report.json").write_text(json.dumps(report, indent=1))
+        atomic_write(str(out) + ".report.json", strict_json(report, indent=1))
         if not fits:
             raise ExportError(f"{out}: INT8 loses {-chosen['accuracy_delta'] * 100:.2f} accuracy points on "
                               f"{data or calib} (limit {max_drop * 100:.1f}); see {out}.report.json")
-        final = out.with_name(out.name + ".tmp")
-        shutil.copyfile(chosen_path, final)  # the temporary folder may be on another file system
-    os.replace(final, out)
+        with atomic_path(out) as final:  # the temporary folder may be on another file system
+            shutil.copyfile(chosen_path, final)
     return out
 
 
@@ -152,10 +161,10 @@ def _set_meta(graph: onnx.ModelProto, meta: Dict[str, str]) -> None:
         graph.metadata_props.add(key=k, value=v)
 
 
-def _compare(ref: OrtRunner, candidates: List[OrtRunner], spec: Any, data: Union[str, Path]) -> Dict:
+def _compare(ref: OrtRunner, candidates: List[OrtRunner], spec: Any, test: Frames) -> Dict:
     """FP32 figures and one entry per INT8 candidate, in order (accuracy, macro-F1, argmax agreement with FP32,
-    batch-1 latency), all timed in the same interleaved rounds."""
-    frames, labels = dataset_frames(data, spec, split="test")
+    batch-1 latency) on the ``test`` frames, all timed in the same interleaved rounds."""
+    frames, labels = test.frames, test.labels
     runners = {"fp32": ref, **{i: r for i, r in enumerate(candidates)}}
     probs, metrics = {}, {}
     for name, r in runners.items():

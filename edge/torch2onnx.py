@@ -12,7 +12,6 @@ exporter writes 18 for these models) and no ``LayerNormalization`` node.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -22,12 +21,14 @@ import onnx
 import torch
 from torch import nn
 
+from .. import LineguardError
 from ..data.modelspec import ModelSpec
+from ..files import atomic_path, atomic_write, sha256_file
 from ..training.model_dir import load_model_dir
-from .formats import ExportError
-from .frames import dataset_frames
+from .formats import ExportError, strict_json
+from .frames import load_frames
 from .onnx_check import check_tensorrt
-from .runners.base import INPUT, OUTPUTS, SPEC_KEY
+from .runners.base import INPUT, OUTPUTS, SPEC_KEY, WEIGHTS_KEY
 from .runners.ort import OrtRunner
 
 __all__ = ["PARITY_TOLERANCE", "FrameModel", "parity_report", "torch2onnx"]
@@ -70,40 +71,52 @@ def torch2onnx(model_dir: Union[str, Path], out: Optional[Union[str, Path]] = No
     ``batch``: a fixed batch size or ``"dynamic"``. With ``parity_data`` (a lineguard data set) the ONNX
     Runtime outputs are compared with PyTorch's on its test split (up to ``parity_images``) and the export
     fails unless every argmax agrees and no output differs by more than :data:`PARITY_TOLERANCE`; the
-    report is written next to the file either way (``<file>.parity.json``). Without it, 8 random frames."""
+    report is written next to the file either way (``<file>.parity.json``). Without it, 8 random frames.
+    The metadata records the weights file's sha256 (``lineguard.weights_sha256``): runners refuse the file
+    once the weights change. A failed export leaves no temporary file and the old ``out`` as it was."""
     model_dir = Path(model_dir)
     out = Path(out) if out is not None else model_dir / "model.onnx"
     if not (isinstance(batch, int) and batch >= 1) and batch != "dynamic":
         raise ExportError(f"--batch must be a positive integer or 'dynamic', got {batch!r}")
     if not 11 <= opset <= 21:
         raise ExportError(f"--opset {opset} is outside 11..21")
-    fm, spec = frame_model(model_dir)
+    before = _weights_sha256(model_dir)
+    fm, spec = frame_model(model_dir)  # a missing or corrupt weights file is a WeightsError here
+    weights = _weights_sha256(model_dir)
+    if weights is None or weights != before:
+        raise ExportError(f"{model_dir / spec.weights}: changed while it was being exported; export again")
     h, w = spec.preprocess.size
     example = torch.zeros((batch if isinstance(batch, int) else 2, h, w, spec.preprocess.channels), dtype=torch.uint8)
-    tmp = out.with_name(out.name + ".tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(fm, (example,), str(tmp), opset_version=opset, dynamo=False, input_names=[INPUT],
-                          output_names=list(OUTPUTS), do_constant_folding=True,
-                          dynamic_axes={k: {0: "batch"} for k in (INPUT, *OUTPUTS)} if batch == "dynamic" else None)
-    graph = _slim(onnx.load(str(tmp)))
-    meta = {SPEC_KEY: json.dumps(spec.model_dump(mode="json")), "lineguard.precision": "fp32",
-            "lineguard.source": str(model_dir.resolve())}
-    for k, v in meta.items():
-        graph.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(graph)
-    if opset <= TRT_MAX_OPSET:
-        check_tensorrt(graph, trt="8.5")
-    onnx.save(graph, str(tmp))
-    report = {"file": out.name, **parity_report(fm, spec, tmp, parity_data, parity_images)}
-    Path(str(out) + ".parity.json").write_text(json.dumps(report, indent=1))
-    if not report["passed"]:
-        tmp.unlink()
-        raise ExportError(f"{out}: ONNX Runtime and PyTorch disagree (max abs diff {report['max_abs_diff']:.2e}, "
-                          f"argmax agreement {report['argmax_agreement']:.4f}); see {out}.parity.json")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:  # removed on every error: the old file stays as it was
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            torch.onnx.export(fm, (example,), str(tmp), opset_version=opset, dynamo=False, input_names=[INPUT],
+                              output_names=list(OUTPUTS), do_constant_folding=True,
+                              dynamic_axes={k: {0: "batch"} for k in (INPUT, *OUTPUTS)} if batch == "dynamic"
+                              else None)
+        graph = _slim(onnx.load(str(tmp)))
+        meta = {SPEC_KEY: json.dumps(spec.model_dump(mode="json")), "lineguard.precision": "fp32",
+                "lineguard.source": str(model_dir.resolve()), WEIGHTS_KEY: weights}
+        for k, v in meta.items():
+            graph.metadata_props.add(key=k, value=v)
+        onnx.checker.check_model(graph)
+        if opset <= TRT_MAX_OPSET:
+            check_tensorrt(graph, trt="8.5")
+        onnx.save(graph, str(tmp))
+        report = {"file": out.name, **parity_report(fm, spec, tmp, parity_data, parity_images)}
+        atomic_write(str(out) + ".parity.json", strict_json(report, indent=1))
+        if not report["passed"]:
+            raise ExportError(f"{out}: ONNX Runtime and PyTorch disagree (max abs diff {report['max_abs_diff']:.2e}, "
+                              f"argmax agreement {report['argmax_agreement']:.4f}); see {out}.parity.json")
     return out
+
+
+def _weights_sha256(model_dir: Path) -> Optional[str]:
+    """sha256 of the weights file model.yaml names; None if it cannot be read (loading it says why)."""
+    try:
+        return sha256_file(model_dir / ModelSpec.load(model_dir).weights)
+    except (OSError, LineguardError):
+        return None
 
 
 def _slim(graph: onnx.ModelProto) -> onnx.ModelProto:
@@ -118,9 +131,11 @@ def _slim(graph: onnx.ModelProto) -> onnx.ModelProto:
 def parity_report(fm: FrameModel, spec: ModelSpec, onnx_path: Path, data: Optional[Union[str, Path]],
                   limit: int) -> Dict:
     """PyTorch vs ONNX Runtime (CPU) on the same frames: max abs diff per output and argmax agreement."""
+    split: Optional[str] = None
     if data is not None:
-        frames, _ = dataset_frames(data, spec, split="test", limit=limit)
-        source = f"{data} (test split)"
+        real = load_frames(data, spec, split="test", limit=limit)  # an error if the set has no test split
+        frames, split = real.frames, real.split
+        source = f"{data} ({split} split)"
     else:
         h, w = spec.preprocess.size
         frames = np.random.default_rng(0).integers(0, 256, (8, h, w, spec.preprocess.channels), dtype=np.uint8)
@@ -135,6 +150,6 @@ def parity_report(fm: FrameModel, spec: ModelSpec, onnx_path: Path, data: Option
     diffs = {k: float(np.abs(np.concatenate(ref[k]) - getattr(got, k)).max()) for k in OUTPUTS}
     agree = float((np.concatenate(ref["probs"]).argmax(1) == got.probs.argmax(1)).mean())
     worst = max(diffs.values())
-    return {"images": len(frames), "source": source,
+    return {"images": len(frames), "source": source, "data": None if data is None else str(data), "split": split,
             "max_abs_diff": worst, "max_abs_diff_per_output": diffs, "argmax_agreement": agree,
             "tolerance": PARITY_TOLERANCE, "passed": bool(agree == 1.0 and worst <= PARITY_TOLERANCE)}

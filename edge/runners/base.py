@@ -18,21 +18,27 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+from pydantic import ValidationError
 
 from lineguard import LineguardError
-from lineguard.data.modelspec import ModelSpec
+from lineguard.data.modelspec import SPEC_FILE, ModelSpec
+from lineguard.files import sha256_file
 
-__all__ = ["INPUT", "OUTPUTS", "SPEC_KEY", "Runner", "RunnerError", "Scores", "optional_import", "spec_from_json",
-           "spec_of_model", "spec_of_onnx"]
+__all__ = ["INPUT", "OUTPUTS", "SPEC_KEY", "WEIGHTS_KEY", "Runner", "RunnerError", "Scores", "check_weights",
+           "model_dir_of", "one_line", "optional_import", "spec_from_json", "spec_of_model", "spec_of_onnx",
+           "weights_file"]
 
 INPUT = "frames"
 OUTPUTS = ("probs", "ng_score", "heatmap")
 SPEC_KEY = "lineguard.model"  # ONNX metadata / engine side-car key holding model.yaml as JSON
+# ONNX metadata / engine side-car key: sha256 of the model directory's weights file the model was exported from
+WEIGHTS_KEY = "lineguard.weights_sha256"
 
 
 class RunnerError(LineguardError):
@@ -54,22 +60,39 @@ class Scores:
         return [classes[i] for i in self.probs.argmax(1)]
 
 
-def spec_from_json(text: str, where: str) -> ModelSpec:
-    """The :class:`ModelSpec` stored with an exported model; ``where`` names the file in errors."""
+def one_line(e: BaseException) -> str:
+    """An exception as one short line: pydantic's errors as 'field: message; ...', others' first line."""
+    if isinstance(e, ValidationError):
+        errs = e.errors()
+        parts = []
+        for err in errs[:3]:
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = " ".join(str(err["msg"]).replace("Value error, ", "", 1).split())
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        return "; ".join(parts) + (f"; ... and {len(errs) - 3} more" if len(errs) > 3 else "")
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def spec_from_json(text: Any, where: str) -> ModelSpec:
+    """The :class:`ModelSpec` stored with an exported model (JSON text, or the parsed object); ``where``
+    names the file in errors."""
     try:
-        return ModelSpec.model_validate(json.loads(text))
-    except (ValueError, TypeError) as e:
-        raise RunnerError(f"{where}: the embedded model description is unusable: {e}") from None
+        return ModelSpec.model_validate(json.loads(text) if isinstance(text, (str, bytes)) else text)
+    except (ValueError, TypeError, RecursionError) as e:  # pydantic's ValidationError is a ValueError
+        raise RunnerError(f"{where}: the embedded model description is unusable: {one_line(e)}") from None
 
 
 def spec_of_onnx(path: Union[str, Path]) -> ModelSpec:
     """The :class:`ModelSpec` in a lineguard ONNX file's metadata (reads the graph, not the weights' data)."""
     onnx: Any = optional_import("onnx", "pip install onnx", "reading an ONNX file")
     path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise RunnerError(f"{path}: no model file (missing or empty)")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf decode errors have no common type
-        raise RunnerError(f"{path}: not a readable ONNX file: {e}") from None
+        raise RunnerError(f"{path}: not a readable ONNX file: {one_line(e)}") from None
     return spec_of_model(model, str(path))
 
 
@@ -80,6 +103,46 @@ def spec_of_model(model: Any, where: str) -> ModelSpec:
         raise RunnerError(f"{where}: not exported by lineguard (no '{SPEC_KEY}' metadata, the model description); "
                           "export it with `lineguard export --format onnx`")
     return spec_from_json(meta[SPEC_KEY], where)
+
+
+def model_dir_of(model_file: Union[str, Path]) -> Path:
+    """The model directory an exported file belongs to: its folder (``engines/<key>.engine``: the one above)."""
+    folder = Path(model_file).parent
+    return folder.parent if Path(model_file).suffix == ".engine" and folder.name == "engines" else folder
+
+
+def weights_file(model_dir: Union[str, Path], spec: ModelSpec) -> Optional[Path]:
+    """The weights file of ``model_dir`` (named by its model.yaml, else by ``spec``), None where it has none
+    (a line computer gets the exported files only)."""
+    model_dir = Path(model_dir)
+    name = spec.weights
+    if (model_dir / SPEC_FILE).is_file():
+        with suppress(LineguardError):  # an unreadable model.yaml: the description exported with the model names it
+            name = ModelSpec.load(model_dir).weights
+    path = model_dir / name
+    return path if path.is_file() else None
+
+
+def check_weights(model_file: Union[str, Path], recorded: Optional[str], spec: ModelSpec, fmt: str,
+                  model_dir: Optional[Union[str, Path]] = None) -> None:
+    """Refuse an exported ``model_file`` whose model directory (default :func:`model_dir_of`) holds a weights
+    file whose sha256 is not ``recorded`` (the one the export wrote) or when the export recorded none.
+    ``fmt`` names the ``lineguard export --format`` that remakes it."""
+    folder = Path(model_dir) if model_dir is not None else model_dir_of(model_file)
+    weights = weights_file(folder, spec)
+    if weights is None:
+        return
+    redo = f"re-export it: `lineguard export --model {folder} --format {fmt}`"
+    if not isinstance(recorded, str) or not recorded:
+        raise RunnerError(f"{model_file}: exported before weights hashes were recorded, so it cannot be matched "
+                          f"to {weights}; {redo}")
+    try:
+        actual = sha256_file(weights)
+    except OSError as e:
+        raise RunnerError(f"{weights}: cannot read the weights file ({e.strerror or e})") from None
+    if actual != recorded:
+        raise RunnerError(f"{model_file}: stale, exported from other weights than {weights} now holds (sha256 "
+                          f"{recorded[:12]}... recorded, {actual[:12]}... now); {redo}")
 
 
 class Runner(ABC):

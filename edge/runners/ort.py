@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .base import INPUT, OUTPUTS, SPEC_KEY, Runner, RunnerError, optional_import, spec_from_json
+from .base import INPUT, OUTPUTS, SPEC_KEY, Runner, RunnerError, one_line, optional_import, spec_from_json
 
 __all__ = ["DEVICES", "OrtRunner"]
 
@@ -55,12 +55,13 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
-            raise RunnerError(f"{self.path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
+            raise RunnerError(f"{self.path}: ONNX Runtime cannot load it: {one_line(e)}") from None
         if DEVICES[device] not in self.session.get_providers():  # e.g. CUDA libraries that failed to load
             raise RunnerError(f"{self.path}: ONNX Runtime could not start {DEVICES[device]} "
                               f"(running: {', '.join(self.session.get_providers())})")
         self.device, self.threads = device, opts.intra_op_num_threads
-        meta = self.session.get_modelmeta().custom_metadata_map
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.metadata: Dict[str, str] = meta  # the ONNX metadata (model description, precision, weights' sha256)
         if SPEC_KEY not in meta:
             raise RunnerError(f"{self.path}: not exported by lineguard (no '{SPEC_KEY}' metadata); "
                               "export with `lineguard export`")
@@ -95,6 +96,8 @@ class OrtRunner(Runner):
         names = [o.name for o in self.session.get_outputs()]
         if tuple(names) != OUTPUTS:
             raise RunnerError(f"{self.path}: outputs {names}, expected {list(OUTPUTS)}")
+        if isinstance(shape[0], int) and shape[0] < 1:
+            raise RunnerError(f"{self.path}: input batch dimension {shape[0]}; re-export the model")
         return (shape[0], shape[0]) if isinstance(shape[0], int) else (1, MAX_DYNAMIC_BATCH)
 
     def _infer(self, frames: np.ndarray) -> Dict[str, np.ndarray]:

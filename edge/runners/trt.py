@@ -26,14 +26,26 @@ import threading
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterator, List, Tuple, Union
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from lineguard.edge.runners.base import INPUT, OUTPUTS, SPEC_KEY, Runner, RunnerError, optional_import, spec_from_json
+from lineguard.data.modelspec import ModelSpec
+from lineguard.edge.runners.base import (
+    INPUT,
+    OUTPUTS,
+    SPEC_KEY,
+    WEIGHTS_KEY,
+    Runner,
+    RunnerError,
+    one_line,
+    optional_import,
+)
+from lineguard.files import FileError, read_regular
 
-__all__ = ["CUDA_PYTHON_HINT", "PYCUDA_HINT", "REBUILD", "TRT_HINT", "TrtRunner", "import_pycuda",
-           "import_tensorrt", "open_device", "pushed", "sidecar_path", "trt_logger", "trt_version"]
+__all__ = ["CUDA_PYTHON_HINT", "PYCUDA_HINT", "REBUILD", "TRT_HINT", "EngineSidecar", "TrtRunner", "import_pycuda",
+           "import_tensorrt", "open_device", "pushed", "read_sidecar", "sidecar_path", "trt_logger", "trt_version"]
 
 TRT_HINT = ("on a Jetson, JetPack ships TensorRT for the system Python 3.8 through apt (python3-libnvinfer): "
             "make the venv with `python3 -m venv --system-site-packages`; elsewhere `pip install tensorrt`")
@@ -120,19 +132,43 @@ def _dims(dims: Any) -> Tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def _read_sidecar(engine: Path) -> Dict[str, Any]:
+MAX_SIDECAR_BYTES = 1 << 24  # a side-car is a few kB of JSON
+
+
+class EngineSidecar(BaseModel):
+    """What the runner needs of ``<key>.json`` (the builder writes more: profile, build seconds, ...)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    spec: ModelSpec = Field(alias=SPEC_KEY)
+    tensorrt: StrictStr
+    gpu: StrictStr
+    device: str = Field(pattern=r"^(gpu|dla:[0-9])$")
+    precision: Optional[StrictStr] = None
+    weights_sha256: Optional[StrictStr] = Field(default=None, alias=WEIGHTS_KEY)
+
+
+def read_sidecar(engine: Union[str, Path]) -> Tuple[Dict[str, Any], EngineSidecar]:
+    """(the side-car's JSON object, its checked fields) of ``engine``; one :class:`RunnerError` line naming the
+    side-car for a missing, unreadable or malformed one. Needs no TensorRT."""
+    engine = Path(engine)
     path = sidecar_path(engine)
     if not path.is_file():
         raise RunnerError(f"{path}: missing; it is written next to {engine.name} by `lineguard export --format "
                           "engine` and records the TensorRT version, GPU and model description")
     try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RunnerError(f"{path}: unreadable engine side-car: {e}") from None
-    missing = [k for k in (SPEC_KEY, "tensorrt", "gpu", "device") if not isinstance(info, dict) or k not in info]
-    if missing:
-        raise RunnerError(f"{path}: engine side-car lacks {', '.join(missing)}; {REBUILD}")
-    return info
+        info = json.loads(read_regular(path, max_bytes=MAX_SIDECAR_BYTES).decode("utf-8"))
+    except FileError as e:
+        raise RunnerError(str(e)) from None
+    except (ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
+        raise RunnerError(f"{path}: unreadable engine side-car (not JSON): {one_line(e)}; {REBUILD}") from None
+    if not isinstance(info, dict):
+        raise RunnerError(f"{path}: engine side-car is a JSON {type(info).__name__}, not an object; {REBUILD}")
+    try:
+        checked = EngineSidecar.model_validate(info)
+    except ValidationError as e:
+        raise RunnerError(f"{path}: engine side-car is not usable ({one_line(e)}); {REBUILD}") from None
+    return info, checked
 
 
 class TrtRunner(Runner):
@@ -156,18 +192,19 @@ class TrtRunner(Runner):
         self._engine: Any = None
         self._context: Any = None
         self._stream: Any = None
-        self.info = _read_sidecar(self.path)
-        self.spec = spec_from_json(json.dumps(self.info[SPEC_KEY]), str(sidecar_path(self.path)))
+        self.info, self.sidecar = read_sidecar(self.path)
+        self.spec = self.sidecar.spec
         if not self.path.is_file():
             raise RunnerError(f"{self.path}: engine file missing; {REBUILD}")
         trt = import_tensorrt("the TensorRT runner")
         cuda = import_pycuda("the TensorRT runner")
         self._cudart = _import_cudart() if cuda_graph else None
         gpu, ctx = open_device(cuda, device_id)
-        if self.info["tensorrt"] != trt.__version__ or self.info["gpu"] != gpu:
+        side = self.sidecar
+        if side.tensorrt != trt.__version__ or side.gpu != gpu:
             ctx.detach()
-            raise RunnerError(f"{self.path}: engine built for TensorRT {self.info['tensorrt']} on GPU "
-                              f"{self.info['gpu']}, this machine has TensorRT {trt.__version__} on GPU {gpu}; "
+            raise RunnerError(f"{self.path}: engine built for TensorRT {side.tensorrt} on GPU "
+                              f"{side.gpu}, this machine has TensorRT {trt.__version__} on GPU {gpu}; "
                               f"{REBUILD}")
         self._trt, self._cuda, self._ctx = trt, cuda, ctx
         self._closed = False
@@ -186,7 +223,7 @@ class TrtRunner(Runner):
         log = trt_logger(trt)
         mark = log.seq
         self._runtime = trt.Runtime(log)
-        device = str(self.info["device"])
+        device = self.sidecar.device
         if device.startswith("dla:"):
             self._runtime.DLA_core = int(device[4:])
         try:
@@ -325,8 +362,9 @@ class TrtRunner(Runner):
 
     def describe(self) -> Dict[str, object]:
         out = super().describe()
-        out.update(engine=str(self.path), tensorrt=self.info["tensorrt"], gpu=self.info["gpu"],
-                   device=self.info["device"], precision=self.info.get("precision"),
+        side = self.sidecar
+        out.update(engine=str(self.path), tensorrt=side.tensorrt, gpu=side.gpu, device=side.device,
+                   precision=side.precision,
                    cuda_graph=self._cudart is not None)
         return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import onnx
 import pytest
 import torch
 
-from lineguard.data.format import Dataset
+from lineguard import LineguardError
+from lineguard.data.format import Dataset, DatasetError
 from lineguard.data.modelspec import ModelSpec
 from lineguard.data.preprocess import Preprocess
 from lineguard.data.split import split_dataset
@@ -23,8 +25,10 @@ from lineguard.edge.frames import dataset_frames
 from lineguard.edge.onnx_check import input_convs
 from lineguard.edge.quantize import onnx2int8
 from lineguard.edge.runners import RunnerError, load_runner
+from lineguard.edge.runners.base import WEIGHTS_KEY
 from lineguard.edge.runners.ort import OrtRunner
 from lineguard.edge.torch_runner import TorchRunner
+from lineguard.files import sha256_file
 from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
 from lineguard.training.model_dir import save_model_files
 from lineguard.training.models import create_model, model_config
@@ -73,6 +77,9 @@ def test_onnx_takes_uint8_frames_and_matches_pytorch(exported: Path, sim: Path) 
     parity = json.loads((exported / "model.onnx.parity.json").read_text())
     assert parity["passed"] and parity["argmax_agreement"] == 1.0 and parity["max_abs_diff"] <= 1e-3
     assert parity["images"] == len(Dataset.load(sim).split("test"))
+    assert parity["split"] == "test" and parity["data"] == str(sim)
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta[WEIGHTS_KEY] == sha256_file(exported / "model.safetensors")
 
     runner = load_runner(exported)
     frames, _ = dataset_frames(sim, runner.spec, split="test")
@@ -116,6 +123,9 @@ def test_int8_is_qdq_with_unsigned_activations_and_reports(exported: Path, sim: 
     assert "Clip" in report["ops"]
     assert 0 < report["size_ratio"] < 0.5 and report["faster"] in ("fp32", "int8")
     assert report["test_images"] == len(Dataset.load(sim).split("test"))
+    assert report["calibration"]["split"] == "train" and report["test"]["split"] == "test"
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta[WEIGHTS_KEY] == sha256_file(exported / "model.safetensors")  # carried from model.onnx
     r = load_runner(out)
     assert r.backend == "ort-int8" and r.predict(dataset_frames(sim, r.spec, limit=3)[0]).probs.shape[0] == 3
     with pytest.raises(ExportError, match="accuracy points"):  # a limit nothing can meet: the check bites
@@ -170,3 +180,115 @@ def test_cli_export_and_bench(exported: Path) -> None:
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["rows"][0]["backend"] == "ort" and out["rows"][0]["p50_ms"] > 0 and out["machine"]["cores"]
+
+
+def _temps(folder: Path) -> list:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".tmp"))
+
+
+def test_failed_export_leaves_no_temp_and_the_old_onnx(exported: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    d = shutil.copytree(exported, tmp_path / "model")
+    old = (d / "model.onnx").read_bytes()
+
+    def broken_checker(graph: object) -> None:
+        raise ExportError("checker says no")  # after torch.onnx.export wrote the temporary file
+
+    with monkeypatch.context() as m:
+        m.setattr(onnx.checker, "check_model", broken_checker)
+        with pytest.raises(ExportError, match="checker says no"):
+            export(d, "onnx")
+    assert _temps(d) == [] and (d / "model.onnx").read_bytes() == old
+
+    import lineguard.edge.torch2onnx as t2o
+
+    def failing_parity(*args: object) -> dict:
+        return {"images": 8, "source": "test", "split": None, "max_abs_diff": float("nan"),
+                "argmax_agreement": 0.5, "passed": False}
+
+    monkeypatch.setattr(t2o, "parity_report", failing_parity)
+    with pytest.raises(ExportError, match="ONNX Runtime and PyTorch disagree"):
+        export(d, "onnx")
+    assert _temps(d) == [] and (d / "model.onnx").read_bytes() == old
+    text = (d / "model.onnx.parity.json").read_text()
+    assert "NaN" not in text and json.loads(text)["max_abs_diff"] is None and not json.loads(text)["passed"]
+
+
+def test_failed_int8_copy_leaves_no_temp_and_the_old_file(exported: Path, sim: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import lineguard.edge.quantize as quantize
+
+    out = tmp_path / "model-int8.onnx"
+    out.write_bytes(b"the previous INT8 model")
+
+    def half_copy(src: str, dst: str) -> None:
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(quantize.shutil, "copyfile", half_copy)
+    with pytest.raises(OSError, match="No space left"):
+        onnx2int8(exported / "model.onnx", sim, out=out, calib_images=8, max_drop=None)
+    assert _temps(tmp_path) == [] and out.read_bytes() == b"the previous INT8 model"
+
+
+def _change_weights(model_dir: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(model_dir / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name] = state[name] + 0.5  # what `train --resume` does to the file, in short
+    save_file(state, str(model_dir / "model.safetensors"))
+
+
+def test_stale_onnx_is_refused_and_reexported(exported: Path, sim: Path, tmp_path: Path) -> None:
+    d = shutil.copytree(exported, tmp_path / "model")
+    _change_weights(d)
+    with pytest.raises(RunnerError, match=r"model\.onnx: stale, exported from other weights.*re-export"):
+        load_runner(d)
+    rows = bench([d], ["ort"], batches=[1], rounds=1, seconds=0.01, warmup=1)
+    assert len(rows) == 1 and "stale" in rows[0].error
+    out = export(d, "onnx-int8", data=sim, max_drop=1.0)  # re-exports model.onnx from the new weights first
+    now = sha256_file(d / "model.safetensors")
+    for f in (d / "model.onnx", out):
+        assert {p.key: p.value for p in onnx.load(str(f)).metadata_props}[WEIGHTS_KEY] == now
+    assert load_runner(d).spec.classes and load_runner(d, backend="ort-int8").backend == "ort-int8"
+    (d / "model.safetensors").write_bytes(b"garbage, not safetensors")
+    old = (d / "model.onnx").read_bytes()
+    with pytest.raises(LineguardError, match=r"model\.safetensors: not a readable safetensors file"):
+        export(d, "onnx-int8", data=sim, max_drop=1.0)
+    assert (d / "model.onnx").read_bytes() == old and _temps(d) == []
+    with pytest.raises(RunnerError, match="stale"):
+        load_runner(d, backend="ort-int8")
+
+
+def _copy_set(sim: Path, dest: Path) -> Dataset:
+    shutil.copytree(sim, dest)
+    return Dataset.load(dest)
+
+
+def test_missing_split_and_shared_calibration_images_are_errors(exported: Path, sim: Path, tmp_path: Path) -> None:
+    spec = load_runner(exported).spec
+    unsplit = _copy_set(sim, tmp_path / "unsplit")
+    unsplit.records = [r.model_copy(update={"split": None}) for r in unsplit.records]
+    unsplit.save()
+    with pytest.raises(DatasetError, match=r"unsplit: no images in the 'test' split \(48 images, splits: none\); "
+                                           r"run `lineguard data split .*unsplit`"):
+        dataset_frames(unsplit.root, spec, split="test")
+    assert len(dataset_frames(unsplit.root, spec, split=None)[0]) == 48
+    from lineguard.edge.torch2onnx import torch2onnx
+
+    with pytest.raises(DatasetError, match="no images in the 'test' split"):
+        torch2onnx(exported, out=tmp_path / "x.onnx", parity_data=unsplit.root)
+    with pytest.raises(DatasetError, match="no images in the 'train' split"):
+        onnx2int8(exported / "model.onnx", unsplit.root, out=tmp_path / "i8.onnx")
+    assert not (tmp_path / "x.onnx").exists() and _temps(tmp_path) == []
+
+    leaky = _copy_set(sim, tmp_path / "leaky")
+    train = leaky.split("train")
+    leaky.records += [r.model_copy(update={"id": r.id + "-again", "split": "test"}) for r in train[:2]]
+    leaky.save()
+    with pytest.raises(DatasetError, match=r"2 image\(s\) of the 'test' split .* are also calibration images"):
+        onnx2int8(exported / "model.onnx", leaky.root, out=tmp_path / "i8.onnx")
+    with pytest.raises(DatasetError, match="also calibration images"):  # --calib of another set, same images
+        onnx2int8(exported / "model.onnx", sim, data=leaky.root, out=tmp_path / "i8.onnx")
+    assert not (tmp_path / "i8.onnx").exists()

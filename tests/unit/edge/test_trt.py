@@ -25,8 +25,10 @@ from lineguard.data.modelspec import ModelSpec
 from lineguard.edge.formats import ExportError
 from lineguard.edge.onnx2engine import build_engine
 from lineguard.edge.onnx_check import TRT85_OPS, check_tensorrt, tensorrt_problems
-from lineguard.edge.runners.base import INPUT, OUTPUTS, SPEC_KEY, RunnerError
+from lineguard.edge.runners import load_runner
+from lineguard.edge.runners.base import INPUT, OUTPUTS, SPEC_KEY, WEIGHTS_KEY, RunnerError
 from lineguard.edge.runners.trt import TrtRunner, sidecar_path
+from lineguard.files import sha256_file
 
 H = W = 16
 GEMM_W = np.array([[-4.0, 4.0]], np.float32)
@@ -729,6 +731,44 @@ def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch, on
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
     with pytest.raises(RunnerError, match=r"'pycuda\.driver'.*pip install pycuda"):
         TrtRunner(engine)
+
+
+def test_engine_records_the_weights_and_refuses_stale_ones(fakes: Fakes, tmp_path: Path) -> None:
+    d = tmp_path / "model"
+    d.mkdir()
+    SPEC.save(d)
+    (d / SPEC.weights).write_bytes(b"weights v1")
+    model = tiny_model()
+    helper.set_model_props(model, {SPEC_KEY: json.dumps(SPEC.model_dump(mode="json")),
+                                   WEIGHTS_KEY: sha256_file(d / SPEC.weights)})
+    onnx_path = save(model, d / "model.onnx")
+    engine = build_engine(onnx_path, d)
+    assert json.loads(sidecar_path(engine).read_text())[WEIGHTS_KEY] == sha256_file(d / SPEC.weights)
+    with load_runner(d, backend="trt") as runner:
+        assert runner.predict(frames_of(2)).probs.shape == (2, 2)
+    (d / SPEC.weights).write_bytes(b"weights v2")  # train --resume
+    deserialized = fakes.rec.deserialized
+    for path in (d, engine):
+        with pytest.raises(RunnerError, match=rf"{engine.name}: stale.*--format engine"):
+            load_runner(path, backend="trt")
+    assert fakes.rec.deserialized == deserialized  # refused before TensorRT saw the engine
+    with pytest.raises(ExportError, match=r"model\.onnx: stale.*--format onnx"):
+        build_engine(onnx_path, d)
+    save(tiny_model(), onnx_path)  # an export of before weights hashes
+    with pytest.raises(ExportError, match="exported before weights hashes were recorded"):
+        build_engine(onnx_path, d)
+    assert not [p for p in d.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_invalid_sidecar_is_not_a_cached_engine(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
+    engine = build_engine(onnx_file, tmp_path)
+    side = sidecar_path(engine)
+    info = json.loads(side.read_text())
+    del info[SPEC_KEY]  # the build facts still match, but the runner cannot use it: rebuilt, not reused
+    side.write_text(json.dumps(info))
+    assert build_engine(onnx_file, tmp_path) == engine and len(fakes.rec.builds) == 2
+    with TrtRunner(engine) as runner:
+        assert runner.describe()["gpu"] == "Xavier"
 
 
 # ---------------------------------------------------------------- runner
