@@ -9,7 +9,7 @@ DEMO   ?= runs/demo
 # imported with torch blocked (tests/integration/test_runtime_boundary.py).
 # In edge/, only the exporter to ONNX, the PyTorch reference runner and the quantizer are development-side.
 EDGE_DEV  := edge/torch2onnx.py edge/torch_runner.py edge/quantize.py
-LINE_SIDE := __init__.py config.py console.py files.py cli.py data $(wildcard inspect/*.py) \
+LINE_SIDE := __init__.py config.py console.py files.py workers.py cli.py data $(wildcard inspect/*.py) \
              $(filter-out $(EDGE_DEV),$(wildcard edge/*.py edge/runners/*.py))
 
 .PHONY: setup demo test lint clean

@@ -59,7 +59,8 @@ from ..config import StrictModel
 from ..data.format import CLASSES_FILE, MANIFEST_FILE, REJECTS_FILE, ClassFile, Dataset, Origin, Record
 from ..data.imaging import ImageFileError, read_image, sha256_bytes, write_png
 from ..data.progress import track
-from . import simulator
+from ..files import atomic_path, atomic_write, sync_all
+from ..workers import init_worker, keep_freed_memory, mp_context
 from .compose import Background, ComposeConfig, CompositeError, Compositor, class_scales
 from .crops import defect_crops
 from .patches import Patch, PatchSource
@@ -188,14 +189,6 @@ def _part_path(out: Path, k: int) -> Path:
     return out / PARTS / f"c{k:07d}.json"
 
 
-def _atomic_write(path: Path, text: str, tmp_suffix: str = ".tmp") -> None:
-    """Write through a temporary file, so a killed write never leaves half a file. Files that concurrent
-    shards may write at once (settings, manifest) take the process id in ``tmp_suffix``."""
-    tmp = path.with_name(path.name + tmp_suffix)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _read_settings(out: Path) -> GenerateSettings:
     path = out / SETTINGS_FILE
     if not path.is_file():
@@ -222,7 +215,7 @@ def _claim(out: Path, settings: GenerateSettings) -> None:
         if (out / name).exists():
             raise GenerateError(f"{out}: holds a data set not made by `generate` ({name} exists)")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), f".{os.getpid()}.tmp")
+    atomic_write(path, yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
 
 
 def _width(n: int) -> int:
@@ -278,7 +271,8 @@ class _Renderer:
             records.append(rec.model_dump(mode="json", exclude_none=True))
             rejected += r
         part = {"chunk": k, "start": start, "stop": stop, "near_copy_rejected": rejected, "records": records}
-        _atomic_write(path, json.dumps(part))
+        sync_all()  # the chunk's images, before the part that commits them
+        atomic_write(path, json.dumps(part))
         return part, False
 
     def _intact(self, path: Path) -> bool:
@@ -328,11 +322,11 @@ class _Renderer:
         image, mask = f"images/{folder}/{ident}.png", f"masks/{folder}/{ident}.png"
         (self.out / image).parent.mkdir(parents=True, exist_ok=True)
         (self.out / mask).parent.mkdir(parents=True, exist_ok=True)
-        data = write_png(self.out / image, comp.image)
-        write_png(self.out / mask, comp.mask)
+        data = write_png(self.out / image, comp.image, durable=False)  # synced before the part names them
+        mask_data = write_png(self.out / mask, comp.mask, durable=False)
         h, w = comp.mask.shape
         rec = Record(id=ident, image=image, label=label, mask=mask, source="synthetic", origin=self.origin,
-                     sha256=sha256_bytes(data), width=w, height=h)
+                     sha256=sha256_bytes(data), mask_sha256=sha256_bytes(mask_data), width=w, height=h)
         return rec, rejected
 
 
@@ -361,7 +355,9 @@ _WORKER: Optional[_Renderer] = None
 
 def _init_worker(job: _Job) -> None:
     global _WORKER
-    simulator._init_worker()
+    init_worker()  # the workers (and their fork server) die with this process, even SIGKILLed
+    cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only compete
+    keep_freed_memory()  # many short-lived arrays of a few 100 kB: see lineguard.synth.simulator._init_worker
     os.environ["OMP_NUM_THREADS"] = "1"  # one process per core: a torch source (the GAN) gets one thread
     if "torch" in sys.modules:  # already imported (albumentations imports it): set it there too
         sys.modules["torch"].set_num_threads(1)
@@ -374,12 +370,8 @@ def _work(k: int) -> Tuple[Dict[str, Any], bool]:
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
-    """A fork server that has imported this module (see :func:`lineguard.synth.simulator._mp_context`)."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return multiprocessing.get_context("spawn")
+    """Fresh worker processes that have imported this module once (:func:`lineguard.workers.mp_context`)."""
+    return mp_context(__name__)
 
 
 def _parts(job: _Job, source: PatchSource, chunks: List[int], workers: int
@@ -518,8 +510,7 @@ def merge_shards(out: Union[str, Path], excluded_backgrounds: Optional[List[str]
     width = _width(s.n)
     counts = {c: 0 for c in s.classes.classes}
     rejected = 0
-    tmp = out / f"{MANIFEST_FILE}.{os.getpid()}.tmp"
-    with tmp.open("w") as f:
+    with atomic_path(out / MANIFEST_FILE) as tmp, tmp.open("w", encoding="utf-8") as f:  # shards may race: own temp
         for k in range(total):
             path = _part_path(out, k)
             try:
@@ -535,12 +526,11 @@ def merge_shards(out: Union[str, Path], excluded_backgrounds: Optional[List[str]
             for r in rows:
                 counts[r.label] += 1
                 f.write(r.model_dump_json(exclude_none=True) + "\n")
-    os.replace(tmp, out / MANIFEST_FILE)
     s.classes.save(out / CLASSES_FILE)
     (out / REJECTS_FILE).touch()
     report = {"images": s.n, "classes": counts, "method": s.method, "version": s.version, "seed": s.seed,
               "near_copy_rejected": rejected, "near_copy": s.near_copy.enabled}
     if excluded_backgrounds is not None:
         report["excluded_backgrounds"] = excluded_backgrounds
-    _atomic_write(out / REPORT_FILE, json.dumps(report, indent=1), f".{os.getpid()}.tmp")
+    atomic_write(out / REPORT_FILE, json.dumps(report, indent=1))
     return Dataset.load(out)

@@ -20,7 +20,6 @@ included: a data set is identical whatever the number of worker processes, and a
 
 from __future__ import annotations
 
-import ctypes
 import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -37,6 +36,8 @@ from lineguard.config import StrictModel, dump_config
 from lineguard.data.format import CLASSES_FILE, MANIFEST_FILE, ClassFile, Dataset, DatasetError, Origin, Record
 from lineguard.data.imaging import sha256_bytes, write_png
 from lineguard.data.progress import track
+from lineguard.files import sync_all
+from lineguard.workers import init_worker, keep_freed_memory, mp_context
 
 __all__ = [
     "CLASSES",
@@ -686,45 +687,35 @@ def _ident(index: int, width: int) -> str:
 
 
 def _render_range(cfg: SimulatorConfig, seed: int, start: int, stop: int, out: str, width: int
-                  ) -> List[Tuple[int, str, str]]:
+                  ) -> List[Tuple[int, str, str, str]]:
     """Render and write images ``start..stop-1``; returns (index, label, image sha256) per image."""
     root = Path(out)
     rows = []
     for i in range(start, stop):
         img, mask, label = render(cfg, seed, i)
         ident = _ident(i, width)
-        data = write_png(root / "images" / f"{ident}.png", img)
-        write_png(root / "masks" / f"{ident}.png", mask)
-        rows.append((i, label, sha256_bytes(data)))
+        data = write_png(root / "images" / f"{ident}.png", img, durable=False)  # synced before the manifest
+        mask_data = write_png(root / "masks" / f"{ident}.png", mask, durable=False)
+        rows.append((i, label, sha256_bytes(data), sha256_bytes(mask_data)))
     return rows
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
-    """Fresh worker processes: a fork of a process whose OpenCV (or other) threads already ran can
-    deadlock. The fork server imports this module once; its forks start at once."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return multiprocessing.get_context("spawn")
+    """Fresh worker processes that have imported this module once (:func:`lineguard.workers.mp_context`)."""
+    return mp_context(__name__)
 
 
 def _init_worker() -> None:
+    init_worker()  # the workers (and their fork server) die with this process, even SIGKILLed
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only compete
-    # Rendering makes many short-lived arrays of a few 100 kB. glibc serves those with fresh mmaps
-    # (or trims the heap after them), so every one costs page faults: keep freed memory in the
-    # heap instead. Halves the render time; only in these worker processes, and only on glibc.
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    # Rendering makes many short-lived arrays of a few 100 kB: keeping freed memory in the heap halves
+    # the render time (only in these worker processes, and only on glibc).
+    keep_freed_memory()
 
 
 def _results(cfg: SimulatorConfig, n: int, seed: int, out: Path, width: int, workers: int
-             ) -> Iterator[Tuple[int, str, str]]:
-    """(index, label, sha256) of every image once written, in the order they are done."""
+             ) -> Iterator[Tuple[int, str, str, str]]:
+    """(index, label, image sha256, mask sha256) of every image once written, in the order they are done."""
     chunk = max(1, min(32, math.ceil(n / max(1, workers * 4))))
     if workers <= 1 or n <= chunk:
         for i in range(n):
@@ -764,18 +755,19 @@ def simulate_dataset(out: Union[str, Path], n: int, seed: int = 0, cfg: Optional
     (out / "masks").mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "simulator.yaml")
     width = max(6, len(str(max(n - 1, 0))))
-    rows: List[Optional[Tuple[str, str]]] = [None] * n
-    for i, label, sha in track(_results(cfg, n, seed, out, width, workers), "simulate", enabled=progress,
+    rows: List[Optional[Tuple[str, str, str]]] = [None] * n
+    for i, label, sha, mask_sha in track(_results(cfg, n, seed, out, width, workers), "simulate", enabled=progress,
                                total=n):
-        rows[i] = (label, sha)
+        rows[i] = (label, sha, mask_sha)
     origin = Origin(kind="generator", name="line-simulator", version=SIMULATOR_VERSION, seed=seed)
     records = []
     for i, row in enumerate(rows):
         assert row is not None
         ident = _ident(i, width)
         records.append(Record(id=ident, image=f"images/{ident}.png", label=row[0], mask=f"masks/{ident}.png",
-                              source="simulated", origin=origin, sha256=row[1], width=cfg.size,
+                              source="simulated", origin=origin, sha256=row[1], mask_sha256=row[2], width=cfg.size,
                               height=cfg.size))
     ds = Dataset(out, ClassFile(classes=list(CLASSES), ok_class=OK), records)
+    sync_all()  # every image and mask, before the manifest that names them
     ds.save()
     return ds

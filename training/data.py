@@ -199,7 +199,11 @@ def worker_init(_: int) -> None:
     """DataLoader ``worker_init_fn``: one OpenCV thread per worker process (workers already run in
     parallel). Augmentation seeds do not depend on it. Only for workers started by
     :func:`loader_context`: in a *forked* worker of a process whose OpenCV threads ran, OpenCV
-    (this call included) can hang."""
+    (this call included) can hang. The worker, and its fork server, die with the training process
+    (:func:`lineguard.workers.init_worker`)."""
+    from ..workers import init_worker
+
+    init_worker()
     cv2.setNumThreads(1)
 
 
@@ -209,11 +213,9 @@ def loader_context() -> multiprocessing.context.BaseContext:
 
     Not the Linux default ``fork``: a worker forked from a process whose OpenCV thread pool has run
     (any resize of a large image does that) hangs in its first parallel OpenCV call."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return multiprocessing.get_context("spawn")
+    from ..workers import mp_context
+
+    return mp_context(__name__)
 
 
 def data_loader(dataset: torch.utils.data.Dataset, batch_size: int, sampler: Optional[Sampler] = None,
@@ -243,8 +245,10 @@ class DefectDataset(torch.utils.data.Dataset):
     ``cache=True`` decodes every image and mask in the constructor (so a corrupt file fails at once)
     and keeps them resized to the input size as uint8; ``cache=False`` decodes per item (for sets too
     big for memory) and fails on a bad file when that item is read. Either way the error is a
-    :class:`DatasetError` naming the file and the record id. ``check_sha256`` also fails on an image
-    whose bytes differ from the manifest's ``sha256``.
+    :class:`DatasetError` naming the file and the record id. ``check_sha256`` (on by default; free, as
+    every read hashes the bytes it decodes) also fails on an image whose bytes differ from the manifest's
+    ``sha256`` (and a mask from its ``mask_sha256``, where the manifest has one): a file edited or replaced
+    after import is never trained or evaluated on silently.
 
     Not thread-safe (the augmentation's random state is per data set); DataLoader workers are
     processes, which is fine (start them with :func:`data_loader`). The epoch lives in shared
@@ -252,7 +256,7 @@ class DefectDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, ds: Dataset, records: List[Record], pre: Preprocess, augment: Optional[AugmentConfig],
-                 seed: int = 0, cache: bool = True, check_sha256: bool = False,
+                 seed: int = 0, cache: bool = True, check_sha256: bool = True,
                  decode_threads: Optional[int] = None, classes: Optional[Sequence[str]] = None) -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
@@ -286,17 +290,22 @@ class DefectDataset(torch.utils.data.Dataset):
         except ImageFileError as e:
             raise DatasetError(f"{path} (record {record.id}): {e}") from None
 
+    def _check_sha(self, record: Record, rel: str, sha: str, want: Optional[str]) -> None:
+        if self.check_sha256 and want is not None and sha != want:
+            raise DatasetError(f"{self.ds.path(rel)} (record {record.id}): file changed since the manifest was "
+                               f"written (sha256 {sha[:12]}..., manifest {want[:12]}...); restore it or "
+                               "import the data set again")
+
     def load(self, i: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """Item ``i`` decoded and at the input size: uint8 image (``pre.resize``) and uint8 0/1 mask
         (:func:`resize_mask`), or None for no mask. Strict: a bad file raises :class:`DatasetError`."""
         r = self.records[i]
         img, sha = self._read(r, r.image)
-        if self.check_sha256 and sha != r.sha256:
-            raise DatasetError(f"{self.ds.path(r.image)} (record {r.id}): file changed since the manifest was "
-                               f"written (sha256 {sha[:12]}..., manifest {r.sha256[:12]}...)")
+        self._check_sha(r, r.image, sha, r.sha256)
         mask = None
         if r.mask is not None:
-            m, _ = self._read(r, r.mask)
+            m, mask_sha = self._read(r, r.mask)
+            self._check_sha(r, r.mask, mask_sha, r.mask_sha256)  # older manifests have no mask sha256
             if m.shape[:2] != img.shape[:2]:
                 raise DatasetError(f"{self.ds.path(r.mask)} (record {r.id}): mask is {m.shape[1]}x{m.shape[0]} px, "
                                    f"the image {img.shape[1]}x{img.shape[0]}")

@@ -22,7 +22,7 @@ EDGE_DEV = ("torch2onnx.py", "torch_runner.py", "quantize.py")  # development-si
 
 def line_side_modules() -> List[str]:
     """Module names of the line-side code, found on disk so new modules are covered by default."""
-    files = [ROOT / "config.py", ROOT / "console.py", ROOT / "files.py"]
+    files = [ROOT / "config.py", ROOT / "console.py", ROOT / "files.py", ROOT / "workers.py"]
     files += sorted((ROOT / "data").rglob("*.py")) + sorted((ROOT / "inspect").rglob("*.py"))
     files += [f for f in sorted((ROOT / "edge").rglob("*.py")) if f.name not in EDGE_DEV]
     names = []
