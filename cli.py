@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from . import LineguardError
-from .console import err_console
+from .console import err_console, shown
 from .data.cli import app as data_app
 from .edge.cli import bench, export
 from .synth.cli import generate, simulate
@@ -50,5 +50,5 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {' '.join(message.splitlines())}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {shown(message)}", highlight=False)
     sys.exit(code)

@@ -15,11 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import LineguardError
-from .files import atomic_write
+from .files import FileError, atomic_write, read_regular
 
 __all__ = ["ConfigError", "StrictModel", "dump_config", "load_config"]
 
 M = TypeVar("M", bound="StrictModel")
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of YAML
 
 
 class ConfigError(LineguardError):
@@ -59,11 +60,15 @@ def load_config(
     if path is not None:
         origin = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
+            loaded = yaml.safe_load(read_regular(path, MAX_CONFIG_BYTES).decode("utf-8"))
+        except FileError as e:
+            raise ConfigError(str(e)) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: YAML nested too deeply") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(loaded).__name__}")
         data.update(loaded or {})

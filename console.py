@@ -7,11 +7,20 @@ from typing import Any, Callable, Optional
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
-__all__ = ["console", "emit", "err_console"]
+from .files import printable
+
+__all__ = ["console", "emit", "err_console", "shown"]
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
+
+
+def shown(text: object) -> str:
+    """User text (file names, class names, reasons) ready for a rich string: one printable line (see
+    ``files.printable``) with rich markup escaped, so ``[red]`` in a name is shown, not obeyed."""
+    return escape(printable(str(text)))
 
 
 def emit(result: BaseModel, as_json: bool, human: Optional[Callable[[Any], None]] = None) -> None:

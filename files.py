@@ -26,8 +26,8 @@ from typing import Iterator, Union
 
 from . import LineguardError
 
-__all__ = ["MAX_FILE_BYTES", "FileError", "atomic_path", "atomic_write", "fsync_dir", "inside", "read_regular",
-           "replace_folder", "sha256_file", "sync_all"]
+__all__ = ["MAX_FILE_BYTES", "FileError", "atomic_path", "atomic_write", "fsync_dir", "inside", "printable",
+           "read_regular", "replace_folder", "sha256_file", "sync_all", "utf8_text"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_FILE_BYTES = 1 << 30  # no single image, mask or label file a lineguard stage reads is larger (1 GiB)
@@ -121,6 +121,8 @@ def read_regular(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise FileError(path, f"cannot read file ({e.strerror or e})") from None
+    except ValueError:  # a NUL byte in the name
+        raise FileError(printable(str(path)), "the file name holds a NUL byte") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -142,11 +144,22 @@ def read_regular(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
+def utf8_text(text: str) -> str:
+    """``text`` storable as UTF-8: bytes of a file name that are not UTF-8 (surrogate escapes) become ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def printable(text: str) -> str:
+    """``text`` as one printable line: :func:`utf8_text`, and control characters (new lines, tabs, ...) as
+    escapes, so a file name in an error line can be found exactly as shown."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in utf8_text(text))
+
+
 def inside(path: PathLike, root: PathLike) -> bool:
     """Whether ``path`` (symlinks resolved) lies in the folder ``root``."""
     try:
         Path(path).resolve().relative_to(Path(root).resolve())
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):  # outside, a NUL byte, a name too long, a symlink loop
         return False
     return True
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..console import console, emit
+from ..console import console, emit, shown
 from .imaging import MAX_PIXELS
 
 app = typer.Typer(no_args_is_help=True, help="Data sets: import, validate, split, stats, preview, simulate.")
@@ -24,7 +24,7 @@ def _class_table(title: str, rows: dict, ok_class: str) -> Table:
     t.add_column("class")
     t.add_column("images", justify="right")
     for name, n in rows.items():
-        t.add_row(f"{name} (OK)" if name == ok_class else name, str(n))
+        t.add_row(f"{shown(name)} (OK)" if name == ok_class else shown(name), str(n))
     return t
 
 
@@ -32,7 +32,7 @@ def _problems(title: str, rows: list, limit: int = 20) -> None:
     if rows:
         console.print(f"[bold]{title}[/] ({len(rows)}):")
         for r in rows[:limit]:
-            console.print(f"  {r.path}: {r.reason}", highlight=False)
+            console.print(f"  {shown(r.path)}: {shown(r.reason)}", highlight=False)
         if len(rows) > limit:
             console.print(f"  ... {len(rows) - limit} more")
 
@@ -59,7 +59,7 @@ def import_(
                          progress=not quiet, allow_outside=allow_outside, max_pixels=max_pixels)
 
     def human(r) -> None:
-        console.print(_class_table(f"{r.out} ({r.format}): {r.images} images, {r.masks} with masks",
+        console.print(_class_table(f"{shown(r.out)} ({r.format}): {r.images} images, {r.masks} with masks",
                                    r.classes, r.ok_class))
         _problems("rejected", r.rejects)
         _problems("warnings", r.warnings)
@@ -80,7 +80,7 @@ def validate(root: Path = typer.Argument(..., help="Data set folder."), max_pixe
         _problems("errors", r.errors)
         _problems("warnings", r.warnings)
         verdict = "[green]valid[/]" if r.valid else "[red]INVALID[/]"
-        console.print(f"{r.root}: {r.images} images, {r.masks} masks: {verdict}")
+        console.print(f"{shown(r.root)}: {r.images} images, {r.masks} masks: {verdict}")
 
     emit(rep, as_json, human)
     if not rep.valid:
@@ -103,15 +103,15 @@ def split(
     rep = split_dataset(Dataset.load(root), val=val, test=test, seed=seed, folds=folds)
 
     def human(r) -> None:
-        t = Table(title=f"split of {root} (seed {r.seed})")
+        t = Table(title=f"split of {shown(root)} (seed {r.seed})")
         t.add_column("class")
         for s in r.counts:
             t.add_column(s, justify="right")
         for cls in next(iter(r.counts.values())):
-            t.add_row(cls, *(str(r.counts[s][cls]) for s in r.counts))
+            t.add_row(shown(cls), *(str(r.counts[s][cls]) for s in r.counts))
         console.print(t)
         for w in r.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+            console.print(f"[yellow]warning:[/] {shown(w)}", highlight=False)
 
     emit(rep, as_json, human)
 
@@ -126,17 +126,17 @@ def stats(root: Path = typer.Argument(..., help="Data set folder."),
     rep = dataset_stats(root, sample=sample)
 
     def human(r) -> None:
-        t = Table(title=f"{r.root}: {r.images} images ({r.rejects} rejected at import)")
+        t = Table(title=f"{shown(r.root)}: {r.images} images ({r.rejects} rejected at import)")
         t.add_column("class")
         t.add_column("images", justify="right")
         t.add_column("masks", justify="right")
         for s in r.splits:
             t.add_column(s, justify="right")
         for cls, n in r.classes.items():
-            name = f"{cls} (OK)" if cls == r.ok_class else cls
+            name = f"{shown(cls)} (OK)" if cls == r.ok_class else shown(cls)
             t.add_row(name, str(n), str(r.masks[cls]), *(str(r.splits[s][cls]) for s in r.splits))
         console.print(t)
-        console.print(f"sources {r.sources}; origins {r.origins}")
+        console.print(f"sources {r.sources}; origins {shown(r.origins)}")
         console.print(f"width {r.width}, height {r.height}; pixel mean {r.pixel_mean:.3f} "
                       f"std {r.pixel_std:.3f} (over {r.sampled} images)")
 
@@ -157,4 +157,4 @@ def preview(
 
     for name, path in preview_dataset(root, out, per_class=per_class, tile=tile, split=split_name,
                                       seed=seed).items():
-        console.print(f"{name}: {path}", highlight=False)
+        console.print(f"{shown(name)}: {shown(path)}", highlight=False)

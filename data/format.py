@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
 
 from .. import LineguardError
-from ..files import FileError, atomic_path, atomic_write, read_regular
+from ..files import FileError, atomic_path, atomic_write, read_regular, utf8_text
 
 __all__ = [
     "CLASSES_FILE",
@@ -57,10 +57,10 @@ class Box(_Row):
     """An axis-aligned box in pixels (x1, y1 exclusive), with its class."""
 
     label: str
-    x0: float
-    y0: float
-    x1: float
-    y1: float
+    x0: FiniteFloat
+    y0: FiniteFloat
+    x1: FiniteFloat
+    y1: FiniteFloat
 
     @model_validator(mode="after")
     def _ordered(self) -> Box:
@@ -97,10 +97,15 @@ class Record(_Row):
 
 
 class Reject(_Row):
-    """A file an importer could not use, and why."""
+    """A file an importer could not use, and why (file names that are not UTF-8 are kept as ``\\xNN``)."""
 
     path: str
     reason: str
+
+    @field_validator("path", "reason")
+    @classmethod
+    def _utf8(cls, v: str) -> str:
+        return utf8_text(v)
 
 
 class ClassFile(_Row):
@@ -173,6 +178,8 @@ def _load_classes(path: Path) -> ClassFile:
         raise DatasetError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise DatasetError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: YAML nested too deeply") from None
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])

@@ -6,8 +6,9 @@ the classes and the OK class, the shared preprocessing, the OK/NG threshold.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Union
+from typing import Any, Dict, List, Literal, Optional, Set, Union
 
 import yaml
 from pydantic import ValidationError, model_validator
@@ -50,6 +51,22 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _non_finite(value: Any, key: str = "", seen: Optional[Set[int]] = None) -> Optional[str]:
+    """The dotted key of the first NaN or infinite number in ``value`` (shared YAML aliases visited once)."""
+    seen = set() if seen is None else seen
+    if isinstance(value, float):
+        return None if math.isfinite(value) else key or "value"
+    if id(value) in seen or not isinstance(value, (dict, list)):
+        return None
+    seen.add(id(value))
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for k, v in items:
+        bad = _non_finite(v, f"{key}.{k}" if key else str(k), seen)
+        if bad is not None:
+            return bad
+    return None
+
+
 class ModelSpec(StrictModel):
     format: Literal["lineguard-model"] = "lineguard-model"
     version: int = SPEC_VERSION
@@ -64,6 +81,13 @@ class ModelSpec(StrictModel):
     def _consistent(self) -> ModelSpec:
         if self.ok_class not in self.classes:
             raise ValueError(f"ok_class '{self.ok_class}' is not one of {self.classes}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"class names must be unique: {self.classes}")
+        if not 0.0 <= self.threshold <= 1.0:  # NaN fails this too
+            raise ValueError(f"threshold must be in 0..1, got {self.threshold}")
+        bad = _non_finite(self.arch)
+        if bad is not None:
+            raise ValueError(f"arch.{bad} is not a finite number")
         if self.version != SPEC_VERSION:
             raise ValueError(f"model format version {self.version}; this lineguard reads {SPEC_VERSION}")
         name = self.arch.get("name")
@@ -99,6 +123,8 @@ class ModelSpec(StrictModel):
             raise DatasetError(f"{path}: not UTF-8 text (byte {e.start})") from None
         try:
             data = yaml.safe_load(text)
+        except RecursionError:
+            raise DatasetError(f"{path}: YAML nested too deeply") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -9,6 +9,7 @@ the graph, so a runner on the line only resizes (``resize``) and hands over uint
 
 from __future__ import annotations
 
+import math
 from typing import List, Literal, Tuple
 
 import cv2
@@ -32,6 +33,8 @@ class Preprocess(StrictModel):
     def _per_channel(self) -> Preprocess:
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError(f"mean and std need {self.channels} values each, got {self.mean} and {self.std}")
+        if not all(math.isfinite(v) for v in [*self.mean, *self.std]):
+            raise ValueError(f"mean and std must be finite numbers, got {self.mean} and {self.std}")
         if min(self.std) <= 0 or min(self.size) < 16:
             raise ValueError(f"std must be > 0 and size >= 16 px, got std {self.std}, size {self.size}")
         return self

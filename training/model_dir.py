@@ -105,6 +105,10 @@ def fit_weights(model: torch.nn.Module, state, path: Union[str, Path]) -> None:
             parts.append(f"{len(shapes)} of another shape, e.g. '{k}' {tuple(state[k].shape)} "
                          f"where the model has {tuple(target[k].shape)}")
         raise WeightsError(f"{path}: does not fit the architecture in {SPEC_FILE} ({'; '.join(parts)})")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise WeightsError(f"{path}: {len(broken)} tensor(s) hold NaN or infinite values, e.g. '{broken[0]}' "
+                           "(a diverged run?)")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -18,9 +18,10 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
+from typing_extensions import Annotated
 
-from ...files import atomic_path, atomic_write, inside, replace_folder, sync_all
+from ...files import atomic_path, atomic_write, inside, replace_folder, sync_all, utf8_text
 from ..format import (
     CLASSES_FILE,
     MANIFEST_FILE,
@@ -120,7 +121,7 @@ def register_importer(name: str, version: str, detect: Callable[[Path], bool], l
 
 class ImportReport(BaseModel):
     format: str
-    out: str
+    out: Annotated[str, AfterValidator(utf8_text)]
     images: int
     classes: Dict[str, int]
     ok_class: str
@@ -131,9 +132,12 @@ class ImportReport(BaseModel):
 
 
 def is_image_name(p: Path) -> bool:
-    """A file (or a symlink, dangling ones included: the import rejects them with the reason) with an image
-    suffix."""
-    return (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES
+    """Anything but a folder with an image suffix: files, symlinks (dangling ones too), FIFOs and devices;
+    the import rejects what is no regular image file, with the reason."""
+    try:
+        return p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
+    except OSError:  # a name the file system refuses: kept, and rejected with the reason
+        return p.suffix.lower() in IMAGE_SUFFIXES
 
 
 def list_images(folder: Path) -> List[Path]:
@@ -222,6 +226,10 @@ def _image_label(c: Candidate, boxes: List[Box], ok_class: str) -> str:
 def check_id(rec_id: str) -> Optional[str]:
     """Why ``rec_id`` cannot name files in a data set (None if it can): it must be a relative path of plain
     names (no ``..``, no empty part, no control characters), as files under ``images/`` and ``masks/``."""
+    try:
+        rec_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not UTF-8 text (data sets are); rename it"
     parts = rec_id.split("/")
     if not rec_id or rec_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
         return f"record id '{rec_id}' is not a relative path of plain names (no '..', '/', empty part)"
@@ -312,11 +320,17 @@ def import_dataset(
 
 def _source_problem(path: Path, src: Path, allow_outside: bool) -> Optional[str]:
     """Why the source file ``path`` may not be read (None if it may)."""
-    if path.is_symlink() and not path.exists():
-        return f"dangling symlink (its target {os.readlink(path)} does not exist)"
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "the path is not UTF-8 text (a manifest is); rename it"
+    try:
+        if path.is_symlink() and not path.exists():
+            return f"dangling symlink (its target {os.readlink(path)} does not exist)"
+    except (OSError, ValueError) as e:
+        return f"cannot read it ({getattr(e, 'strerror', None) or e})"
     if not allow_outside and not inside(path, src):
-        return (f"lies outside the source folder {src} (resolves to {path.resolve()}); pass --allow-outside "
-                "to read it")
+        return f"lies outside the source folder {src}; pass --allow-outside to read it"
     return None
 
 

@@ -28,13 +28,14 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 import numpy as np
 import yaml
 
-from ...files import FileError, read_regular
+from ...files import FileError, printable, read_regular
 from ..format import DatasetError, Reject
 from .base import Candidate, Scan, Shape, is_image_name, path_ids, register_importer
 
 DEFAULT_OK = "ok"
 YAML_NAMES = ("data.yaml", "data.yml")
 SPLIT_KEYS = ("train", "val", "test")
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux: a longer list-file line names no file
 TOLERANCE = 0.01  # coordinates up to this far outside 0..1 are clipped, further is an error
 
 
@@ -52,7 +53,7 @@ def detect(src: Path) -> bool:
         return False
     try:
         data = yaml.safe_load(read_regular(y).decode("utf-8"))
-    except (FileError, UnicodeDecodeError, yaml.YAMLError):
+    except (FileError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return True  # a data.yaml that does not load is still meant as YOLO: scan says why
     return isinstance(data, dict) and "names" in data
 
@@ -70,31 +71,35 @@ def _class_names(data: dict, yfile: Path) -> Dict[int, str]:
         raise DatasetError(f"{yfile}: 'names' must be a list or a mapping id -> name")
     bad = [v for v in out.values() if not isinstance(v, (str, int, float)) or isinstance(v, bool)]
     if bad:
-        raise DatasetError(f"{yfile}: class names must be text, got {bad[0]!r}")
+        raise DatasetError(f"{yfile}: class names must be text, got a {type(bad[0]).__name__}")
     out = {k: str(v).strip() for k, v in out.items()}
     if not out or any(not v for v in out.values()) or len(set(out.values())) != len(out):
-        raise DatasetError(f"{yfile}: class names must be unique and non-empty: {names}")
+        raise DatasetError(f"{yfile}: class names must be unique and non-empty: {list(out.values())[:20]}")
     return out
 
 
-def _images_of(entry: Path, root: Path) -> List[Path]:
-    """Images under a folder (recursively), or listed in a .txt file (one path a line)."""
+def _images_of(entry: Path, root: Path) -> Tuple[List[Path], List[Reject]]:
+    """Images under a folder (recursively), or listed in a .txt file (one path a line; a line that cannot
+    name a file is a reject)."""
     if entry.is_dir():
-        return sorted(p for p in entry.rglob("*") if is_image_name(p))
+        return sorted(p for p in entry.rglob("*") if is_image_name(p)), []
     try:
         text = read_regular(entry).decode("utf-8")
     except FileError as e:
         raise DatasetError(str(e)) from None
     except UnicodeDecodeError:
         raise DatasetError(f"{entry}: image list is not UTF-8 text") from None
-    out = []
-    for line in text.splitlines():
+    out, rejects = [], []
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
-        if line:
+        if "\0" in line or len(line) > MAX_PATH_CHARS:
+            rejects.append(Reject(path=f"{entry}:{n}", reason=f"'{printable(line[:200])}' is not a file path (a NUL "
+                                                               f"byte, or over {MAX_PATH_CHARS} characters)"))
+        elif line:
             p = Path(line)
             p = p if p.is_absolute() else (entry.parent if line.startswith("./") else root) / p
             out.append(Path(os.path.normpath(p)))  # '..' resolved in the text: ids never keep it
-    return out
+    return out, rejects
 
 
 def _label_path(image: Path) -> Path:
@@ -156,6 +161,9 @@ def _split_entries(data: dict, root: Path, base: Path, yfile: Path
             continue
         paths = []
         for v in value if isinstance(value, list) else [value]:
+            if not isinstance(v, (str, int)) or isinstance(v, bool) or "\0" in str(v):
+                raise DatasetError(f"{yfile}: '{key}' entries must be folder or list-file paths, got a "
+                                   f"{type(v).__name__}")
             p = Path(str(v))
             hits = [p] if p.is_absolute() else [r / p for r in dict.fromkeys((root, base))]
             hit = next((h for h in hits if h.exists()), None)
@@ -167,6 +175,33 @@ def _split_entries(data: dict, root: Path, base: Path, yfile: Path
     if not out and (root / "images").is_dir():  # no split named: everything under images/
         out.append(("", [root / "images"]))
     return out, rejects
+
+
+def _key(p: Path) -> str:
+    """The identity of an image path for de-duplication (resolved where the name allows it)."""
+    try:
+        return str(p.resolve())
+    except (OSError, RuntimeError):  # a name too long, a symlink loop: the import rejects it
+        return str(p)
+
+
+def _candidate(image: Path, rec_id: str, names: Dict[int, str], ok: str) -> Union[Candidate, Reject]:
+    """The candidate for ``image`` with its label file read, or the reject saying why not."""
+    try:
+        label_file = _label_path(image)
+        if not label_file.is_file():
+            return Reject(path=str(image), reason=f"no label file (expected {label_file})")
+        shapes = _read_labels(label_file, names)
+    except _BadLabel as e:
+        return Reject(path=str(label_file), reason=str(e))
+    except FileError as e:
+        return Reject(path=str(label_file), reason=e.reason)
+    except UnicodeDecodeError:
+        return Reject(path=str(label_file), reason="label file is not UTF-8 text")
+    except OSError as e:  # a name too long for the file system, ...
+        return Reject(path=str(image), reason=f"cannot read its label file ({e.strerror or e})")
+    return Candidate(id=rec_id, image=image, label=shapes[0].label if shapes else ok, shapes=shapes,
+                     normalized=True)
 
 
 @register_importer("yolo", version="1", detect=detect, layout="data.yaml with names")
@@ -182,6 +217,8 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
         raise DatasetError(f"{yfile}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise DatasetError(f"{yfile}: not valid YAML ({' '.join(str(e).split())})") from None
+    except RecursionError:
+        raise DatasetError(f"{yfile}: YAML nested too deeply") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{yfile}: expected a mapping with 'names' and image folders")
     names = _class_names(data, yfile)
@@ -190,7 +227,10 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
         raise DatasetError(f"{yfile}: '{ok}' is a labelled class; pass --ok-class with another name for "
                            f"images without labels")
     base = yfile.parent
-    root = base / str(data["path"]) if data.get("path") else base
+    path = data.get("path")
+    if path is not None and (not isinstance(path, (str, int)) or isinstance(path, bool) or "\0" in str(path)):
+        raise DatasetError(f"{yfile}: 'path' must be a folder path, got a {type(path).__name__}")
+    root = base / str(path) if path else base
     if not root.is_dir():
         root = base  # a 'path' written for another machine: fall back to data.yaml's folder
     splits, rejects = _split_entries(data, root, base, yfile)
@@ -202,11 +242,13 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
     for split, entries in splits:
         for entry in entries:
             try:
-                images = [p for p in _images_of(entry, root) if p.resolve() not in seen]
+                listed, bad_lines = _images_of(entry, root)
             except DatasetError as e:  # an unreadable image list costs its images, not the import
                 rejects.append(Reject(path=str(entry), reason=str(e).split(": ", 1)[-1]))
                 continue
-            seen.update(p.resolve() for p in images)
+            rejects.extend(bad_lines)
+            images = [p for p in listed if _key(p) not in seen]
+            seen.update(_key(p) for p in images)
             top = entry if entry.is_dir() else root
             try:
                 ids = path_ids(images, top)
@@ -215,23 +257,7 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
             if len(entries) > 1:  # train: [images/a, images/b] -> train/a/<stem>, train/b/<stem>
                 ids = [f"{entry.stem}/{i}" for i in ids]
             for image, rec_id in zip(images, ids):
-                rec_id = f"{split}/{rec_id}" if split else rec_id
-                label_file = _label_path(image)
-                if not label_file.is_file():
-                    rejects.append(Reject(path=str(image), reason=f"no label file (expected {label_file})"))
-                    continue
-                try:
-                    shapes = _read_labels(label_file, names)
-                except _BadLabel as e:
-                    rejects.append(Reject(path=str(label_file), reason=str(e)))
-                    continue
-                except FileError as e:
-                    rejects.append(Reject(path=str(label_file), reason=e.reason))
-                    continue
-                except UnicodeDecodeError:
-                    rejects.append(Reject(path=str(label_file), reason="label file is not UTF-8 text"))
-                    continue
-                candidates.append(Candidate(id=rec_id, image=image, label=shapes[0].label if shapes else ok,
-                                            shapes=shapes, normalized=True))
+                found = _candidate(image, f"{split}/{rec_id}" if split else rec_id, names, ok)
+                (candidates if isinstance(found, Candidate) else rejects).append(found)
     classes = [names[k] for k in sorted(names)] + [ok]
     return Scan(classes=classes, ok_class=ok, candidates=candidates, rejects=rejects)

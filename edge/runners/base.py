@@ -197,8 +197,18 @@ class Runner(ABC):
             if n < lo:  # pad to the smallest batch the model takes, drop the padding after
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - n, axis=0)])
             out = self._infer(chunk)
+            self._check_outputs(out, len(chunk))
             parts.append({k: v[:n] for k, v in out.items()})
         return Scores(*(np.concatenate([p[k] for p in parts]) for k in OUTPUTS))
+
+    def _check_outputs(self, out: Dict[str, np.ndarray], n: int) -> None:
+        """The model's outputs for ``n`` frames have the shapes the interface promises (a foreign graph with
+        lineguard's names and metadata is refused, not trusted)."""
+        k = len(self.spec.classes)
+        probs, ng, heat = (np.asarray(out.get(name)) for name in OUTPUTS)
+        if probs.shape != (n, k) or ng.shape != (n,) or heat.ndim != 4 or heat.shape[:2] != (n, 1):
+            raise RunnerError(f"{self.backend}: the model returned probs {probs.shape}, ng_score {ng.shape}, heatmap "
+                              f"{heat.shape} for {n} frames; expected ({n}, {k}), ({n},), ({n}, 1, h, w)")
 
     @abstractmethod
     def _infer(self, frames: np.ndarray) -> Dict[str, np.ndarray]:

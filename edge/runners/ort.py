@@ -93,9 +93,16 @@ class OrtRunner(Runner):
         if len(shape) != 4 or list(shape[1:]) != [h, w, c]:
             raise RunnerError(f"{self.path}: input shape {shape} does not match its model description "
                               f"(N, {h}, {w}, {c})")
-        names = [o.name for o in self.session.get_outputs()]
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
         if tuple(names) != OUTPUTS:
             raise RunnerError(f"{self.path}: outputs {names}, expected {list(OUTPUTS)}")
+        k = len(self.spec.classes)
+        for o, want in zip(outputs, (["N", k], ["N"], ["N", 1, "h", "w"])):
+            if o.type != "tensor(float)" or len(o.shape) != len(want) or any(
+                    isinstance(d, int) and isinstance(e, int) and d != e for d, e in zip(o.shape, want)):
+                raise RunnerError(f"{self.path}: output '{o.name}' is {o.type} {o.shape}, the model description "
+                                  f"needs float {want} ({k} classes)")
         if isinstance(shape[0], int) and shape[0] < 1:
             raise RunnerError(f"{self.path}: input batch dimension {shape[0]}; re-export the model")
         return (shape[0], shape[0]) if isinstance(shape[0], int) else (1, MAX_DYNAMIC_BATCH)

@@ -343,8 +343,10 @@ def test_missing_and_mismatched_files(sim: Dataset, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=rf"record {recs[0].id}\): cannot read file"):
         DefectDataset(ds, recs, GRAY, None)
     write_png(ds.path(recs[1].mask), np.zeros((10, 12), np.uint8))
+    with pytest.raises(DatasetError, match=f"record {recs[1].id}.*changed since the manifest"):
+        DefectDataset(ds, recs[1:], GRAY, None)  # the manifest holds the mask's sha256
     with pytest.raises(DatasetError, match=f"record {recs[1].id}.*mask is 12x10 px"):
-        DefectDataset(ds, recs[1:], GRAY, None)
+        DefectDataset(ds, recs[1:], GRAY, None, check_sha256=False)
     changed = recs[1].model_copy(update={"sha256": "0" * 64, "mask": None})
     DefectDataset(ds, [changed], GRAY, None, check_sha256=False)
     with pytest.raises(DatasetError, match="changed since the manifest"):
