@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from . import LineguardError
 from .files import FileError, atomic_write, read_regular
 
-__all__ = ["ConfigError", "StrictModel", "dump_config", "load_config"]
+__all__ = ["ConfigError", "StrictModel", "dump_config", "load_config", "read_yaml"]
 
 M = TypeVar("M", bound="StrictModel")
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of YAML
@@ -49,6 +49,27 @@ def _describe(err: ValidationError, model: Type[BaseModel], origin: str) -> str:
     return f"{origin}: " + "; ".join(lines)
 
 
+def read_yaml(path: Union[str, Path], error: Type[LineguardError] = ConfigError,
+              max_bytes: int = MAX_CONFIG_BYTES) -> Any:
+    """The YAML document in the regular file ``path`` (at most ``max_bytes``); anything that keeps it from
+    loading (unreadable, not UTF-8, not YAML, nested too deeply) is one ``error`` line naming the file."""
+    try:
+        text = read_regular(path, max_bytes).decode("utf-8")
+    except FileError as e:
+        raise error(str(e)) from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise error(f"{path}: YAML nested too deeply") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise error(f"{path}: not valid YAML ({problem}{where})") from None
+
+
 def load_config(
     model: Type[M],
     path: Optional[Union[str, Path]] = None,
@@ -59,16 +80,7 @@ def load_config(
     origin = "defaults"
     if path is not None:
         origin = str(path)
-        try:
-            loaded = yaml.safe_load(read_regular(path, MAX_CONFIG_BYTES).decode("utf-8"))
-        except FileError as e:
-            raise ConfigError(str(e)) from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not UTF-8 text") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: YAML nested too deeply") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+        loaded = read_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(loaded).__name__}")
         data.update(loaded or {})

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
 
 from .. import LineguardError
+from ..config import read_yaml
 from ..files import FileError, atomic_path, atomic_write, read_regular, utf8_text
 
 __all__ = [
@@ -170,16 +171,7 @@ def _write_jsonl(path: Path, rows: Iterable[BaseModel]) -> None:
 
 def _load_classes(path: Path) -> ClassFile:
     try:
-        text = read_regular(path).decode("utf-8")
-        return ClassFile.model_validate(yaml.safe_load(text))
-    except FileError as e:
-        raise DatasetError(str(e)) from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        raise DatasetError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    except RecursionError:
-        raise DatasetError(f"{path}: YAML nested too deeply") from None
+        return ClassFile.model_validate(read_yaml(path, DatasetError))
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])

@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Literal, Optional, Set, Union
 import yaml
 from pydantic import ValidationError, model_validator
 
-from ..config import StrictModel
-from ..files import FileError, atomic_write, read_regular
+from ..config import StrictModel, read_yaml
+from ..files import atomic_write
 from .format import DatasetError
 from .preprocess import Preprocess
 
@@ -115,21 +115,7 @@ class ModelSpec(StrictModel):
         path = Path(model_dir) / SPEC_FILE
         if not path.is_file():
             raise DatasetError(f"{model_dir}: not a lineguard model directory ({SPEC_FILE} missing)")
-        try:
-            text = read_regular(path, MAX_SPEC_BYTES).decode("utf-8")
-        except FileError as e:
-            raise DatasetError(str(e)) from None
-        except UnicodeDecodeError as e:
-            raise DatasetError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        try:
-            data = yaml.safe_load(text)
-        except RecursionError:
-            raise DatasetError(f"{path}: YAML nested too deeply") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", None) or type(e).__name__
-            raise DatasetError(f"{path}: not valid YAML ({problem}{where})") from None
+        data = read_yaml(path, DatasetError, MAX_SPEC_BYTES)
         if not isinstance(data, dict):
             raise DatasetError(f"{path}: must be a mapping of keys (format, arch, classes, ...), "
                                f"got {type(data).__name__}")

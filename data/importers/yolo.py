@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple, Union
 
 import numpy as np
-import yaml
 
+from ...config import read_yaml
 from ...files import FileError, printable, read_regular
 from ..format import DatasetError, Reject
 from .base import Candidate, Scan, Shape, is_image_name, path_ids, register_importer
@@ -52,8 +52,8 @@ def detect(src: Path) -> bool:
     if y is None:
         return False
     try:
-        data = yaml.safe_load(read_regular(y).decode("utf-8"))
-    except (FileError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        data = read_yaml(y, DatasetError)
+    except DatasetError:
         return True  # a data.yaml that does not load is still meant as YOLO: scan says why
     return isinstance(data, dict) and "names" in data
 
@@ -209,16 +209,7 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
     yfile = _yaml_file(src)
     if yfile is None:
         raise DatasetError(f"{src}: no {' or '.join(YAML_NAMES)}")
-    try:
-        data = yaml.safe_load(read_regular(yfile).decode("utf-8"))
-    except FileError as e:
-        raise DatasetError(str(e)) from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{yfile}: not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        raise DatasetError(f"{yfile}: not valid YAML ({' '.join(str(e).split())})") from None
-    except RecursionError:
-        raise DatasetError(f"{yfile}: YAML nested too deeply") from None
+    data = read_yaml(yfile, DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{yfile}: expected a mapping with 'names' and image folders")
     names = _class_names(data, yfile)
