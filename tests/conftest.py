@@ -28,3 +28,48 @@ def real_dataset(real_data: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("mt")
     report = import_dataset(real_data, out, progress=False)
     return out, report
+
+
+@pytest.fixture(scope="session")
+def split_sim(tmp_path_factory: pytest.TempPathFactory):
+    """``split_sim(n, size, seed, val, test)``: a simulated data set (1 worker), split; a new folder per call."""
+    from lineguard.data.split import split_dataset
+    from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
+
+    def make(n: int, size: int, seed: int, val: float, test: float) -> Path:
+        root = tmp_path_factory.mktemp("sim") / "ds"
+        ds = simulate_dataset(root, n=n, seed=seed, cfg=SimulatorConfig(size=size), workers=1, progress=False)
+        split_dataset(ds, val=val, test=test, seed=0)
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_model_dir():
+    """``random_model_dir(out, data, arch, size, bn_stats=False)``: a model folder with random weights (seed 0)
+    for ``data``'s classes, 1 channel; ``bn_stats`` draws non-trivial BatchNorm statistics (real arithmetic)."""
+    import torch
+
+    from lineguard.data.format import Dataset
+    from lineguard.data.modelspec import ModelSpec
+    from lineguard.data.preprocess import Preprocess
+    from lineguard.training.model_dir import save_model_files
+    from lineguard.training.models import create_model, model_config
+
+    def make(out: Path, data: Path, arch: str, size: int, bn_stats: bool = False) -> Path:
+        ds = Dataset.load(data)
+        torch.manual_seed(0)
+        model = create_model(arch, num_classes=len(ds.classes.classes), in_chans=1, img_size=size).eval()
+        if bn_stats:
+            with torch.no_grad():
+                for m in model.modules():
+                    if isinstance(m, torch.nn.BatchNorm2d):
+                        m.running_mean.uniform_(-0.1, 0.1)
+                        m.running_var.uniform_(0.5, 1.5)
+        spec = ModelSpec(arch=model_config(model), classes=ds.classes.classes, ok_class=ds.classes.ok_class,
+                         preprocess=Preprocess(size=(size, size), channels=1, mean=[0.45], std=[0.22]))
+        save_model_files(out, model, spec, ds.classes)
+        return out
+
+    return make

@@ -11,13 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from lineguard import LineguardError
 from lineguard.data.format import Dataset, DatasetError
-from lineguard.data.modelspec import ModelSpec
-from lineguard.data.preprocess import Preprocess
-from lineguard.data.split import split_dataset
 from lineguard.edge.bench import bench, recommend
 from lineguard.edge.export import export
 from lineguard.edge.formats import ExportError
@@ -29,40 +25,19 @@ from lineguard.edge.runners.base import WEIGHTS_KEY
 from lineguard.edge.runners.ort import OrtRunner
 from lineguard.edge.torch_runner import TorchRunner
 from lineguard.files import sha256_file
-from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
-from lineguard.training.model_dir import save_model_files
-from lineguard.training.models import create_model, model_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sim") / "ds"
-    ds = simulate_dataset(root, n=48, seed=1, cfg=SimulatorConfig(size=96), workers=1, progress=False)
-    split_dataset(ds, val=0.2, test=0.3, seed=0)
-    return root
-
-
-def _model_dir(root: Path, sim: Path, name: str = "two_stream_lite0") -> Path:
-    ds = Dataset.load(sim)
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=len(ds.classes.classes), in_chans=1, img_size=SIZE).eval()
-    with torch.no_grad():  # non-trivial BN statistics, so the export is tested on real arithmetic
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    spec = ModelSpec(arch=model_config(model), classes=ds.classes.classes, ok_class=ds.classes.ok_class,
-                     preprocess=Preprocess(size=(SIZE, SIZE), channels=1, mean=[0.45], std=[0.22]))
-    save_model_files(root, model, spec, ds.classes)
-    return root
+def sim(split_sim) -> Path:
+    return split_sim(n=48, size=96, seed=1, val=0.2, test=0.3)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, sim: Path) -> Path:
-    model_dir = _model_dir(tmp_path_factory.mktemp("m") / "model", sim)
+def exported(tmp_path_factory: pytest.TempPathFactory, sim: Path, random_model_dir) -> Path:
+    model_dir = random_model_dir(tmp_path_factory.mktemp("m") / "model", sim, "two_stream_lite0", SIZE, bn_stats=True)
     export(model_dir, "onnx", data=sim)
     return model_dir
 
@@ -134,8 +109,9 @@ def test_int8_is_qdq_with_unsigned_activations_and_reports(exported: Path, sim: 
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_bench_interleaves_and_reports_errors_per_row(exported: Path, sim: Path, tmp_path: Path) -> None:
-    other = _model_dir(tmp_path / "cnn", sim, name="cnn_lite0")
+def test_bench_interleaves_and_reports_errors_per_row(exported: Path, sim: Path, tmp_path: Path,
+                                                      random_model_dir) -> None:
+    other = random_model_dir(tmp_path / "cnn", sim, "cnn_lite0", SIZE, bn_stats=True)
     export(other, "onnx")
     rows = bench([exported, other], ["ort", "ort-int8"], batches=[1, 2], rounds=1, seconds=0.05, warmup=1,
                  options={"ort": {"threads": 1}})

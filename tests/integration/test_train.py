@@ -35,11 +35,8 @@ SMALL = {"model": "two_stream_lite0", "weights": "none", "img_size": 64, "epochs
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sim") / "ds"
-    ds = simulate_dataset(root, n=72, seed=0, cfg=SimulatorConfig(size=96), workers=1, progress=False)
-    split_dataset(ds, val=0.2, test=0.2, seed=0)
-    return root
+def sim(split_sim) -> Path:
+    return split_sim(n=72, size=96, seed=0, val=0.2, test=0.2)
 
 
 def _cli(*args: str) -> subprocess.Popen:

@@ -20,41 +20,25 @@ from lineguard.data.format import Dataset, DatasetError
 from lineguard.data.imaging import read_image, write_png
 from lineguard.data.modelspec import MAX_SIDE, MODEL_FILE, SPEC_FILE, ModelSpec
 from lineguard.data.preprocess import Preprocess
-from lineguard.data.split import split_dataset
-from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
 from lineguard.training import weights as weights_module
 from lineguard.training.config import TrainConfig
 from lineguard.training.data import DefectDataset
 from lineguard.training.evaluate import evaluate_model_dir
-from lineguard.training.model_dir import load_model_dir, save_model_files
-from lineguard.training.models import ModelError, create_model, model_config
+from lineguard.training.model_dir import load_model_dir
+from lineguard.training.models import ModelError
 from lineguard.training.weights import WeightsError, load_weights, save_weights
 
 INPUT = 32
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sim") / "ds"
-    ds = simulate_dataset(root, n=24, seed=3, cfg=SimulatorConfig(size=64), workers=1, progress=False)
-    split_dataset(ds, val=0.25, test=0.25, seed=0)
-    return root
-
-
-def _model_dir(out: Path, data: Path) -> Path:
-    """A random-weight cnn_lite0 model folder for ``data``'s classes."""
-    ds = Dataset.load(data)
-    torch.manual_seed(0)
-    model = create_model("cnn_lite0", num_classes=len(ds.classes.classes), in_chans=1, img_size=INPUT).eval()
-    spec = ModelSpec(arch=model_config(model), classes=ds.classes.classes, ok_class=ds.classes.ok_class,
-                     preprocess=Preprocess(size=(INPUT, INPUT), channels=1, mean=[0.45], std=[0.22]))
-    save_model_files(out, model, spec, ds.classes)
-    return out
+def sim(split_sim) -> Path:
+    return split_sim(n=24, size=64, seed=3, val=0.25, test=0.25)
 
 
 @pytest.fixture(scope="module")
-def good(sim: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _model_dir(tmp_path_factory.mktemp("m") / "model", sim)
+def good(sim: Path, tmp_path_factory: pytest.TempPathFactory, random_model_dir) -> Path:
+    return random_model_dir(tmp_path_factory.mktemp("m") / "model", sim, "cnn_lite0", INPUT)
 
 
 def _copy_model(good: Path, dst: Path) -> Path:
