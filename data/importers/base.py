@@ -8,6 +8,7 @@ rejects with reasons, and the data set written atomically.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -292,7 +293,8 @@ def import_dataset(
     scan = importer.scan(src, ok_class)
     classes = ClassFile(classes=scan.classes, ok_class=scan.ok_class)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=str(out.parent), prefix=f".{out.name}.importing-"))
+    _remove_stale_work(out)
+    work = Path(tempfile.mkdtemp(dir=str(out.parent), prefix=f".{out.name}.importing-{os.getpid()}-"))
     try:
         ds = Dataset(work, classes, [], list(scan.rejects))
         warnings = _import_candidates(ds, scan, src, Origin(kind="importer", name=fmt, version=importer.version),
@@ -316,6 +318,24 @@ def import_dataset(
     if not ds.records:
         raise DatasetError(f"{src}: nothing usable imported ({len(ds.rejects)} rejects, see {out / REJECTS_FILE})")
     return report
+
+
+def _remove_stale_work(out: Path) -> None:
+    """Remove the temporary folders that killed imports into ``out`` left (their process is gone)."""
+    for work in out.parent.glob(f".{glob.escape(out.name)}.importing-*"):
+        pid = work.name.rsplit(".importing-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def _source_problem(path: Path, src: Path, allow_outside: bool) -> Optional[str]:

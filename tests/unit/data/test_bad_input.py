@@ -9,6 +9,8 @@ import io
 import os
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -148,6 +150,18 @@ def test_failed_overwrite_leaves_the_old_set_and_validate_catches_mask_drift(tmp
     _png(out / rec.mask, arr=np.full((32, 32), 255, np.uint8))  # the mask drifts
     rep = validate_dataset(out, progress=False)
     assert not rep.valid and any("mask content changed" in e.reason for e in rep.errors)
+
+
+def test_a_killed_imports_temporary_folder_is_removed_by_the_next_import(tmp_path: Path) -> None:
+    src = _voc(tmp_path / "a", [(f"i{k}", f"i{k}.png", []) for k in range(2)])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f".out.importing-{dead.pid}-abc"  # what a SIGKILLed import leaves
+    (left / "masks").mkdir(parents=True)
+    mine = tmp_path / f".out.importing-{os.getpid()}-xyz"  # a running import's: kept
+    mine.mkdir()
+    import_dataset(src, tmp_path / "out", progress=False)
+    assert not left.exists() and mine.exists()
 
 
 def test_full_disk_during_import_is_one_line_and_the_old_set_survives(tmp_path: Path, monkeypatch, capsys) -> None:
