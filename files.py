@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,8 +99,21 @@ def atomic_write(path: PathLike, data: Union[str, bytes], durable: bool = True) 
         f.write(payload)
 
 
-def sync_all() -> None:
-    """Flush every written file to disk in one call: the commit point of a bulk writer (see ``durable``)."""
+def sync_all(folder: PathLike) -> None:
+    """Flush every file written on ``folder``'s file system to disk in one call (Linux ``syncfs``; ``sync``
+    elsewhere): the commit point of a bulk writer (see ``durable``)."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        fd = -1
+    try:
+        if fd >= 0 and sys.platform.startswith("linux") and ctypes.CDLL(None, use_errno=True).syncfs(fd) == 0:
+            return
+    except (OSError, AttributeError):
+        pass
+    finally:
+        if fd >= 0:
+            os.close(fd)
     if hasattr(os, "sync"):
         os.sync()
 

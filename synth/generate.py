@@ -271,7 +271,7 @@ class _Renderer:
             records.append(rec.model_dump(mode="json", exclude_none=True))
             rejected += r
         part = {"chunk": k, "start": start, "stop": stop, "near_copy_rejected": rejected, "records": records}
-        sync_all()  # the chunk's images, before the part that commits them
+        sync_all(self.out)  # the chunk's images, before the part that commits them
         atomic_write(path, json.dumps(part))
         return part, False
 

@@ -768,6 +768,6 @@ def simulate_dataset(out: Union[str, Path], n: int, seed: int = 0, cfg: Optional
                               source="simulated", origin=origin, sha256=row[1], mask_sha256=row[2], width=cfg.size,
                               height=cfg.size))
     ds = Dataset(out, ClassFile(classes=list(CLASSES), ok_class=OK), records)
-    sync_all()  # every image and mask, before the manifest that names them
+    sync_all(out)  # every image and mask, before the manifest that names them
     ds.save()
     return ds

@@ -300,7 +300,7 @@ def import_dataset(
         warnings = _import_candidates(ds, scan, src, Origin(kind="importer", name=fmt, version=importer.version),
                                       copy=copy, allow_outside=allow_outside, max_pixels=max_pixels,
                                       progress=progress)
-        sync_all()  # the copied images and drawn masks, before the manifest that names them
+        sync_all(work)  # the copied images and drawn masks, before the manifest that names them
         ds.save()
         report = ImportReport(
             format=fmt, out=str(out), images=len(ds.records), classes=ds.counts(), ok_class=classes.ok_class,
