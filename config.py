@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from . import LineguardError
 from .files import FileError, atomic_write, read_regular
 
-__all__ = ["ConfigError", "StrictModel", "dump_config", "load_config", "read_yaml"]
+__all__ = ["ConfigError", "StrictModel", "describe", "dump_config", "load_config", "read_yaml"]
 
 M = TypeVar("M", bound="StrictModel")
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of YAML
@@ -38,15 +38,23 @@ def _suggest(key: str, model: Type[BaseModel]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _describe(err: ValidationError, model: Type[BaseModel], origin: str) -> str:
-    lines = []
-    for e in err.errors():
+def describe(err: ValidationError, model: Optional[Type[BaseModel]] = None, quote: bool = True,
+             limit: Optional[int] = None) -> str:
+    """A pydantic error as one line: ``'loc': msg; ...`` (``loc: msg`` without ``quote``), unknown keys as
+    ``unknown key 'loc'`` with a suggestion from ``model``'s fields; at most ``limit`` errors shown."""
+    errs = err.errors()
+    parts = []
+    for e in errs[:limit]:
         loc = ".".join(str(p) for p in e["loc"])
+        msg = " ".join(str(e["msg"]).replace("Value error, ", "", 1).split())
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{loc}'{_suggest(str(e['loc'][-1]), model)}")
+            parts.append(f"unknown key '{loc}'{_suggest(str(e['loc'][-1]), model) if model else ''}")
+        elif loc:
+            parts.append(f"'{loc}': {msg}" if quote else f"{loc}: {msg}")
         else:
-            lines.append(f"'{loc}': {e['msg']}")
-    return f"{origin}: " + "; ".join(lines)
+            parts.append(msg)
+    more = len(errs) - len(parts)
+    return "; ".join(parts) + (f"; ... and {more} more" if more > 0 else "")
 
 
 def read_yaml(path: Union[str, Path], error: Type[LineguardError] = ConfigError,
@@ -91,7 +99,7 @@ def load_config(
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e, model, origin)) from None
+        raise ConfigError(f"{origin}: {describe(e, model)}") from None
 
 
 def dump_config(cfg: BaseModel, path: Union[str, Path]) -> None:

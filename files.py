@@ -28,7 +28,7 @@ from typing import Iterator, Union
 from . import LineguardError
 
 __all__ = ["MAX_FILE_BYTES", "FileError", "atomic_path", "atomic_write", "fsync_dir", "inside", "printable",
-           "read_regular", "replace_folder", "sha256_file", "sync_all", "utf8_text"]
+           "read_regular", "replace_folder", "resolved", "sha256_file", "sync_all", "utf8_text"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_FILE_BYTES = 1 << 30  # no single image, mask or label file a lineguard stage reads is larger (1 GiB)
@@ -169,11 +169,23 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in utf8_text(text))
 
 
+_UNRESOLVABLE = (ValueError, OSError, RuntimeError)  # a NUL byte, a name too long, a symlink loop
+
+
+def resolved(path: PathLike) -> Path:
+    """``path`` with symlinks resolved, or as written where its name cannot be resolved (the reader of the
+    file rejects it then)."""
+    try:
+        return Path(path).resolve()
+    except _UNRESOLVABLE:
+        return Path(path)
+
+
 def inside(path: PathLike, root: PathLike) -> bool:
     """Whether ``path`` (symlinks resolved) lies in the folder ``root``."""
     try:
         Path(path).resolve().relative_to(Path(root).resolve())
-    except (ValueError, OSError, RuntimeError):  # outside, a NUL byte, a name too long, a symlink loop
+    except _UNRESOLVABLE:  # outside (ValueError), or a name that cannot be resolved
         return False
     return True
 

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
 
 from .. import LineguardError
-from ..config import read_yaml
+from ..config import describe, read_yaml
 from ..files import FileError, atomic_path, atomic_write, read_regular, utf8_text
 
 __all__ = [
@@ -158,9 +158,7 @@ def _read_jsonl(path: Path, model: type) -> Iterator:
         try:
             yield model.model_validate_json(line)
         except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise DatasetError(f"{path}:{n}: {loc + ': ' if loc else ''}{first['msg']}") from None
+            raise DatasetError(f"{path}:{n}: {describe(e, quote=False, limit=1)}") from None
 
 
 def _write_jsonl(path: Path, rows: Iterable[BaseModel]) -> None:
@@ -173,9 +171,7 @@ def _load_classes(path: Path) -> ClassFile:
     try:
         return ClassFile.model_validate(read_yaml(path, DatasetError))
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise DatasetError(f"{path}: {loc + ': ' if loc else ''}{first['msg']}") from None
+        raise DatasetError(f"{path}: {describe(e, quote=False, limit=1)}") from None
 
 
 class Dataset:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Literal, Optional, Set, Union
 import yaml
 from pydantic import ValidationError, model_validator
 
-from ..config import StrictModel, read_yaml
+from ..config import StrictModel, describe, read_yaml
 from ..files import atomic_write
 from .format import DatasetError
 from .preprocess import Preprocess
@@ -36,19 +36,6 @@ def _side_error(what: str, size: Any) -> str:
     if not all(1 <= s <= MAX_SIDE for s in sides):
         return f"{what} {size!r} is outside 1..{MAX_SIDE} px per side"
     return ""
-
-
-def _describe(err: ValidationError) -> str:
-    """A pydantic error as one line: 'loc': msg; ..."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = str(e["msg"]).replace("Value error, ", "", 1)
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}'")
-        else:
-            parts.append(f"'{loc}': {msg}" if loc else msg)
-    return "; ".join(parts)
 
 
 def _non_finite(value: Any, key: str = "", seen: Optional[Set[int]] = None) -> Optional[str]:
@@ -122,7 +109,7 @@ class ModelSpec(StrictModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise DatasetError(f"{path}: {_describe(e)}") from None
+            raise DatasetError(f"{path}: {describe(e)}") from None
 
     def save(self, model_dir: Union[str, Path]) -> None:
         atomic_write(Path(model_dir, SPEC_FILE), yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

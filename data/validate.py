@@ -8,7 +8,7 @@ from typing import List, Union
 
 from pydantic import BaseModel
 
-from ..files import TMP_SUFFIX
+from ..files import TMP_SUFFIX, resolved
 from .format import Dataset, Reject
 from .imaging import MAX_PIXELS, ImageFileError, read_image
 from .progress import track
@@ -25,23 +25,16 @@ class ValidationReport(BaseModel):
     warnings: List[Reject]
 
 
-def _key(path: Path) -> str:
-    try:
-        return str(path.resolve())
-    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop: compared as written
-        return str(path)
-
-
 def _stray_files(ds: Dataset) -> List[Reject]:
     """Files under ``images/`` and ``masks/`` that no record names, and leftover temporary files anywhere
     (e.g. from a killed run, or images of an earlier, larger run)."""
-    named = {_key(ds.path(rel)) for r in ds.records for rel in (r.image, r.mask) if rel is not None}
+    named = {resolved(ds.path(rel)) for r in ds.records for rel in (r.image, r.mask) if rel is not None}
     out = []
     for path in sorted(p for p in ds.root.rglob("*") if not p.is_dir()):
         rel = path.relative_to(ds.root)
         if path.name.endswith(TMP_SUFFIX):
             out.append(Reject(path=str(path), reason="temporary file left by an interrupted write"))
-        elif rel.parts[0] in ("images", "masks") and _key(path) not in named:
+        elif rel.parts[0] in ("images", "masks") and resolved(path) not in named:
             out.append(Reject(path=str(path), reason="stray file: no record of the manifest names it"))
     return out
 

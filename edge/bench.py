@@ -8,7 +8,7 @@ drifts of the host (up to 1.7x on our shared CPUs) hit all of them alike: compar
 run. Families run one after another (PyTorch's and ONNX Runtime's thread pools disturb each other).
 ``preprocess=True`` times camera-sized frames (``source_size``) through ``Runner.prepare`` as well.
 A configuration that fails (loading, or its warm-up) gives rows with ``error`` set; :func:`nothing_ran`
-says when no row has figures. :func:`report_json` is strict JSON (null for the missing figures, never NaN).
+says when no row has figures. :func:`report` has None for the missing figures (strict JSON: never NaN).
 Torch-free, Python 3.8 (runs on the line computer).
 """
 
@@ -25,10 +25,10 @@ import numpy as np
 
 from lineguard import LineguardError
 
-from .formats import finite, strict_json
+from .formats import finite
 from .runners import BACKENDS, Runner, RunnerError, load_runner
 
-__all__ = ["FAMILY", "BenchRow", "bench", "machine", "nothing_ran", "recommend", "report", "report_json"]
+__all__ = ["FAMILY", "BenchRow", "bench", "machine", "nothing_ran", "recommend", "report"]
 
 FAMILY = {"ort": "onnxruntime", "ort-int8": "onnxruntime", "trt": "tensorrt", "torch": "torch"}
 
@@ -164,11 +164,6 @@ def report(rows: Sequence[BenchRow]) -> Dict[str, object]:
     """The JSON ``lineguard bench --json`` prints: machine, rows (None for figures a failed row lacks),
     recommendation."""
     return finite({"machine": machine(), "rows": [asdict(r) for r in rows], "recommended": recommend(rows)})
-
-
-def report_json(result: Dict[str, object], indent: Optional[int] = None) -> str:
-    """``report(...)`` as strict JSON (null, never NaN)."""
-    return strict_json(result, indent=indent)
 
 
 def nothing_ran(rows: Sequence[BenchRow]) -> Optional[str]:

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ..console import console
+from ..console import console, shown
 
 
 def export(
@@ -66,12 +66,12 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Latency p50/p90/p99 and throughput per model, backend and batch size (one interleaved run)."""
-    from rich.markup import escape
     from rich.table import Table
 
     from ..files import atomic_write
     from .bench import bench as run
-    from .bench import nothing_ran, report, report_json
+    from .bench import nothing_ran, report
+    from .formats import strict_json
     from .runners import RunnerError
 
     sizes = [_int(b, "--batch") for b in batches.split(",") if b.strip()]
@@ -81,17 +81,17 @@ def bench(
     rows = run(model, backend, sizes, preprocess=preprocess, rounds=rounds, seconds=seconds, options=options)
     result = report(rows)
     if out is not None:
-        atomic_write(out, report_json(result, indent=1))
+        atomic_write(out, strict_json(result, indent=1))
     failed = nothing_ran(rows)
     if as_json:
-        print(report_json(result), flush=True)
+        print(strict_json(result), flush=True)
         if failed:
             raise RunnerError(failed)
         return
     table = Table("model", "backend", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", title="lineguard bench")
     for r in rows:
         if r.error:
-            table.add_row(r.model, r.backend, str(r.batch), f"[red]{escape(r.error)}[/]", "", "", "")
+            table.add_row(r.model, r.backend, str(r.batch), f"[red]{shown(r.error)}[/]", "", "", "")
         else:
             table.add_row(r.model, r.backend, str(r.batch), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
                           f"{r.images_per_s:.1f}")

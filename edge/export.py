@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..data.modelspec import ModelSpec
-from ..files import sha256_file
 from .formats import ExportError, export_format
-from .runners.base import WEIGHTS_KEY
+from .runners.base import WEIGHTS_KEY, RunnerError, check_weights
 
 __all__ = ["export"]
 
@@ -89,20 +88,15 @@ def _engine(model_dir: Path, onnx_path: Path, *, batch: Union[int, str], data: O
 
 
 def _current(model_dir: Path, onnx_path: Path) -> bool:
-    """Can ``onnx_path`` be used as it is: it exists and records the sha256 of the model directory's weights file
-    (no weights file: nothing to compare, it is used)?"""
+    """Can ``onnx_path`` be used as it is: it exists, is readable and records the sha256 of the model
+    directory's weights file (:func:`~lineguard.edge.runners.base.check_weights`; no weights file: it is used)?"""
     if not onnx_path.is_file():
         return False
-    weights = model_dir / ModelSpec.load(model_dir).weights
-    if not weights.is_file():
-        return True
     from .onnx_check import load_onnx
 
     try:
         recorded = {p.key: p.value for p in load_onnx(onnx_path).metadata_props}.get(WEIGHTS_KEY)
-    except ExportError:
-        return False  # unreadable: export it again
-    try:
-        return recorded == sha256_file(weights)
-    except OSError as e:
-        raise ExportError(f"{weights}: cannot read the weights file ({e.strerror or e})") from None
+        check_weights(onnx_path, recorded, ModelSpec.load(model_dir), "onnx", model_dir)
+    except (ExportError, RunnerError):
+        return False  # unreadable or stale: export it again
+    return True

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 import numpy as np
 
 from ...config import read_yaml
-from ...files import FileError, printable, read_regular
+from ...files import FileError, printable, read_regular, resolved
 from ..format import DatasetError, Reject
 from .base import Candidate, Scan, Shape, is_image_name, path_ids, register_importer
 
@@ -177,14 +177,6 @@ def _split_entries(data: dict, root: Path, base: Path, yfile: Path
     return out, rejects
 
 
-def _key(p: Path) -> str:
-    """The identity of an image path for de-duplication (resolved where the name allows it)."""
-    try:
-        return str(p.resolve())
-    except (OSError, RuntimeError):  # a name too long, a symlink loop: the import rejects it
-        return str(p)
-
-
 def _candidate(image: Path, rec_id: str, names: Dict[int, str], ok: str) -> Union[Candidate, Reject]:
     """The candidate for ``image`` with its label file read, or the reject saying why not."""
     try:
@@ -238,8 +230,8 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
                 rejects.append(Reject(path=str(entry), reason=str(e).split(": ", 1)[-1]))
                 continue
             rejects.extend(bad_lines)
-            images = [p for p in listed if _key(p) not in seen]
-            seen.update(_key(p) for p in images)
+            images = [p for p in listed if resolved(p) not in seen]
+            seen.update(resolved(p) for p in images)
             top = entry if entry.is_dir() else root
             try:
                 ids = path_ids(images, top)

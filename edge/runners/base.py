@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from lineguard import LineguardError
+from lineguard.config import describe
 from lineguard.data.modelspec import SPEC_FILE, ModelSpec
 from lineguard.files import sha256_file
 
@@ -63,13 +64,7 @@ class Scores:
 def one_line(e: BaseException) -> str:
     """An exception as one short line: pydantic's errors as 'field: message; ...', others' first line."""
     if isinstance(e, ValidationError):
-        errs = e.errors()
-        parts = []
-        for err in errs[:3]:
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = " ".join(str(err["msg"]).replace("Value error, ", "", 1).split())
-            parts.append(f"{loc}: {msg}" if loc else msg)
-        return "; ".join(parts) + (f"; ... and {len(errs) - 3} more" if len(errs) > 3 else "")
+        return describe(e, quote=False, limit=3)
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return lines[0] if lines else type(e).__name__
 

@@ -20,7 +20,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from lineguard.data.modelspec import ModelSpec
-from lineguard.edge.bench import bench, nothing_ran, report, report_json
+from lineguard.edge.bench import bench, nothing_ran, report
+from lineguard.edge.formats import strict_json
 from lineguard.edge.runners import RunnerError, load_runner
 from lineguard.edge.runners.base import SPEC_KEY, WEIGHTS_KEY, spec_of_onnx
 from lineguard.edge.runners.ort import OrtRunner
@@ -252,13 +253,13 @@ def test_bench_of_bad_files_reports_null_figures_and_nothing_ran(tmp_path: Path)
     bad.write_bytes(_bad_bytes("truncated"))
     rows = bench([bad], ["ort"], batches=[1, 2], rounds=1, seconds=0.01, warmup=1)
     assert len(rows) == 2 and all(r.error and "bad.onnx" in r.error for r in rows)
-    out = _strict(report_json(report(rows)))
+    out = _strict(strict_json(report(rows)))
     assert [r["p50_ms"] for r in out["rows"]] == [None, None] and out["recommended"] == {}
     assert "nothing was measured" in nothing_ran(rows) and "bad.onnx" in nothing_ran(rows)
     good = bench([model_dir(tmp_path / "m"), bad], ["ort"], batches=[1], rounds=1, seconds=0.01, warmup=1,
                  options={"ort": {"threads": 1}})
     assert nothing_ran(good) is None and sum(r.error is None for r in good) == 1
-    assert all(math.isfinite(r["p50_ms"]) for r in _strict(report_json(report(good)))["rows"] if not r["error"])
+    assert all(math.isfinite(r["p50_ms"]) for r in _strict(strict_json(report(good)))["rows"] if not r["error"])
 
 
 def test_cli_bench_exits_2_when_nothing_ran_and_writes_strict_json(tmp_path: Path) -> None:
