@@ -468,17 +468,6 @@ def _foreign(ctx: Ctx, **kw: Any) -> bytes:
     return tiny_onnx(meta, **kw)
 
 
-def _set_spec(key: str, value: Any) -> Callable[[Dict[str, Any]], None]:
-    def change(spec: Dict[str, Any]) -> None:
-        *parents, last = key.split(".")
-        d = spec
-        for p in parents:
-            d = d[p]
-        d[last] = value
-
-    return change
-
-
 ONNX_FILE = "model.onnx"
 ONNX_CASES: List[tuple] = [
     ("zero-byte", lambda ctx: b""),
@@ -500,11 +489,11 @@ ONNX_CASES: List[tuple] = [
         lambda m: _meta(m, SPEC_KEY, "[" * 100000 + "]" * 100000))),
     ("metadata-empty-object", lambda ctx: ctx.assets.onnx_with(lambda m: _meta(m, SPEC_KEY, "{}"))),
     ("metadata-missing", lambda ctx: ctx.assets.onnx_with(lambda m: _meta(m, SPEC_KEY, None))),
-    ("metadata-version-2", _spec_meta(_set_spec("version", 2))),
-    ("metadata-size-96", _spec_meta(_set_spec("preprocess.size", [96, 96]))),
-    ("metadata-size-60000", _spec_meta(_set_spec("preprocess.size", [60000, 60000]))),
+    ("metadata-version-2", _spec_meta(_set("version", 2))),
+    ("metadata-size-96", _spec_meta(_set("preprocess.size", [96, 96]))),
+    ("metadata-size-60000", _spec_meta(_set("preprocess.size", [60000, 60000]))),
     ("metadata-channels-3", _spec_meta(lambda s: s["preprocess"].update(channels=3, mean=[0.5] * 3, std=[0.25] * 3))),
-    ("metadata-5-classes", _spec_meta(_set_spec("classes", ["a", "b", "c", "d", "ok"]))),
+    ("metadata-5-classes", _spec_meta(_set("classes", ["a", "b", "c", "d", "ok"]))),
     ("weights-sha-missing", lambda ctx: ctx.assets.onnx_with(lambda m: _meta(m, WEIGHTS_KEY, None))),
     ("weights-sha-other", lambda ctx: ctx.assets.onnx_with(lambda m: _meta(m, WEIGHTS_KEY, "0" * 64))),
 ]

@@ -8,19 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
 from lineguard.data.format import Dataset, Record
 from lineguard.data.imaging import sha256_bytes, write_png
-from lineguard.data.modelspec import ModelSpec
-from lineguard.data.preprocess import Preprocess
-from lineguard.data.split import split_dataset
-from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
 from lineguard.training.cli import synth_score
-from lineguard.training.model_dir import save_model_files
-from lineguard.training.models import create_model, model_config
 from lineguard.training.synth_score import (
     ScoreError,
     c2st_auc,
@@ -36,28 +29,13 @@ INPUT = 32  # model input: small, for speed
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("real") / "sim"
-    ds = simulate_dataset(root, n=60, seed=1, cfg=SimulatorConfig(size=SIZE), workers=1, progress=False)
-    split_dataset(ds, val=0.1, test=0.1, seed=0)
-    return root
+def real(split_sim) -> Path:
+    return split_sim(n=60, size=SIZE, seed=1, val=0.1, test=0.1)
 
 
 @pytest.fixture(scope="module")
-def model_dir(real: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ds = Dataset.load(real)
-    torch.manual_seed(0)
-    model = create_model("cnn_resnet18", num_classes=len(ds.classes.classes), in_chans=1, img_size=INPUT).eval()
-    with torch.no_grad():  # non-trivial BN statistics
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    spec = ModelSpec(arch=model_config(model), classes=ds.classes.classes, ok_class=ds.classes.ok_class,
-                     preprocess=Preprocess(size=(INPUT, INPUT), channels=1, mean=[0.45], std=[0.22]))
-    out = tmp_path_factory.mktemp("m") / "model"
-    save_model_files(out, model, spec, ds.classes)
-    return out
+def model_dir(real: Path, tmp_path_factory: pytest.TempPathFactory, random_model_dir) -> Path:
+    return random_model_dir(tmp_path_factory.mktemp("m") / "model", real, "cnn_resnet18", INPUT, bn_stats=True)
 
 
 def _copy_of_train(real: Path, out: Path) -> Path:
