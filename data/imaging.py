@@ -37,6 +37,7 @@ __all__ = [
     "decode_image",
     "read_image",
     "read_mask",
+    "resize",
     "sha256_bytes",
     "to_uint8",
     "write_png",
@@ -170,6 +171,16 @@ def read_image(path: Union[str, Path], max_pixels: int = MAX_PIXELS) -> Tuple[np
     except FileError as e:
         raise ImageFileError(e.reason) from None
     return decode_image(data, max_pixels=max_pixels), sha256_bytes(data)
+
+
+def resize(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """``image`` at ``size`` (H, W): area interpolation where both sides shrink, linear otherwise (the one
+    resampling rule of every stage; masks are resized with it too, then binarised by the caller)."""
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = image.shape[0] >= h and image.shape[1] >= w
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def binarize_mask(mask: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..config import StrictModel
+from .imaging import resize
 
 __all__ = ["Preprocess"]
 
@@ -49,12 +50,7 @@ class Preprocess(StrictModel):
 
     def resize(self, image: np.ndarray) -> np.ndarray:
         """The model's input pixels: channel conversion, then area (down) or linear (up) resize."""
-        image = self.to_channels(image)
-        h, w = self.size
-        if image.shape[:2] == (h, w):
-            return image
-        shrink = image.shape[0] >= h and image.shape[1] >= w
-        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return resize(self.to_channels(image), self.size)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 HxW(xC) pixels of the input size -> float32 C x H x W."""

@@ -79,7 +79,7 @@ def _engine(model_dir: Path, onnx_path: Path, *, batch: Union[int, str], data: O
             onnx_path = onnx2int8(onnx_path, calib or data, data=data, out=model_dir / "model-int8-trt.onnx",
                                   symmetric=True)
         else:
-            from .frames import dataset_frames
+            from .splits import dataset_frames
             from .runners.base import spec_of_onnx
 
             frames, _ = dataset_frames(calib or data, spec_of_onnx(onnx_path), split="train", limit=500)

@@ -32,9 +32,9 @@ import numpy as np
 import onnx
 
 from ..files import atomic_path, atomic_write
-from ..training.metrics import classification_metrics
+from ..metrics import classification_metrics
 from .formats import ExportError, strict_json
-from .frames import Frames, check_disjoint, load_frames
+from .splits import Frames, check_disjoint, load_frames
 from .onnx_check import input_convs
 from .runners.base import INPUT, WEIGHTS_KEY, RunnerError, check_weights
 from .runners.ort import OrtRunner

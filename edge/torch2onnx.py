@@ -26,7 +26,7 @@ from ..data.modelspec import ModelSpec
 from ..files import atomic_path, atomic_write, sha256_file
 from ..training.model_dir import load_model_dir
 from .formats import ExportError, strict_json
-from .frames import load_frames
+from .splits import load_frames
 from .onnx_check import check_tensorrt
 from .runners.base import INPUT, OUTPUTS, SPEC_KEY, WEIGHTS_KEY
 from .runners.ort import OrtRunner

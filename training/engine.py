@@ -34,7 +34,7 @@ from ..files import atomic_path
 from .config import TrainConfig
 from .data import BalancedSampler, DefectDataset, MixedDataset, check_training_split, data_loader, synthetic_records
 from .evaluate import predict
-from .metrics import classification_metrics
+from ..metrics import classification_metrics
 from .models import create_model, model_config
 from .report import finish_model_dir
 from .weights import load_weights, save_weights

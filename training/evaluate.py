@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from ..data.format import Dataset, DatasetError
 from ..data.progress import track
 from .data import DefectDataset
-from .metrics import classification_metrics, ng_scores, pick_threshold
+from ..metrics import classification_metrics, ng_scores, pick_threshold
 from .model_dir import LoadedModel, load_model_dir
 
 __all__ = ["Predictions", "evaluate_model_dir", "measure_latency", "predict"]

@@ -17,7 +17,7 @@ from lineguard.data.format import Dataset, DatasetError
 from lineguard.edge.bench import bench, recommend
 from lineguard.edge.export import export
 from lineguard.edge.formats import ExportError
-from lineguard.edge.frames import dataset_frames
+from lineguard.edge.splits import dataset_frames
 from lineguard.edge.onnx_check import input_convs
 from lineguard.edge.quantize import onnx2int8
 from lineguard.edge.runners import RunnerError, load_runner

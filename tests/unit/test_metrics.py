@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lineguard.training.metrics import classification_metrics, heatmap_iou, ng_scores, pick_threshold
+from lineguard.metrics import classification_metrics, heatmap_iou, ng_scores, pick_threshold
 
 CLASSES = ["crack", "stain", "ok"]
 
