@@ -9,7 +9,8 @@ DEMO   ?= runs/demo
 # imported with torch blocked (tests/integration/test_runtime_boundary.py).
 # In edge/, only the exporter to ONNX, the PyTorch reference runner and the quantizer are development-side.
 EDGE_DEV  := edge/torch2onnx.py edge/torch_runner.py edge/quantize.py
-LINE_SIDE := __init__.py config.py console.py files.py workers.py cli.py data $(wildcard inspect/*.py) \
+LINE_SIDE := __init__.py __main__.py cli.py config.py console.py files.py metrics.py options.py workers.py data sim \
+             $(wildcard inspect/*.py) \
              $(filter-out $(EDGE_DEV),$(wildcard edge/*.py edge/runners/*.py))
 
 .PHONY: setup demo test lint clean
@@ -25,22 +26,23 @@ setup: $(STAMP)
 demo: setup
 	rm -rf $(DEMO)
 	$(BIN)/lineguard data simulate --n 2000 --seed 0 --out $(DEMO)/sim
-	$(BIN)/lineguard data validate $(DEMO)/sim --quiet
+	$(BIN)/lineguard data validate $(DEMO)/sim
 	$(BIN)/lineguard data split $(DEMO)/sim --val 0.1 --test 0.2 --seed 0
 	$(BIN)/lineguard data stats $(DEMO)/sim
 	$(BIN)/lineguard data preview $(DEMO)/sim --out $(DEMO)/preview.png
-	$(BIN)/lineguard synth fit --data $(DEMO)/sim --out $(DEMO)/gan --preset cpu --kimg 2 --quiet
-	$(BIN)/lineguard synth generate --gan $(DEMO)/gan --base $(DEMO)/sim --n 2000 --size 128 --out $(DEMO)/synthetic
+	$(BIN)/lineguard synth fit --data $(DEMO)/sim --out $(DEMO)/gan --preset cpu --kimg 2
+	$(BIN)/lineguard synth generate --gan $(DEMO)/gan --data $(DEMO)/sim --n 2000 --size 128 --out $(DEMO)/synthetic
 	$(BIN)/lineguard train --data $(DEMO)/sim --out $(DEMO)/model --img-size 128 --epochs 4 --weights imagenet-lite0 \
 		--synthetic $(DEMO)/synthetic --synthetic-ratio 0.3
 	$(BIN)/lineguard eval --model $(DEMO)/model --data $(DEMO)/sim --split test --target-escape 0.01
 	$(BIN)/lineguard export --model $(DEMO)/model --format onnx --data $(DEMO)/sim
+	$(BIN)/lineguard eval --model $(DEMO)/model --data $(DEMO)/sim --split test --backend ort   # as the line runs it
 	# INT8 must keep accuracy within 1 point or the export refuses it. The 4-epoch demo model (~80%, thin
 	# margins) often loses more (-5.5 to +0.5 points measured; the trained magnetic-tile model loses none): then
 	# the demo shows the refusal and the bench reports the INT8 row as missing.
 	$(BIN)/lineguard export --model $(DEMO)/model --format onnx-int8 --data $(DEMO)/sim || \
 		echo "INT8 refused, see $(DEMO)/model/model-int8.onnx.report.json; benchmarking without it"
-	$(BIN)/lineguard bench --model $(DEMO)/model --backend ort --backend ort-int8 --backend torch --batch 1,8 --rounds 3 \
+	$(BIN)/lineguard bench --model $(DEMO)/model --backend ort --backend ort-int8 --backend torch --batch 1 --batch 8 --rounds 3 \
 		--out $(DEMO)/bench.json
 	@echo "demo done: contact sheets in $(DEMO)/preview*.png, GAN samples in $(DEMO)/gan/samples; model, card, ONNX (and INT8 if kept) in $(DEMO)/model, bench.json in $(DEMO)"
 

@@ -1,20 +1,18 @@
-"""Inspection metrics from class probabilities: accuracy, macro-F1, per-class P/R, OK/NG AUROC,
-escape and false-reject rates at a threshold, threshold selection, heatmap IoU."""
+"""Inspection metrics from class probabilities and decisions (numpy only, Python 3.8): accuracy, macro-F1,
+per-class precision/recall/F1, confusion matrix, OK/NG AUROC, escape and false-reject rates, threshold
+selection, cross-entropy, heatmap IoU.
+
+Every figure matches scikit-learn's (``zero_division=0``: a ratio with nothing to count is 0).
+"""
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
-__all__ = ["classification_metrics", "heatmap_iou", "ng_scores", "pick_threshold"]
+__all__ = ["accuracy", "auroc", "classification_metrics", "confusion", "cross_entropy", "escape_rate",
+           "false_reject_rate", "iou", "macro_f1", "mean_iou", "ng_scores", "per_class", "pick_threshold"]
 
 
 def ng_scores(probs: np.ndarray, ok_index: int) -> np.ndarray:
@@ -34,39 +32,98 @@ def pick_threshold(scores: np.ndarray, is_ng: np.ndarray, target_escape: float) 
     return float(np.nextafter(ng[allowed], -np.inf)) if allowed < ng.size else 1.0
 
 
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den elementwise, 0 where den is 0."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
+    """Share of ``pred`` equal to ``labels`` (0 for no image)."""
+    return float(np.mean(labels == pred)) if len(labels) else 0.0
+
+
+def confusion(labels: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """k x k counts: row = true class, column = predicted class."""
+    flat = np.asarray(labels, np.int64) * k + np.asarray(pred, np.int64)
+    return np.bincount(flat, minlength=k * k).reshape(k, k)
+
+
+def per_class(conf: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, F1, support) per class of a confusion matrix."""
+    tp = np.diag(conf)
+    predicted, support = conf.sum(0), conf.sum(1)
+    return _ratio(tp, predicted), _ratio(tp, support), _ratio(2 * tp, predicted + support), support
+
+
+def macro_f1(conf: np.ndarray) -> float:
+    """Unweighted mean of the per-class F1 (classes without images count as 0 unless predicted)."""
+    return float(per_class(conf)[2].mean())
+
+
+def auroc(scores: np.ndarray, is_ng: np.ndarray) -> Optional[float]:
+    """Area under the OK/NG ROC curve of ``scores`` (higher = more NG): the Mann-Whitney statistic with
+    tied scores given their average rank (= scikit-learn's ``roc_auc_score``). None without both kinds."""
+    is_ng = np.asarray(is_ng, bool)
+    n_ng = int(is_ng.sum())
+    n_ok = len(is_ng) - n_ng
+    if n_ng == 0 or n_ok == 0:
+        return None
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based rank of each distinct score's first image
+    ranks = (first + (counts + 1) / 2.0)[inverse.ravel()]
+    return float((ranks[is_ng].sum() - n_ng * (n_ng + 1) / 2.0) / (n_ng * n_ok))
+
+
+def escape_rate(is_ng: np.ndarray, called_ng: np.ndarray) -> float:
+    """Share of the NG images not called NG (0 without NG images)."""
+    return float(_ratio((is_ng & ~called_ng).sum(), is_ng.sum()))
+
+
+def false_reject_rate(is_ng: np.ndarray, called_ng: np.ndarray) -> float:
+    """Share of the OK images called NG (0 without OK images)."""
+    return float(_ratio((~is_ng & called_ng).sum(), (~is_ng).sum()))
+
+
+def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean -log p(true class); probabilities below 1e-12 count as 1e-12."""
+    p = probs[np.arange(len(labels)), labels].astype(np.float64)
+    return float(-np.log(np.maximum(p, 1e-12)).mean())
+
+
+def iou(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Intersection over union per image of boolean maps (N, ...); 0 where both are empty."""
+    n = len(pred)
+    inter = (pred & true).reshape(n, -1).sum(1)
+    union = (pred | true).reshape(n, -1).sum(1)
+    return _ratio(inter, union)
+
+
+def mean_iou(ious: np.ndarray, selected: np.ndarray) -> Optional[float]:
+    """Mean of the per-image ``ious`` over the ``selected`` images (None if none is)."""
+    return float(ious[selected].mean()) if selected.any() else None
+
+
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: List[str], ok_class: str,
-                           threshold: float = 0.5) -> Dict:
-    """All figures of one split. ``probs`` N x C, ``labels`` N class indices."""
+                           threshold: float = 0.5, called_ng: Optional[np.ndarray] = None) -> Dict:
+    """All figures of one split. ``probs`` N x C, ``labels`` N class indices; ``called_ng`` the images the
+    decision rule stopped (default: 1 - p(OK) >= ``threshold``)."""
     ok = classes.index(ok_class)
     pred = probs.argmax(1)
-    idx = list(range(len(classes)))
-    p, r, f, support = precision_recall_fscore_support(labels, pred, labels=idx, zero_division=0)
+    conf = confusion(labels, pred, len(classes))
+    p, r, f, support = per_class(conf)
     scores = ng_scores(probs, ok)
     is_ng = labels != ok
-    called_ng = scores >= threshold
-    n_ng, n_ok = int(is_ng.sum()), int((~is_ng).sum())
-    auroc: Optional[float] = float(roc_auc_score(is_ng, scores)) if 0 < n_ng < len(labels) else None
+    called = scores >= threshold if called_ng is None else np.asarray(called_ng, bool)
     return {
         "images": len(labels),
-        "accuracy": float(accuracy_score(labels, pred)),
-        "macro_f1": float(f1_score(labels, pred, labels=idx, average="macro", zero_division=0)),
+        "accuracy": accuracy(labels, pred),
+        "macro_f1": macro_f1(conf),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                           "support": int(support[i])} for i, c in enumerate(classes)},
-        "ok_ng_auroc": auroc,
+        "ok_ng_auroc": auroc(scores, is_ng),
         "threshold": float(threshold),
-        "escape_rate": float((is_ng & ~called_ng).sum() / n_ng) if n_ng else 0.0,
-        "false_reject_rate": float((~is_ng & called_ng).sum() / n_ok) if n_ok else 0.0,
-        "confusion": confusion_matrix(labels, pred, labels=idx).tolist(),
+        "escape_rate": escape_rate(is_ng, called),
+        "false_reject_rate": false_reject_rate(is_ng, called),
+        "confusion": conf.tolist(),
     }
-
-
-def heatmap_iou(heat_probs: np.ndarray, masks: np.ndarray, has_mask: np.ndarray, is_ng: np.ndarray
-                ) -> Optional[float]:
-    """Mean IoU of (heatmap > 0.5) with the mask over the NG images that have a mask (None if none)."""
-    sel = has_mask & is_ng
-    if not sel.any():
-        return None
-    pred, true = heat_probs[sel] > 0.5, masks[sel] > 0.5
-    inter = (pred & true).reshape(sel.sum(), -1).sum(1)
-    union = (pred | true).reshape(sel.sum(), -1).sum(1)
-    return float(np.mean(inter / np.maximum(union, 1)))

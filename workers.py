@@ -1,5 +1,7 @@
-"""Worker-pool plumbing (torch-free, Python 3.8): worker processes that die with the process that owns them.
+"""Worker-pool plumbing (torch-free, Python 3.8): worker processes that die with the process that owns them,
+and the one chunked pool of every writer whose item ``i`` is a function of (seed, i) (:func:`run_chunks`).
 
+    for rows in run_chunks(render_chunk, job, range(n_chunks), workers=2): ...   # render_chunk(job, k)
     ex = ProcessPoolExecutor(2, mp_context=mp_context(__name__), initializer=init_worker)
     DataLoader(..., multiprocessing_context=mp_context(__name__), worker_init_fn=lambda _: init_worker())
 
@@ -33,10 +35,14 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Optional
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
-__all__ = ["die_with_parent", "init_worker", "keep_freed_memory", "mp_context", "release_fork_server",
-           "share_temp_dir", "watch_parent"]
+__all__ = ["die_with_parent", "init_chunk_worker", "init_worker", "keep_freed_memory", "mp_context", "one_thread",
+           "release_fork_server", "run_chunks", "share_temp_dir", "watch_parent"]
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PARENT_EXIT_WAIT_S = 2.0  # how long the fork server waits, at its exit, to see its parent gone
@@ -158,6 +164,69 @@ def keep_freed_memory() -> None:
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
+
+
+def one_thread() -> None:
+    """One process per core: OpenMP (for libraries imported from now on), and OpenCV and torch where already
+    imported, use one thread each; their own pools would only compete with the other workers."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        cv2.setNumThreads(1)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# chunked work
+
+
+_JOB: Any = None  # in a worker of run_chunks: the job it was started with
+
+
+def init_chunk_worker(job: Any) -> None:
+    """The initializer of :func:`run_chunks`' workers: :func:`init_worker`, :func:`one_thread`,
+    :func:`keep_freed_memory` (a writer makes many short-lived arrays), and keep ``job`` for the chunks."""
+    global _JOB
+    init_worker()  # the workers (and their fork server) die with this process, even SIGKILLed
+    one_thread()
+    keep_freed_memory()
+    _JOB = job
+
+
+def _run_chunk(fn: Callable[[Any, int], R], k: int) -> R:
+    return fn(_JOB, k)
+
+
+def run_chunks(fn: Callable[[J, int], R], job: J, chunks: Sequence[int], workers: int) -> Iterator[R]:
+    """``fn(job, k)`` for every chunk index ``k`` of ``chunks``, yielded in the order they finish.
+
+    For writers whose item ``i`` depends only on (seed, i): which process renders a chunk, and when, changes
+    nothing. ``fn`` writes its chunk's files (and, for a resumable writer, the record that commits them) and
+    returns what the caller collects. One worker or one chunk: in this process, in order. Else a pool of
+    ``workers`` processes (:func:`mp_context` preloading ``fn``'s module, :func:`init_chunk_worker`), each sent
+    ``job`` once; ``fn`` must be a module-level function and ``job`` picklable. Starting a worker costs ~0.5 s
+    (imports): meanwhile this process takes chunks from the back of the queue itself, until a worker's first
+    result is in. An error in a chunk is raised here; closing the iterator cancels the chunks not started."""
+    if workers <= 1 or len(chunks) <= 1:
+        for k in chunks:
+            yield fn(job, k)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(fn.__module__),
+                             initializer=init_chunk_worker, initargs=(job,)) as ex:
+        futs = [ex.submit(_run_chunk, fn, k) for k in chunks]
+        try:
+            for f, k in zip(reversed(futs), reversed(chunks)):
+                if any(x.done() and not x.cancelled() for x in futs) or not f.cancel():
+                    break
+                yield fn(job, k)
+            for f in as_completed(futs):
+                if not f.cancelled():
+                    yield f.result()
+        finally:
+            for f in futs:
+                f.cancel()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
     python bench/simulate_speed.py --n 2000 --out runs/bench/simulate.json
 
 Runs every configuration in one process, one after another, so the figures compare within one
-run (this host's speed drifts). Acceptance: >= 200 images/s at 256 px with 2 workers.
+run (this host's speed drifts). Acceptance (``acceptance`` in the JSON): >= 200 images/s at 256 px, gray,
+with 2 workers; below 100 (the floor the test suite used to hold) the simulator has regressed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import time
 from pathlib import Path
 
 from lineguard.files import atomic_write
-from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
+from lineguard.sim import SimulatorConfig, simulate_dataset
+
+TARGET_IMAGES_PER_S = 200.0  # 256 px, gray, 2 workers
+FLOOR_IMAGES_PER_S = 100.0
 
 
 def main() -> None:
@@ -28,6 +32,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="best of this many runs per configuration")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/simulate.json"))
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lg-sim-") as tmp:  # start the fork server before timing
+        simulate_dataset(Path(tmp) / "warm", n=8, cfg=SimulatorConfig(size=64), workers=2, progress=False)
     rows = []
     for channels in (1, 3):
         for workers in (1, 2):
@@ -43,8 +49,13 @@ def main() -> None:
             rows.append({"channels": channels, "workers": workers, "n": args.n, "size": args.size,
                          "seconds": round(best, 3), "images_per_s": round(args.n / best, 1)})
             print(json.dumps(rows[-1]))
+    gray2 = next(r for r in rows if r["channels"] == 1 and r["workers"] == 2)
+    acceptance = {"size": args.size, "images_per_s": gray2["images_per_s"], "target": TARGET_IMAGES_PER_S,
+                  "floor": FLOOR_IMAGES_PER_S, "met": gray2["images_per_s"] >= TARGET_IMAGES_PER_S,
+                  "regressed": gray2["images_per_s"] < FLOOR_IMAGES_PER_S}
     result = {"benchmark": "simulate", "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
-                                                  "python": platform.python_version()}, "results": rows}
+                                                  "python": platform.python_version()}, "results": rows,
+              "acceptance": acceptance}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, json.dumps(result, indent=1))
     print(json.dumps(result))

@@ -137,7 +137,7 @@ def main() -> None:
             for seed in args.seeds:
                 name = f"{tag}/{v}/seed{seed}"
                 out = args.work / tag / "train" / v / f"seed{seed}"
-                cfg = TrainConfig(model=args.model, img_size=args.img_size, seed=seed, epochs=200,
+                cfg = TrainConfig(arch=args.model, img_size=args.img_size, seed=seed, epochs=200,
                                   max_minutes=args.minutes, patience=1000,
                                   synthetic=str(synthetic[v]) if v != "real" else None,
                                   synthetic_ratio=args.synthetic_ratio)

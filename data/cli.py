@@ -1,4 +1,7 @@
-"""``lineguard data ...``: import, validate, split, stats, preview (simulate lives in synth/)."""
+"""``lineguard data ...``: import, validate, split, stats, preview (``simulate`` is ``lineguard.sim.cli``).
+
+The data verbs take the data set folder as their argument (``lineguard data split DIR``); options come from
+the one vocabulary in ``lineguard.options``."""
 
 from __future__ import annotations
 
@@ -9,12 +12,9 @@ import typer
 from rich.table import Table
 
 from ..console import console, emit, shown
+from ..options import JSON, QUIET
 from .imaging import MAX_PIXELS
 
-app = typer.Typer(no_args_is_help=True, help="Data sets: import, validate, split, stats, preview, simulate.")
-
-JSON = typer.Option(False, "--json", help="Print one JSON object as the last line.")
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 MAX_PIXELS_OPTION = typer.Option(MAX_PIXELS, "--max-pixels", min=1,
                                  help="Images with more pixels are refused without decoding.")
 
@@ -37,7 +37,6 @@ def _problems(title: str, rows: list, limit: int = 20) -> None:
             console.print(f"  ... {len(rows) - limit} more")
 
 
-@app.command("import")
 def import_(
     src: Path = typer.Argument(..., help="Folder in one of the known layouts."),
     out: Path = typer.Option(..., "--out", "-o", help="Data set folder to write."),
@@ -65,10 +64,9 @@ def import_(
         _problems("warnings", r.warnings)
         console.print(f"{r.images} imported, {r.rejected} rejected, {len(r.warnings)} warnings")
 
-    emit(rep, as_json, human)
+    emit(rep, as_json, human, quiet)
 
 
-@app.command()
 def validate(root: Path = typer.Argument(..., help="Data set folder."), max_pixels: int = MAX_PIXELS_OPTION,
              as_json: bool = JSON, quiet: bool = QUIET) -> None:
     """Decode every image and mask and check them against the manifest (exit 1 if invalid)."""
@@ -82,12 +80,11 @@ def validate(root: Path = typer.Argument(..., help="Data set folder."), max_pixe
         verdict = "[green]valid[/]" if r.valid else "[red]INVALID[/]"
         console.print(f"{shown(r.root)}: {r.images} images, {r.masks} masks: {verdict}")
 
-    emit(rep, as_json, human)
+    emit(rep, as_json, human, quiet)
     if not rep.valid:
         raise typer.Exit(1)
 
 
-@app.command()
 def split(
     root: Path = typer.Argument(..., help="Data set folder."),
     val: float = typer.Option(0.1, "--val", help="Share of images for validation."),
@@ -95,6 +92,7 @@ def split(
     seed: int = typer.Option(0, "--seed"),
     folds: Optional[int] = typer.Option(None, "--folds", help="Also deal non-test images into K folds."),
     as_json: bool = JSON,
+    quiet: bool = QUIET,
 ) -> None:
     """Stratified, seeded split; identical images always share a split."""
     from .format import Dataset
@@ -113,13 +111,12 @@ def split(
         for w in r.warnings:
             console.print(f"[yellow]warning:[/] {shown(w)}", highlight=False)
 
-    emit(rep, as_json, human)
+    emit(rep, as_json, human, quiet)
 
 
-@app.command()
 def stats(root: Path = typer.Argument(..., help="Data set folder."),
           sample: int = typer.Option(200, "--sample", help="Images sampled for pixel statistics."),
-          as_json: bool = JSON) -> None:
+          as_json: bool = JSON, quiet: bool = QUIET) -> None:
     """Counts by class, split and source; image sizes; pixel mean and std."""
     from .stats import dataset_stats
 
@@ -140,10 +137,9 @@ def stats(root: Path = typer.Argument(..., help="Data set folder."),
         console.print(f"width {r.width}, height {r.height}; pixel mean {r.pixel_mean:.3f} "
                       f"std {r.pixel_std:.3f} (over {r.sampled} images)")
 
-    emit(rep, as_json, human)
+    emit(rep, as_json, human, quiet)
 
 
-@app.command()
 def preview(
     root: Path = typer.Argument(..., help="Data set folder."),
     out: Path = typer.Option(Path("grid.png"), "--out", "-o", help="Overview PNG; per-class sheets beside it."),
@@ -151,10 +147,17 @@ def preview(
     tile: int = typer.Option(128, "--tile", help="Tile side in pixels."),
     split_name: Optional[str] = typer.Option(None, "--split", help="Only this split."),
     seed: int = typer.Option(0, "--seed"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ) -> None:
     """Contact sheets per class with the defect masks drawn in red."""
-    from .preview import preview_dataset
+    from .preview import PreviewReport, preview_dataset
 
-    for name, path in preview_dataset(root, out, per_class=per_class, tile=tile, split=split_name,
-                                      seed=seed).items():
-        console.print(f"{shown(name)}: {shown(path)}", highlight=False)
+    rep = PreviewReport(root=str(root), sheets=preview_dataset(root, out, per_class=per_class, tile=tile,
+                                                               split=split_name, seed=seed))
+
+    def human(r: PreviewReport) -> None:
+        for name, path in r.sheets.items():
+            console.print(f"{shown(name)}: {shown(path)}", highlight=False)
+
+    emit(rep, as_json, human, quiet)

@@ -1,7 +1,8 @@
 """``model.yaml``: what a model directory promises to every later stage (torch-free, Python 3.8).
 
 Training writes it; evaluation, export and the line runners read it: the architecture to rebuild,
-the classes and the OK class, the shared preprocessing, the OK/NG threshold.
+the classes and the OK class, the shared preprocessing, the decision rule's settings (the OK/NG threshold,
+an uncertain band around it, per-defect-class thresholds; ``lineguard.edge.verdict`` applies them).
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Set, Union
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from ..config import StrictModel, describe, read_yaml
 from ..files import atomic_write
 from .format import DatasetError
 from .preprocess import Preprocess
 
-__all__ = ["MAX_SIDE", "MODEL_FILE", "SPEC_FILE", "ModelSpec"]
+__all__ = ["MAX_SIDE", "MODEL_FILE", "SPEC_FILE", "ModelSpec", "decision_error"]
 
 SPEC_FILE = "model.yaml"
 MODEL_FILE = "model.safetensors"
@@ -54,6 +55,22 @@ def _non_finite(value: Any, key: str = "", seen: Optional[Set[int]] = None) -> O
     return None
 
 
+def decision_error(threshold: float, uncertain_band: float, class_thresholds: Dict[str, float],
+                   defect_classes: Optional[List[str]] = None) -> str:
+    """Why these decision settings are unusable, or '' when they are: ``threshold`` and every class threshold
+    in 0..1 (NaN fails), ``uncertain_band`` finite and >= 0, class thresholds only for ``defect_classes``
+    (when given)."""
+    if not 0.0 <= threshold <= 1.0:
+        return f"threshold must be in 0..1, got {threshold}"
+    if not (math.isfinite(uncertain_band) and uncertain_band >= 0.0):
+        return f"uncertain_band must be a finite number >= 0, got {uncertain_band}"
+    bad = {c: p for c, p in class_thresholds.items() if not 0.0 <= p <= 1.0}
+    if bad:
+        return f"class_thresholds must be in 0..1, got {bad}"
+    unknown = sorted(set(class_thresholds) - set(defect_classes)) if defect_classes is not None else []
+    return f"class_thresholds names {unknown}, not defect classes {defect_classes}" if unknown else ""
+
+
 class ModelSpec(StrictModel):
     format: Literal["lineguard-model"] = "lineguard-model"
     version: int = SPEC_VERSION
@@ -62,6 +79,8 @@ class ModelSpec(StrictModel):
     ok_class: str
     preprocess: Preprocess
     threshold: float = 0.5  # NG when 1 - p(OK) >= threshold
+    uncertain_band: float = 0.0  # UNCERTAIN when threshold - band <= 1 - p(OK) < threshold + band
+    class_thresholds: Dict[str, float] = Field(default_factory=dict)  # defect class -> NG when its p reaches this
     weights: str = MODEL_FILE
 
     @model_validator(mode="after")
@@ -70,8 +89,9 @@ class ModelSpec(StrictModel):
             raise ValueError(f"ok_class '{self.ok_class}' is not one of {self.classes}")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"class names must be unique: {self.classes}")
-        if not 0.0 <= self.threshold <= 1.0:  # NaN fails this too
-            raise ValueError(f"threshold must be in 0..1, got {self.threshold}")
+        why = decision_error(self.threshold, self.uncertain_band, self.class_thresholds, self.defect_classes)
+        if why:
+            raise ValueError(why)
         bad = _non_finite(self.arch)
         if bad is not None:
             raise ValueError(f"arch.{bad} is not a finite number")
@@ -96,6 +116,11 @@ class ModelSpec(StrictModel):
     @property
     def ok_index(self) -> int:
         return self.classes.index(self.ok_class)
+
+    @property
+    def defect_classes(self) -> List[str]:
+        """The classes but the OK class, in order."""
+        return [c for c in self.classes if c != self.ok_class]
 
     @classmethod
     def load(cls, model_dir: Union[str, Path]) -> ModelSpec:

@@ -8,14 +8,22 @@ from typing import Dict, List, Optional, Union
 
 import cv2
 import numpy as np
+from pydantic import BaseModel
 
 from .format import Dataset, Record
 from .imaging import ImageFileError, binarize_mask, read_image, write_png
 
-__all__ = ["preview_dataset", "render_tile"]
+__all__ = ["PreviewReport", "preview_dataset", "render_tile"]
 
 RED = (255, 40, 40)
 LABEL_W = 140
+
+
+class PreviewReport(BaseModel):
+    """``lineguard data preview``'s result: the sheets written, {"overview" or class: path}."""
+
+    root: str
+    sheets: Dict[str, str]
 
 
 def render_tile(image: np.ndarray, mask: Optional[np.ndarray], size: int) -> np.ndarray:

@@ -1,16 +1,18 @@
-"""Stratified, seeded train/val/test splits (and k folds) that keep identical images together."""
+"""Stratified, seeded train/val/test splits (and k folds) that keep identical images together, and the
+checks of what training may use: the class index of every record, a split training can start on, the
+synthetic records to train beside a real set."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel
 
 from .format import Dataset, DatasetError, Record
 
-__all__ = ["SplitReport", "split_dataset"]
+__all__ = ["SplitReport", "check_training_split", "label_indices", "split_dataset", "synthetic_records"]
 
 
 class SplitReport(BaseModel):
@@ -77,3 +79,43 @@ def split_dataset(ds: Dataset, val: float = 0.1, test: float = 0.2, seed: int = 
     ds.records = records
     ds.save()
     return SplitReport(images=len(ds), seed=seed, folds=folds, counts=counts, warnings=warnings)
+
+
+def label_indices(ds: Dataset, records: Sequence[Record], classes: Optional[Sequence[str]] = None) -> List[int]:
+    """The index of every record's label in ``classes`` (default: ``ds``'s own); a label that is not one
+    of them is a :class:`DatasetError` naming the record."""
+    names = list(ds.classes.classes if classes is None else classes)
+    index = {c: i for i, c in enumerate(names)}
+    for r in records:
+        if r.label not in index:
+            raise DatasetError(f"{ds.root}: record {r.id}: label '{r.label}' is not one of the classes {names}")
+    return [index[r.label] for r in records]
+
+
+def check_training_split(ds: Dataset, train_records: Sequence[Record], val_records: Sequence[Record]) -> None:
+    """Raise :class:`DatasetError` when training cannot start: an empty split, a label outside the
+    classes, or a class of ``classes.yaml`` without a training image (the model could never learn it)."""
+    for name, rows in (("train", train_records), ("val", val_records)):
+        if not rows:
+            raise DatasetError(f"{ds.root}: split '{name}' is empty (run `lineguard data split`?)")
+    trained = set(label_indices(ds, train_records))
+    label_indices(ds, val_records)
+    missing = [c for i, c in enumerate(ds.classes.classes) if i not in trained]
+    if len(missing) == 1:
+        raise DatasetError(f"{ds.root}: class '{missing[0]}' has no training images")
+    if missing:
+        names = ", ".join(f"'{c}'" for c in missing)
+        raise DatasetError(f"{ds.root}: classes {names} have no training images")
+
+
+def synthetic_records(real: Dataset, synthetic: Dataset) -> List[Record]:
+    """The records of a synthetic set that training may use beside ``real``: those without a split or
+    in its train split. Their labels must be classes of ``real``; an empty set is an error."""
+    recs = [r for r in synthetic.records if r.split in (None, "train")]
+    if not recs:
+        raise DatasetError(f"{synthetic.root}: no images without a split or in the train split")
+    unknown = sorted({r.label for r in recs} - set(real.classes.classes))
+    if unknown:
+        raise DatasetError(f"{synthetic.root}: labels {unknown} are not classes of {real.root} "
+                           f"({real.classes.classes})")
+    return recs

@@ -19,18 +19,20 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from pydantic import BaseModel
 
 from lineguard import LineguardError
 
-from .formats import finite
-from .runners import BACKENDS, Runner, RunnerError, load_runner
+from ..console import finite
+from .formats import BACKENDS, FORMATS
+from .runners import Runner, RunnerError, load_runner
 
-__all__ = ["FAMILY", "BenchRow", "bench", "machine", "nothing_ran", "recommend", "report"]
+__all__ = ["BenchReport", "BenchRow", "bench", "machine", "nothing_ran", "recommend", "report"]
 
-FAMILY = {"ort": "onnxruntime", "ort-int8": "onnxruntime", "trt": "tensorrt", "torch": "torch"}
+_FAMILY = {f.backend: f.family for f in FORMATS}  # backend -> runtime family, from the format table
 
 
 @dataclass
@@ -89,17 +91,17 @@ def bench(models: Sequence[Union[str, Path]], backends: Sequence[str], batches: 
     """One row per (model, backend, batch). A runner that cannot load or fails its warm-up gives rows with
     ``error`` set (the others still run). ``options[backend]`` go to that backend's runner. An unknown
     backend or a batch size < 1 is a :class:`RunnerError` before anything runs."""
-    unknown = [b for b in backends if b not in FAMILY]
+    unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise RunnerError(f"unknown backend '{unknown[0]}' (backends: {', '.join(BACKENDS)})")
     bad = [n for n in batches if isinstance(n, bool) or not isinstance(n, int) or n < 1]
     if bad or not batches:
         raise RunnerError(f"batch sizes must be positive integers, got {list(batches)}")
     rows: List[BenchRow] = []
-    for family in dict.fromkeys(FAMILY[b] for b in backends):
+    for family in dict.fromkeys(_FAMILY[b] for b in backends):
         loaded: List[Tuple[str, str, Runner]] = []
         for m in models:
-            for b in (b for b in backends if FAMILY[b] == family):
+            for b in (b for b in backends if _FAMILY[b] == family):
                 try:
                     loaded.append((str(m), b, load_runner(m, backend=b, **(options or {}).get(b, {}))))
                 except LineguardError as e:
@@ -154,16 +156,24 @@ def recommend(rows: Sequence[BenchRow]) -> Dict[str, Dict[str, str]]:
     for r in rows:
         if r.error is None and r.batch == smallest:
             fam = best.setdefault(r.model, {})
-            cur = fam.get(FAMILY[r.backend])
+            cur = fam.get(_FAMILY[r.backend])
             if cur is None or r.p50_ms < cur[0]:
-                fam[FAMILY[r.backend]] = (r.p50_ms, r.backend)
+                fam[_FAMILY[r.backend]] = (r.p50_ms, r.backend)
     return {m: {f: b for f, (_, b) in fams.items()} for m, fams in best.items()}
 
 
-def report(rows: Sequence[BenchRow]) -> Dict[str, object]:
-    """The JSON ``lineguard bench --json`` prints: machine, rows (None for figures a failed row lacks),
-    recommendation."""
-    return finite({"machine": machine(), "rows": [asdict(r) for r in rows], "recommended": recommend(rows)})
+class BenchReport(BaseModel):
+    """``lineguard bench``'s result: the machine, one row per configuration (None for the figures a failed
+    row lacks), and per model and runtime family the faster backend."""
+
+    machine: Dict[str, Any]
+    rows: List[Dict[str, Any]]
+    recommended: Dict[str, Dict[str, str]]
+
+
+def report(rows: Sequence[BenchRow]) -> BenchReport:
+    """The report of ``rows`` (strict JSON: NaN figures are None)."""
+    return BenchReport(machine=machine(), rows=finite([asdict(r) for r in rows]), recommended=recommend(rows))
 
 
 def nothing_ran(rows: Sequence[BenchRow]) -> Optional[str]:

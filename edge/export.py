@@ -2,7 +2,11 @@
 
     export("runs/model", "onnx", data="data/mt")                 # model.onnx + parity report
     export("runs/model", "onnx-int8", data="data/mt")            # model-int8.onnx + accuracy/speed report
-    export("runs/model", "engine", half=True, workspace=2)       # engines/<key>.engine (TensorRT)
+    export("runs/model", "engine", half=True, workspace=2)       # engines/fp16-b1-cuda0.engine (TensorRT)
+    export("runs/model", "engine", int8=True, data="data/mt", device="dla:0")   # engines/int8-b1-dla0.engine
+
+The files are the format table's (``formats.FORMATS``); an option that does not apply to the format
+is an error. ``device`` (engine): cuda, cuda:N (GPU N) or dla:N (DLA core N), default cuda.
 
 ``onnx`` needs torch (development machine); ``onnx-int8`` and ``engine`` start from the model
 directory's ``model.onnx`` and need no torch, so a Jetson builds its engine from a copied directory.
@@ -16,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-from ..data.modelspec import ModelSpec
-from .formats import ExportError, export_format
+from ..data.modelspec import SPEC_FILE, ModelSpec
+from .formats import Device, ExportError, export_format, parse_device
 from .runners.base import WEIGHTS_KEY, RunnerError, check_weights
 
 __all__ = ["export"]
@@ -35,10 +39,11 @@ def export(model_dir: Union[str, Path], fmt: str, *, opset: Optional[int] = None
     f = export_format(fmt)
     f.check_args({"opset": opset, "batch": batch, "data": data, "calib": calib, "half": half, "int8": int8,
                   "workspace": workspace, "device": device, "max_drop": max_drop})
+    target = parse_device(device or "cuda", f.devices, ExportError)  # before any work; only the engine takes --device
     model_dir = Path(model_dir)
-    if not (model_dir / "model.yaml").is_file():
-        raise ExportError(f"{model_dir}: not a lineguard model directory (model.yaml missing)")
-    onnx_path = model_dir / "model.onnx"
+    if not (model_dir / SPEC_FILE).is_file():
+        raise ExportError(f"{model_dir}: not a lineguard model directory ({SPEC_FILE} missing)")
+    onnx_path = export_format("onnx").path(model_dir)
     if f.name == "onnx" or not _current(model_dir, onnx_path):
         try:
             from .torch2onnx import torch2onnx  # needs torch
@@ -47,7 +52,7 @@ def export(model_dir: Union[str, Path], fmt: str, *, opset: Optional[int] = None
             raise ExportError(f"{onnx_path}: {state}, and exporting it again needs torch ({e}); run `lineguard "
                               f"export --model {model_dir} --format onnx` where torch is installed") from None
 
-        onnx_path = torch2onnx(model_dir, opset=opset or 17, batch=batch or 1, parity_data=data)
+        onnx_path = torch2onnx(model_dir, onnx_path, opset=opset or 17, batch=batch or 1, parity_data=data)
         if f.name == "onnx":
             return onnx_path
     if f.name == "onnx-int8":
@@ -55,14 +60,14 @@ def export(model_dir: Union[str, Path], fmt: str, *, opset: Optional[int] = None
 
         if calib is None and data is None:
             raise ExportError("--format onnx-int8 needs real images: --data DIR (or --calib DIR)")
-        return onnx2int8(onnx_path, calib or data, data=data,
+        return onnx2int8(onnx_path, calib or data, data=data, out=f.path(model_dir),
                          max_drop=MAX_ACCURACY_DROP if max_drop is None else max_drop)
     return _engine(model_dir, onnx_path, batch=batch or 1, data=data, calib=calib, half=half, int8=int8,
-                   workspace=workspace or 2.0, device=device or "gpu")
+                   workspace=workspace or 2.0, device=target)
 
 
 def _engine(model_dir: Path, onnx_path: Path, *, batch: Union[int, str], data: Optional[Union[str, Path]],
-            calib: Optional[Union[str, Path]], half: bool, int8: bool, workspace: float, device: str) -> Path:
+            calib: Optional[Union[str, Path]], half: bool, int8: bool, workspace: float, device: Device) -> Path:
     """TensorRT engine. INT8: on TensorRT 8.x the entropy calibrator over ``calib``'s train split; on 10+ a
     symmetric Q/DQ ONNX (``model-int8-trt.onnx``, calibrated the same way) that TensorRT builds as is."""
     from .onnx2engine import build_engine
@@ -71,16 +76,17 @@ def _engine(model_dir: Path, onnx_path: Path, *, batch: Union[int, str], data: O
     if int8:
         if calib is None and data is None:
             raise ExportError("--int8 needs calibration images: --calib DIR (or --data DIR)")
-        from .runners.trt import import_tensorrt, trt_version
+        from .tensorrt import import_tensorrt, trt_version
 
         if trt_version(import_tensorrt("building a TensorRT engine"))[0] >= 10:
             from .quantize import onnx2int8
 
-            onnx_path = onnx2int8(onnx_path, calib or data, data=data, out=model_dir / "model-int8-trt.onnx",
-                                  symmetric=True)
+            int8_onnx = export_format("onnx-int8").path(model_dir)  # the TensorRT flavour of it, beside it
+            onnx_path = onnx2int8(onnx_path, calib or data, data=data, symmetric=True,
+                                  out=int8_onnx.with_name(f"{int8_onnx.stem}-trt{int8_onnx.suffix}"))
         else:
-            from .splits import dataset_frames
             from .runners.base import spec_of_onnx
+            from .splits import dataset_frames
 
             frames, _ = dataset_frames(calib or data, spec_of_onnx(onnx_path), split="train", limit=500)
     return build_engine(onnx_path, model_dir, precision="int8" if int8 else "fp16" if half else "fp32",

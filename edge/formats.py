@@ -1,7 +1,14 @@
-"""The one table of export formats: it drives ``lineguard export`` argument checks and ``lineguard bench``.
+"""The one table of model formats (:data:`FORMATS`) and the one device vocabulary (:func:`parse_device`).
+
+Each row names a format (``lineguard export --format``), the file it writes in the model directory, the
+runner backend that loads it (``load_runner(..., backend=)``, ``lineguard bench --backend``), the runtime
+family ``bench`` groups by, the devices its runner takes, the export options that apply and the packages
+it needs. The last row is the PyTorch reference: it reads the weights (``model.yaml`` names them) and is
+not exported. Export, the runners and bench all read this table; nothing else names these files.
 
     fmt = export_format("onnx-int8")
     fmt.check_args({"calib": "data/", "half": True})   # ExportError: --half does not apply to onnx-int8
+    parse_device("cuda:1")                             # Device(kind='cuda', index=1)
 
 Torch-free, Python 3.8.
 """
@@ -9,29 +16,97 @@ Torch-free, Python 3.8.
 from __future__ import annotations
 
 import difflib
-import json
-import math
+import re
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Type, Union
 
 from lineguard import LineguardError
 
-__all__ = ["FORMATS", "ExportError", "ExportFormat", "export_format", "finite", "strict_json"]
+__all__ = ["BACKENDS", "DEVICE_KINDS", "FORMATS", "Device", "DeviceError", "ExportError", "Format", "backend_format",
+           "export_format", "file_format", "parse_device"]
 
 
 class ExportError(LineguardError):
     """An export that cannot be made or that failed a check (parity, operator support, accuracy)."""
 
 
+class DeviceError(LineguardError):
+    """A device name outside the vocabulary, or of a kind not allowed (:func:`parse_device`'s default error;
+    the runners raise :class:`~lineguard.edge.runners.RunnerError`, export :class:`ExportError` instead)."""
+
+
+DEVICE_KINDS = ("cpu", "cuda", "dla")
+_DEVICE_FORMS = {"cpu": "cpu", "cuda": "cuda, cuda:N (GPU N)", "dla": "dla:N (DLA core N)"}
+_DEVICE = re.compile(r"(cpu)|(cuda)(?::([0-9]+))?|(dla):([0-9]+)")
+
+
 @dataclass(frozen=True)
-class ExportFormat:
-    name: str
-    filename: str  # in the model directory; {precision} and {key} filled by the converter
-    backend: str  # the runner that loads it (``lineguard bench --backend``)
-    cpu: bool
-    gpu: bool
+class Device:
+    """``cpu``, ``cuda:N`` (GPU N) or ``dla:N`` (DLA core N; the GPU is device 0)."""
+
+    kind: str
+    index: int = 0
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "cpu" else f"{self.kind}:{self.index}"
+
+
+def parse_device(value: Union[str, Device], allowed: Sequence[str] = DEVICE_KINDS,
+                 error: Type[LineguardError] = DeviceError) -> Device:
+    """``value`` (``cpu``, ``cuda`` = ``cuda:0``, ``cuda:N``, ``dla:N``) as a :class:`Device` whose kind is
+    in ``allowed``; otherwise one ``error`` line (the caller's error type) listing what is allowed."""
+    text = str(value) if isinstance(value, Device) else value
+    match = _DEVICE.fullmatch(text) if isinstance(text, str) else None
+    if match is not None:
+        cpu, cuda, gpu, _, core = match.groups()
+        if cpu:
+            device = Device("cpu")
+        elif cuda:
+            device = Device("cuda", int(gpu or 0))
+        else:
+            device = Device("dla", int(core))
+        if device.kind in allowed:
+            return device
+    forms = "; ".join(_DEVICE_FORMS[k] for k in allowed)
+    raise error(f"device {text!r}: not one of {forms}")
+
+
+@dataclass(frozen=True)
+class Format:
+    """One row of :data:`FORMATS`."""
+
+    name: str  # ``lineguard export --format``; "torch": the weights themselves (not exported)
+    file: Optional[str]  # in the model directory, "{key}" an engine key; None: the weights file model.yaml names
+    backend: str  # the runner that loads it
+    family: str  # the runtime (``bench`` runs one family at a time and recommends one backend per family)
+    devices: Tuple[str, ...]  # device kinds its runner takes (:func:`parse_device`)
     args: Tuple[str, ...]  # export options that apply
-    packages: str  # what the converter needs
+    packages: str  # what exporting (torch: running) it needs
+
+    @property
+    def exported(self) -> bool:
+        return self.file is not None
+
+    @property
+    def keyed(self) -> bool:
+        """Several files per model directory, told apart by a key (TensorRT engines)."""
+        return self.file is not None and "{key}" in self.file
+
+    def path(self, model_dir: Union[str, Path], key: Optional[str] = None) -> Path:
+        """This format's file in ``model_dir``; ``key`` fills a keyed pattern."""
+        if self.file is None:
+            raise ValueError(f"format {self.name} has no file of its own")
+        return Path(model_dir) / (self.file.format(key=key) if self.keyed else self.file)
+
+    def keys(self, model_dir: Union[str, Path]) -> Dict[str, Path]:
+        """key -> file for each file of this keyed format in ``model_dir``, in key order."""
+        head, tail = str(self.file).split("{key}")
+        found = {}
+        for p in sorted(Path(model_dir).glob(head + "*" + tail)):
+            name = p.relative_to(model_dir).as_posix()
+            found[name[len(head):len(name) - len(tail)]] = p
+        return found
 
     def check_args(self, given: Dict[str, object]) -> None:
         """Reject options set for a format they do not apply to (a silent no-op would mislead)."""
@@ -42,39 +117,42 @@ class ExportFormat:
                               f"{', '.join('--' + a for a in self.args) or 'no options'})")
 
 
-FORMATS: Tuple[ExportFormat, ...] = (
-    ExportFormat("onnx", "model.onnx", "ort", cpu=True, gpu=True, args=("opset", "batch", "data"),
-                 packages="torch, onnx, onnxslim, onnxruntime (parity)"),
-    ExportFormat("onnx-int8", "model-int8.onnx", "ort-int8", cpu=True, gpu=False,
-                 args=("opset", "batch", "data", "calib", "max_drop"),
-                 packages="onnx, onnxruntime (quantize_static, QDQ, QUInt8 activations)"),
-    ExportFormat("engine", "engines/{key}.engine", "trt", cpu=False, gpu=True,
-                 args=("opset", "batch", "data", "half", "int8", "calib", "workspace", "device"),
-                 packages="tensorrt (8.5 on JetPack 5, 10+ elsewhere), pycuda"),
+FORMATS: Tuple[Format, ...] = (
+    Format("onnx", "model.onnx", "ort", "onnxruntime", devices=("cpu", "cuda"), args=("opset", "batch", "data"),
+           packages="torch, onnx, onnxslim, onnxruntime (parity)"),
+    Format("onnx-int8", "model-int8.onnx", "ort-int8", "onnxruntime", devices=("cpu", "cuda"),
+           args=("opset", "batch", "data", "calib", "max_drop"),
+           packages="onnx, onnxruntime (quantize_static, QDQ, QUInt8 activations: made for the CPU)"),
+    Format("engine", "engines/{key}.engine", "trt", "tensorrt", devices=("cuda", "dla"),
+           args=("opset", "batch", "data", "half", "int8", "calib", "workspace", "device"),
+           packages="tensorrt (8.5 on JetPack 5, 10+ elsewhere), pycuda"),
+    Format("torch", None, "torch", "torch", devices=("cpu", "cuda"), args=(),
+           packages="torch (development machines only)"),
 )
+BACKENDS = tuple(f.backend for f in FORMATS)
 
 
-def export_format(name: str) -> ExportFormat:
-    for f in FORMATS:
-        if f.name == name:
-            return f
-    names = [f.name for f in FORMATS]
+def export_format(name: str) -> Format:
+    """The exported format ``name``; :class:`ExportError` (with a close match) for another name."""
+    names = [f.name for f in FORMATS if f.exported]
+    if name in names:
+        return FORMATS[names.index(name)]
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ExportError(f"unknown export format '{name}'{hint} (formats: {', '.join(names)})")
 
 
-def finite(obj: Any) -> Any:
-    """``obj`` with every NaN or infinite float (in dicts, lists, tuples) replaced by None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
+def backend_format(backend: str) -> Optional[Format]:
+    """The row whose runner backend is ``backend``, None for an unknown one."""
+    return next((f for f in FORMATS if f.backend == backend), None)
 
 
-def strict_json(obj: Any, indent: Optional[int] = None) -> str:
-    """Standard JSON for the reports export and bench write: no NaN/Infinity (null instead)."""
-    return json.dumps(finite(obj), indent=indent, allow_nan=False)
+def file_format(path: Union[str, Path]) -> Format:
+    """The exported format of a model file: the row whose file pattern names it, else the first with its
+    suffix (``dyn.onnx``: onnx), else onnx (whose runner says why it cannot load it)."""
+    path = Path(path)
+    rows = [f for f in FORMATS if f.exported]
+    for f in rows:
+        if path.match(str(f.file).format(key="*")):
+            return f
+    return next((f for f in rows if Path(str(f.file)).suffix == path.suffix), rows[0])

@@ -3,10 +3,12 @@
     engine = build_engine("model_dir/model.onnx", "model_dir", precision="fp16", batch="dynamic")
     with TrtRunner(engine) as r: ...
 
-The engine goes to ``out_dir/engines/<key>.engine``; ``key`` hashes the TensorRT version, GPU name,
-precision, batch profile, device and the ONNX file's sha256, because an engine runs only where it was
-built. The side-car ``<key>.json`` holds the model description (ONNX metadata ``lineguard.model``) and
-those facts, plus build seconds and DLA fallback; an engine whose side-car matches is reused.
+The engine goes to ``out_dir/engines/<key>.engine`` (the format table's file), ``key`` naming precision,
+batch profile and device (:func:`~lineguard.edge.tensorrt.engine_key`: ``fp16-b1-cuda0``, ``int8-b4-dla0``),
+so engines of other precisions or devices sit side by side. The side-car ``<key>.json`` holds the model
+description (ONNX metadata ``lineguard.model``), the TensorRT version, GPU name and the ONNX file's sha256
+(an engine runs only where it was built), plus build seconds and DLA fallback. An engine whose side-car
+records exactly this build is reused; otherwise it is rebuilt in place.
 
 Precision by TensorRT version:
 
@@ -21,38 +23,39 @@ int8       float ONNX + ``calib_frames``:               Q/DQ ONNX required,     
 =========  ==========================================  ==============================  ===========================
 
 Q/DQ must be symmetric signed INT8 (zero point 0): TensorRT takes nothing else.
-DLA (``dla:0``/``dla:1``, Xavier): static batch, fp16/int8, GPU fallback allowed. The network layers
-that cannot run on the DLA (``IBuilderConfig.can_run_on_DLA`` per parsed layer, before fusion) go to
-the side-car's ``dla_gpu_fallback`` and the log; ``null`` where this TensorRT lacks that call.
+Devices (``formats.parse_device``): ``cuda``/``cuda:N`` builds on GPU N; ``dla:N`` on DLA core N of GPU 0
+(Xavier: dla:0, dla:1): static batch, fp16/int8, GPU fallback allowed. The network layers that cannot run
+on the DLA (``IBuilderConfig.can_run_on_DLA`` per parsed layer, before fusion) go to the side-car's
+``dla_gpu_fallback`` and the log; ``null`` where this TensorRT lacks that call.
 Torch-free, Python 3.8.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import onnx
 
 from lineguard.data.modelspec import ModelSpec
-from lineguard.edge.formats import ExportError
-from lineguard.edge.onnx_check import check_tensorrt, input_convs, iter_nodes, load_onnx
-from lineguard.edge.runners.base import (
-    INPUT,
-    OUTPUTS,
-    SPEC_KEY,
-    WEIGHTS_KEY,
-    RunnerError,
-    check_weights,
-    spec_of_model,
+from lineguard.edge.formats import Device, ExportError, parse_device
+from lineguard.edge.onnx_check import (
+    check_engine_io,
+    check_engine_precision,
+    check_tensorrt,
+    input_convs,
+    is_qdq,
+    load_onnx,
 )
-from lineguard.edge.runners.trt import (
+from lineguard.edge.runners.base import INPUT, SPEC_KEY, WEIGHTS_KEY, RunnerError, check_weights, spec_of_model
+from lineguard.edge.tensorrt import (
+    ENGINE,
+    engine_key,
     import_pycuda,
     import_tensorrt,
     open_device,
@@ -64,12 +67,11 @@ from lineguard.edge.runners.trt import (
 )
 from lineguard.files import atomic_write, sha256_file
 
-__all__ = ["DEVICES", "DYNAMIC_PROFILE", "PRECISIONS", "build_engine"]
+__all__ = ["DYNAMIC_PROFILE", "PRECISIONS", "build_engine"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
-DEVICES = ("gpu", "dla:0", "dla:1")
 DYNAMIC_PROFILE = (1, 8, 32)  # batch "dynamic": min / opt / max frames per call
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
+_SAME_CALIBRATION = ("tensorrt", "gpu", "onnx_sha256")  # side-car facts under which <key>.calib still holds
 
 _log = logging.getLogger(__name__)
 
@@ -83,61 +85,81 @@ def _as_export_error() -> Iterator[None]:
 
 
 def build_engine(onnx_path: Union[str, Path], out_dir: Union[str, Path], *, precision: str = "fp16",
-                 batch: Union[int, str] = 1, workspace_gib: float = 2.0, device: str = "gpu",
+                 batch: Union[int, str] = 1, workspace_gib: float = 2.0, device: Union[str, Device] = "cuda",
                  calib_frames: Optional[Iterable[np.ndarray]] = None, cache: bool = True) -> Path:
     """Build (or reuse) the engine for ``onnx_path``; returns ``out_dir/engines/<key>.engine``.
 
-    ``batch``: an int (fixed batch) or "dynamic" (profile 1/8/32). ``calib_frames``: a uint8 (n, H, W, C)
-    array, or an iterable of such batches, for INT8 calibration of a float ONNX on TensorRT 8.x.
-    ``cache=False`` rebuilds, and recalibrates instead of reading ``<key>.calib``."""
+    ``batch``: an int (fixed batch) or "dynamic" (profile 1/8/32). ``device``: cuda, cuda:N or dla:N.
+    ``calib_frames``: a uint8 (n, H, W, C) array, or an iterable of such batches, for INT8 calibration of a
+    float ONNX on TensorRT 8.x. ``cache=False`` rebuilds, and recalibrates instead of reading ``<key>.calib``."""
     onnx_path = Path(onnx_path)
-    profile = _profile(precision, batch, workspace_gib, device)
+    target = parse_device(device, ENGINE.devices, ExportError)
+    profile = _profile(precision, batch, workspace_gib, target)
     model = load_onnx(onnx_path)
     weights = {p.key: p.value for p in model.metadata_props}.get(WEIGHTS_KEY)
     with _as_export_error():
         spec = spec_of_model(model, str(onnx_path))
         check_weights(onnx_path, weights, spec, "onnx", model_dir=out_dir)  # never an engine of stale weights
-    _check_graph_io(model, onnx_path, spec, batch)
+    check_engine_io(model, onnx_path, spec, batch)
     with _as_export_error():
         trt = import_tensorrt("building a TensorRT engine")
         cuda = import_pycuda("building a TensorRT engine")
-    major = trt_version(trt)[0]
     if trt_version(trt) <= (8, 5):  # 8.6 reads more (LayerNormalization, opset 18)
         check_tensorrt(model, "8.5")
-    quantized = any(node.op_type in _QDQ for node in iter_nodes(model.graph))
-    _check_precision(model, onnx_path, precision, major, quantized, calib_frames)
+    quantized = is_qdq(model)
+    check_engine_precision(model, onnx_path, precision, trt_version(trt)[0], quantized, calib_frames is not None)
     with _as_export_error():
-        gpu, context = open_device(cuda, 0)
+        gpu, context = open_device(cuda, target.index if target.kind == "cuda" else 0)
     try:
         with pushed(cuda, context):
             meta = {"tensorrt": trt.__version__, "gpu": gpu, "precision": precision, "batch": batch,
-                    "profile": list(profile), "device": device, "onnx_sha256": sha256_file(onnx_path)}
-            key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
-            engine = Path(out_dir) / "engines" / f"{key}.engine"
-            if cache and _cached(engine, meta, weights):
+                    "profile": list(profile), "device": str(target), "onnx_sha256": sha256_file(onnx_path)}
+            engine = ENGINE.path(out_dir, engine_key(precision, profile, target))
+            previous = _previous(engine)
+            if cache and engine.is_file() and previous.get(WEIGHTS_KEY) == weights and _same(previous, meta):
                 return engine
-            engine.parent.mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            builder = _Builder(trt, cuda, onnx_path, spec, major, input_convs(model))
-            plan, fallback = builder.build(precision, profile, workspace_gib, device, quantized, calib_frames,
-                                           engine.with_suffix(".calib"), cache)
-            atomic_write(engine, plan)
-            side = dict(meta, format="lineguard-engine", workspace_gib=workspace_gib,
-                        build_seconds=round(time.perf_counter() - start, 1), dla_gpu_fallback=fallback)
-            side[SPEC_KEY] = spec.model_dump(mode="json")
-            side[WEIGHTS_KEY] = weights  # the runner refuses the engine once the model directory's weights change
-            atomic_write(sidecar_path(engine), json.dumps(side, indent=2))
+            job = _Build(trt, cuda, onnx_path, spec, input_convs(model), quantized, precision=precision,
+                         profile=profile, workspace_gib=workspace_gib, device=target, calib_frames=calib_frames,
+                         calib_cache=engine.with_suffix(".calib"),
+                         reuse_calib=cache and _same(previous, meta, _SAME_CALIBRATION))
+            _build_and_write(engine, job, meta, weights)
             return engine
     finally:
         context.detach()
 
 
-def _profile(precision: str, batch: Union[int, str], workspace_gib: float, device: str) -> Tuple[int, int, int]:
+def _previous(engine: Path) -> Dict[str, Any]:
+    """The usable side-car of ``engine`` as it is before this build; {} if there is none."""
+    try:
+        return read_sidecar(engine)[0]
+    except RunnerError:
+        return {}
+
+
+def _same(info: Dict[str, Any], meta: Dict[str, Any], keys: Optional[Sequence[str]] = None) -> bool:
+    """Does side-car ``info`` record ``meta``'s values (for ``keys``, default all)?"""
+    return bool(info) and all(info.get(k) == meta[k] for k in (meta if keys is None else keys))
+
+
+def _build_and_write(engine: Path, job: _Build, meta: Dict[str, Any], weights: Optional[str]) -> None:
+    """Run ``job``; write the engine and its side-car (the old side-car goes first: an engine never sits
+    next to the side-car of another build)."""
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    plan, fallback = job.run()
+    sidecar_path(engine).unlink(missing_ok=True)
+    atomic_write(engine, plan)
+    side = dict(meta, format="lineguard-engine", workspace_gib=job.workspace_gib,
+                build_seconds=round(time.perf_counter() - start, 1), dla_gpu_fallback=fallback)
+    side[SPEC_KEY] = job.spec.model_dump(mode="json")
+    side[WEIGHTS_KEY] = weights  # the runner refuses the engine once the model directory's weights change
+    atomic_write(sidecar_path(engine), json.dumps(side, indent=2))
+
+
+def _profile(precision: str, batch: Union[int, str], workspace_gib: float, device: Device) -> Tuple[int, int, int]:
     """Check the options; the (min, opt, max) batch profile."""
     if precision not in PRECISIONS:
         raise ExportError(f"precision '{precision}': choose one of {', '.join(PRECISIONS)}")
-    if device not in DEVICES:
-        raise ExportError(f"device '{device}': choose one of {', '.join(DEVICES)}")
     if not workspace_gib > 0:
         raise ExportError(f"workspace_gib {workspace_gib}: must be > 0")
     if batch == "dynamic":
@@ -147,144 +169,50 @@ def _profile(precision: str, batch: Union[int, str], workspace_gib: float, devic
     else:
         raise ExportError(f"batch {batch!r}: a positive int (fixed batch) or 'dynamic' "
                           f"(profile {'/'.join(map(str, DYNAMIC_PROFILE))})")
-    if device != "gpu" and batch == "dynamic":
+    if device.kind == "dla" and batch == "dynamic":
         raise ExportError(f"device {device}: the DLA needs static shapes (min = opt = max); build a fixed batch")
-    if device != "gpu" and precision == "fp32":
+    if device.kind == "dla" and precision == "fp32":
         raise ExportError(f"device {device}: the DLA runs FP16 or INT8 only; use precision fp16 or int8")
     return profile
 
 
-def _check_graph_io(model: onnx.ModelProto, path: Path, spec: ModelSpec, batch: Union[int, str]) -> None:
-    """The graph takes uint8 frames (N, H, W, C) of the model's size and has lineguard's outputs."""
-    weights = {t.name for t in model.graph.initializer}
-    inputs = {i.name: i for i in model.graph.input if i.name not in weights}
-    if INPUT not in inputs:
-        raise ExportError(f"{path}: no graph input '{INPUT}' (inputs: {', '.join(inputs) or 'none'})")
-    tensor = inputs[INPUT].type.tensor_type
-    if tensor.elem_type != onnx.TensorProto.UINT8:
-        raise ExportError(f"{path}: input '{INPUT}' is {onnx.TensorProto.DataType.Name(tensor.elem_type)}; "
-                          "lineguard models take uint8 frames")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    h, w = spec.preprocess.size
-    if len(dims) != 4 or dims[1:] != [h, w, spec.preprocess.channels]:
-        raise ExportError(f"{path}: input '{INPUT}' has shape {dims}, the model description says "
-                          f"(N, {h}, {w}, {spec.preprocess.channels})")
-    if dims[0] is not None and batch != dims[0]:
-        raise ExportError(f"{path}: exported with a fixed batch of {dims[0]}; build with batch={dims[0]} or "
-                          "re-export with a dynamic batch")
-    missing = sorted(set(OUTPUTS) - {o.name for o in model.graph.output})
-    if missing:
-        raise ExportError(f"{path}: graph outputs {', '.join(missing)} missing (a lineguard model has "
-                          f"{', '.join(OUTPUTS)})")
-
-
-def _check_precision(model: onnx.ModelProto, path: Path, precision: str, major: int, quantized: bool,
-                     calib_frames: Optional[Iterable[np.ndarray]]) -> None:
-    """Refuse a precision this TensorRT cannot build from this ONNX, naming the fix."""
-    if precision == "int8" and quantized:
-        _check_qdq(model, path)
-    elif precision == "int8" and major >= 10:
-        raise ExportError(f"{path}: INT8 with TensorRT {major} needs an ONNX that already holds QuantizeLinear/"
-                          "DequantizeLinear nodes (the calibrator API is deprecated in 10 and gone in 11); build "
-                          "from the `lineguard export --format onnx-int8` model (symmetric INT8 Q/DQ)")
-    elif precision == "int8" and calib_frames is None:
-        raise ExportError(f"{path}: INT8 on TensorRT 8.x calibrates on sample frames: pass calib_frames "
-                          "(`--calib DIR`), or build from a Q/DQ model (`--format onnx-int8`)")
-    if calib_frames is not None and (precision != "int8" or quantized):
-        raise ExportError(f"calibration frames apply only to INT8 from a float ONNX on TensorRT 8.x, not to "
-                          f"precision {precision} from a {'Q/DQ' if quantized else 'float'} ONNX")
-    if precision == "fp16" and major >= 11 and not _is_fp16(model):
-        raise ExportError(f"{path}: TensorRT {major} builds strongly typed networks only, so precision comes from "
-                          "the ONNX; this one is FP32. Convert it first (ModelOpt AutoCast: `python -m "
-                          "modelopt.onnx.autocast --onnx_path model.onnx`) or build precision fp32")
-
-
-def _check_qdq(model: onnx.ModelProto, path: Path) -> None:
-    """TensorRT takes symmetric signed INT8 Q/DQ only: every given zero point int8 and 0."""
-    weights = {t.name: t for t in model.graph.initializer}
-    bad = []
-    for node in iter_nodes(model.graph):
-        if node.op_type in _QDQ and len(node.input) > 2 and node.input[2] in weights:
-            zero = weights[node.input[2]]
-            if zero.data_type != onnx.TensorProto.INT8 or onnx.numpy_helper.to_array(zero).any():
-                bad.append(node.name or node.output[0])
-    if bad:
-        raise ExportError(f"{path}: TensorRT takes symmetric signed INT8 Q/DQ only (int8 zero point 0); {len(bad)} "
-                          f"Q/DQ node(s) have another zero point ({', '.join(bad[:5])}); quantize with QInt8 "
-                          "activations and weights, symmetric activations (onnxruntime quantize_static: "
-                          "activation_type=QuantType.QInt8, extra_options={'ActivationSymmetric': True})")
-
-
-def _is_fp16(model: onnx.ModelProto) -> bool:
-    """Does the graph compute in FP16 (FP16 weights or casts to FP16)?"""
-    f16 = onnx.TensorProto.FLOAT16
-    return (any(t.data_type == f16 for t in model.graph.initializer)
-            or any(node.op_type == "Cast" and a.name == "to" and a.i == f16
-                   for node in iter_nodes(model.graph) for a in node.attribute))
-
-
-class _Builder:
+@dataclass
+class _Build:
     """One TensorRT build of one ONNX file, with a logger that keeps TensorRT's messages for errors."""
 
-    def __init__(self, trt: Any, cuda: Any, onnx_path: Path, spec: ModelSpec, major: int,
-                 input_convs: Sequence[str]) -> None:
-        self.trt, self.cuda, self.path, self.spec, self.major = trt, cuda, onnx_path, spec, major
-        self.input_convs = input_convs
-        self.log = trt_logger(trt)
+    trt: Any
+    cuda: Any
+    path: Path
+    spec: ModelSpec
+    input_convs: Sequence[str]
+    quantized: bool
+    precision: str
+    profile: Tuple[int, int, int]
+    workspace_gib: float
+    device: Device
+    calib_frames: Optional[Iterable[np.ndarray]]
+    calib_cache: Path
+    reuse_calib: bool
+
+    def __post_init__(self) -> None:
+        self.major = trt_version(self.trt)[0]
+        self.log = trt_logger(self.trt)
         self.mark = self.log.seq
+        h, w = self.spec.preprocess.size
+        self.frame = (h, w, self.spec.preprocess.channels)
 
     def errors(self) -> str:
         return "; ".join(self.log.errors(self.mark)[-5:]) or "no error logged"
 
-    def build(self, precision: str, profile: Tuple[int, int, int], workspace_gib: float, device: str,
-              quantized: bool, calib_frames: Optional[Iterable[np.ndarray]], calib_cache: Path,
-              reuse_calib: bool) -> Tuple[bytes, Optional[List[str]]]:
+    def run(self) -> Tuple[bytes, Optional[List[str]]]:
         """(serialized engine, DLA fallback layers or None)."""
-        trt, major = self.trt, self.major
-        builder = trt.Builder(self.log)
-        flags = 0
-        if major < 10:
-            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-        if major >= 11 and strongly_typed is not None:  # 11 is always strongly typed; the flag is accepted
-            flags |= 1 << int(strongly_typed)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, self.log)
-        if not parser.parse_from_file(str(self.path)):
-            said = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 5)))
-            raise ExportError(f"{self.path}: TensorRT {trt.__version__}'s ONNX parser rejected it: "
-                              f"{said or self.errors()}")
+        builder = self.trt.Builder(self.log)
+        network = self._network(builder)
         config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-        h, w = self.spec.preprocess.size
-        frame = (h, w, self.spec.preprocess.channels)
-        inputs = [network.get_input(i) for i in range(network.num_inputs)]
-        opt_profile = None
-        if any(t.name == INPUT and t.shape[0] == -1 for t in inputs):
-            opt_profile = builder.create_optimization_profile()
-            opt_profile.set_shape(INPUT, *((b, *frame) for b in profile))
-            config.add_optimization_profile(opt_profile)
-        calibrator = None
-        if major < 11 and precision != "fp32":
-            config.set_flag(trt.BuilderFlag.FP16)
-            if precision == "int8":
-                config.set_flag(trt.BuilderFlag.INT8)
-                if not quantized:
-                    calibrator = _calibrator(trt, self.cuda, calib_frames, (profile[1], *frame), calib_cache,
-                                             reuse_calib)
-                    config.int8_calibrator = calibrator
-                    if opt_profile is not None:
-                        config.set_calibration_profile(opt_profile)
-                    _input_convs_fp16(trt, network, config, self.input_convs)
-        fallback = None
-        if device != "gpu":
-            config.default_device_type = trt.DeviceType.DLA
-            config.DLA_core = int(device[4:])
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-            fallback = _dla_fallback(network, config)
-            if fallback:
-                _log.warning("%s: %d layer(s) cannot run on %s and fall back to the GPU: %s", self.path,
-                             len(fallback), device, ", ".join(fallback))
+        config.set_memory_pool_limit(self.trt.MemoryPoolType.WORKSPACE, int(self.workspace_gib * (1 << 30)))
+        opt_profile = self._optimization_profile(builder, network, config)
+        calibrator = self._precision(network, config, opt_profile)
+        fallback = self._dla(builder, network, config) if self.device.kind == "dla" else None
         try:
             plan = builder.build_serialized_network(network, config)
         finally:
@@ -293,10 +221,69 @@ class _Builder:
         if calibrator is not None and calibrator.error is not None:
             raise calibrator.error
         if plan is None:
-            raise ExportError(f"{self.path}: TensorRT {trt.__version__} could not build the {precision} engine "
-                              f"(batch profile {profile}, {device}): {self.errors()} (for 'insufficient memory' "
-                              "or tactic errors raise the workspace)")
+            raise ExportError(f"{self.path}: TensorRT {self.trt.__version__} could not build the {self.precision} "
+                              f"engine (batch profile {self.profile}, {self.device}): {self.errors()} (for "
+                              "'insufficient memory' or tactic errors raise the workspace)")
         return bytes(plan), fallback
+
+    def _network(self, builder: Any) -> Any:
+        """The parsed network: explicit batch before 10, strongly typed from 11."""
+        flag = self.trt.NetworkDefinitionCreationFlag
+        flags = 1 << int(flag.EXPLICIT_BATCH) if self.major < 10 else 0
+        strongly_typed = getattr(flag, "STRONGLY_TYPED", None)
+        if self.major >= 11 and strongly_typed is not None:  # 11 is always strongly typed; the flag is accepted
+            flags |= 1 << int(strongly_typed)
+        network = builder.create_network(flags)
+        parser = self.trt.OnnxParser(network, self.log)
+        if not parser.parse_from_file(str(self.path)):
+            said = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 5)))
+            raise ExportError(f"{self.path}: TensorRT {self.trt.__version__}'s ONNX parser rejected it: "
+                              f"{said or self.errors()}")
+        return network
+
+    def _optimization_profile(self, builder: Any, network: Any, config: Any) -> Any:
+        """The batch profile for a dynamic-batch network (None for a fixed one)."""
+        inputs = [network.get_input(i) for i in range(network.num_inputs)]
+        if not any(t.name == INPUT and t.shape[0] == -1 for t in inputs):
+            return None
+        opt_profile = builder.create_optimization_profile()
+        opt_profile.set_shape(INPUT, *((b, *self.frame) for b in self.profile))
+        config.add_optimization_profile(opt_profile)
+        return opt_profile
+
+    def _precision(self, network: Any, config: Any, opt_profile: Any) -> Any:
+        """Set the precision flags (none from 11: strongly typed); the INT8 calibrator, if one is used."""
+        trt = self.trt
+        if self.major >= 11 or self.precision == "fp32":
+            return None
+        config.set_flag(trt.BuilderFlag.FP16)
+        if self.precision != "int8":
+            return None
+        config.set_flag(trt.BuilderFlag.INT8)
+        if self.quantized:
+            return None
+        calibrator = _calibrator(trt, self.cuda, self.calib_frames, (self.profile[1], *self.frame),
+                                 self.calib_cache, self.reuse_calib)
+        config.int8_calibrator = calibrator
+        if opt_profile is not None:
+            config.set_calibration_profile(opt_profile)
+        _input_convs_fp16(trt, network, config, self.input_convs)
+        return calibrator
+
+    def _dla(self, builder: Any, network: Any, config: Any) -> Optional[List[str]]:
+        """Build for DLA core ``device.index`` with GPU fallback; the layers that fall back (see module doc)."""
+        cores = int(builder.num_DLA_cores)
+        if self.device.index >= cores:
+            have = f"dla:0..dla:{cores - 1}" if cores else "none"
+            raise ExportError(f"device {self.device}: this machine has {cores} DLA core(s) ({have})")
+        config.default_device_type = self.trt.DeviceType.DLA
+        config.DLA_core = self.device.index
+        config.set_flag(self.trt.BuilderFlag.GPU_FALLBACK)
+        fallback = _dla_fallback(network, config)
+        if fallback:
+            _log.warning("%s: %d layer(s) cannot run on %s and fall back to the GPU: %s", self.path,
+                         len(fallback), self.device, ", ".join(fallback))
+        return fallback
 
 
 def _input_convs_fp16(trt: Any, network: Any, config: Any, names: Sequence[str]) -> None:
@@ -381,13 +368,3 @@ def _calibrator(trt: Any, cuda: Any, frames: Optional[Iterable[np.ndarray]], sha
 
     return _EntropyCalibrator()
 
-
-def _cached(engine: Path, meta: dict, weights: Optional[str]) -> bool:
-    """Is there an engine whose (valid) side-car records exactly ``meta`` and the weights' sha256?"""
-    if not engine.is_file():
-        return False
-    try:
-        info, _ = read_sidecar(engine)
-    except RunnerError:
-        return False
-    return info.get(WEIGHTS_KEY) == weights and all(info.get(k) == v for k, v in meta.items())

@@ -15,7 +15,9 @@ Both reject nodes outside the default ONNX domain (``com.microsoft`` fused ops, 
 custom domains): TensorRT's parser knows only the default domain without plugins.
 Nodes inside subgraphs (``If``/``Loop``/``Scan`` bodies) are checked too.
 :func:`input_convs` names the convolutions that read the (normalised) input frame: INT8 keeps them in
-higher precision (see ``quantize``). Torch-free, Python 3.8.
+higher precision (see ``quantize``). :func:`check_engine_io` and :func:`check_engine_precision` refuse,
+before TensorRT is started, an ONNX file the engine builder cannot make the asked-for engine of.
+Torch-free, Python 3.8.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from typing import Dict, Iterator, List, Set, Union
 import onnx
 from google.protobuf.message import DecodeError
 
+from lineguard.data.modelspec import ModelSpec
 from lineguard.edge.formats import ExportError
+from lineguard.edge.runners.base import INPUT, OUTPUTS
 
-__all__ = ["OPSET_LIMITS", "TRT85_OPS", "check_tensorrt", "input_convs", "iter_nodes", "load_onnx", "tensorrt_problems"]
+__all__ = ["OPSET_LIMITS", "TRT85_OPS", "check_engine_io", "check_engine_precision", "check_tensorrt", "input_convs",
+           "is_qdq", "iter_nodes", "load_onnx", "tensorrt_problems"]
 
 # Highest default-domain opset each target's ONNX parser reads. 8.5: "TensorRT 8.5 supports operators up
 # to Opset 17" (onnx-tensorrt docs/operators.md, 8.5 release); 10: "TensorRT 10.0 supports operators in
@@ -59,6 +64,7 @@ TRT85_OPS = frozenset({
 })
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
 _SHOWN = 10  # problems listed in an ExportError; the rest are counted
 
 
@@ -135,3 +141,79 @@ def input_convs(model: onnx.ModelProto) -> List[str]:
             else:
                 todo.extend(node.output)
     return found
+
+
+def is_qdq(model: onnx.ModelProto) -> bool:
+    """Does the graph hold QuantizeLinear/DequantizeLinear nodes (a quantized ONNX)?"""
+    return any(node.op_type in _QDQ for node in iter_nodes(model.graph))
+
+
+def check_engine_io(model: onnx.ModelProto, path: Path, spec: ModelSpec, batch: Union[int, str]) -> None:
+    """The graph takes uint8 frames (N, H, W, C) of the model's size, in fixed batches of ``batch`` or a
+    dynamic batch, and has lineguard's outputs: what an engine of ``batch`` needs."""
+    weights = {t.name for t in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input if i.name not in weights}
+    if INPUT not in inputs:
+        raise ExportError(f"{path}: no graph input '{INPUT}' (inputs: {', '.join(inputs) or 'none'})")
+    tensor = inputs[INPUT].type.tensor_type
+    if tensor.elem_type != onnx.TensorProto.UINT8:
+        raise ExportError(f"{path}: input '{INPUT}' is {onnx.TensorProto.DataType.Name(tensor.elem_type)}; "
+                          "lineguard models take uint8 frames")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    h, w = spec.preprocess.size
+    if len(dims) != 4 or dims[1:] != [h, w, spec.preprocess.channels]:
+        raise ExportError(f"{path}: input '{INPUT}' has shape {dims}, the model description says "
+                          f"(N, {h}, {w}, {spec.preprocess.channels})")
+    if dims[0] is not None and batch != dims[0]:
+        raise ExportError(f"{path}: exported with a fixed batch of {dims[0]}; build with batch={dims[0]} or "
+                          "re-export with a dynamic batch")
+    missing = sorted(set(OUTPUTS) - {o.name for o in model.graph.output})
+    if missing:
+        raise ExportError(f"{path}: graph outputs {', '.join(missing)} missing (a lineguard model has "
+                          f"{', '.join(OUTPUTS)})")
+
+
+def check_engine_precision(model: onnx.ModelProto, path: Path, precision: str, major: int, quantized: bool,
+                           calibrated: bool) -> None:
+    """Refuse a precision TensorRT ``major`` cannot build from this ONNX (``quantized``: it holds Q/DQ nodes;
+    ``calibrated``: calibration frames were given), naming the fix."""
+    if precision == "int8" and quantized:
+        _check_qdq(model, path)
+    elif precision == "int8" and major >= 10:
+        raise ExportError(f"{path}: INT8 with TensorRT {major} needs an ONNX that already holds QuantizeLinear/"
+                          "DequantizeLinear nodes (the calibrator API is deprecated in 10 and gone in 11); build "
+                          "from the `lineguard export --format onnx-int8` model (symmetric INT8 Q/DQ)")
+    elif precision == "int8" and not calibrated:
+        raise ExportError(f"{path}: INT8 on TensorRT 8.x calibrates on sample frames: pass calib_frames "
+                          "(`--calib DIR`), or build from a Q/DQ model (`--format onnx-int8`)")
+    if calibrated and (precision != "int8" or quantized):
+        raise ExportError(f"calibration frames apply only to INT8 from a float ONNX on TensorRT 8.x, not to "
+                          f"precision {precision} from a {'Q/DQ' if quantized else 'float'} ONNX")
+    if precision == "fp16" and major >= 11 and not _is_fp16(model):
+        raise ExportError(f"{path}: TensorRT {major} builds strongly typed networks only, so precision comes from "
+                          "the ONNX; this one is FP32. Convert it first (ModelOpt AutoCast: `python -m "
+                          "modelopt.onnx.autocast --onnx_path model.onnx`) or build precision fp32")
+
+
+def _check_qdq(model: onnx.ModelProto, path: Path) -> None:
+    """TensorRT takes symmetric signed INT8 Q/DQ only: every given zero point int8 and 0."""
+    weights = {t.name: t for t in model.graph.initializer}
+    bad = []
+    for node in iter_nodes(model.graph):
+        if node.op_type in _QDQ and len(node.input) > 2 and node.input[2] in weights:
+            zero = weights[node.input[2]]
+            if zero.data_type != onnx.TensorProto.INT8 or onnx.numpy_helper.to_array(zero).any():
+                bad.append(node.name or node.output[0])
+    if bad:
+        raise ExportError(f"{path}: TensorRT takes symmetric signed INT8 Q/DQ only (int8 zero point 0); {len(bad)} "
+                          f"Q/DQ node(s) have another zero point ({', '.join(bad[:5])}); quantize with QInt8 "
+                          "activations and weights, symmetric activations (onnxruntime quantize_static: "
+                          "activation_type=QuantType.QInt8, extra_options={'ActivationSymmetric': True})")
+
+
+def _is_fp16(model: onnx.ModelProto) -> bool:
+    """Does the graph compute in FP16 (FP16 weights or casts to FP16)?"""
+    f16 = onnx.TensorProto.FLOAT16
+    return (any(t.data_type == f16 for t in model.graph.initializer)
+            or any(node.op_type == "Cast" and a.name == "to" and a.i == f16
+                   for node in iter_nodes(model.graph) for a in node.attribute))

@@ -22,14 +22,15 @@ import torch
 from torch import nn
 
 from .. import LineguardError
+from ..console import strict_json
 from ..data.modelspec import ModelSpec
 from ..files import atomic_path, atomic_write, sha256_file
 from ..training.model_dir import load_model_dir
-from .formats import ExportError, strict_json
-from .splits import load_frames
+from .formats import ExportError, export_format
 from .onnx_check import check_tensorrt
 from .runners.base import INPUT, OUTPUTS, SPEC_KEY, WEIGHTS_KEY
 from .runners.ort import OrtRunner
+from .splits import load_frames
 
 __all__ = ["PARITY_TOLERANCE", "FrameModel", "parity_report", "torch2onnx"]
 
@@ -66,7 +67,8 @@ def frame_model(model_dir: Union[str, Path]) -> Tuple[FrameModel, ModelSpec]:
 def torch2onnx(model_dir: Union[str, Path], out: Optional[Union[str, Path]] = None, opset: int = TRT_MAX_OPSET,
                batch: Union[int, str] = 1, parity_data: Optional[Union[str, Path]] = None,
                parity_images: int = 400) -> Path:
-    """Export ``model_dir`` to ``out`` (default ``model_dir/model.onnx``); see the module docstring.
+    """Export ``model_dir`` to ``out`` (default: the onnx format's file, ``model_dir/model.onnx``); see the module
+    docstring.
 
     ``batch``: a fixed batch size or ``"dynamic"``. With ``parity_data`` (a lineguard data set) the ONNX
     Runtime outputs are compared with PyTorch's on its test split (up to ``parity_images``) and the export
@@ -75,7 +77,7 @@ def torch2onnx(model_dir: Union[str, Path], out: Optional[Union[str, Path]] = No
     The metadata records the weights file's sha256 (``lineguard.weights_sha256``): runners refuse the file
     once the weights change. A failed export leaves no temporary file and the old ``out`` as it was."""
     model_dir = Path(model_dir)
-    out = Path(out) if out is not None else model_dir / "model.onnx"
+    out = Path(out) if out is not None else export_format("onnx").path(model_dir)
     if not (isinstance(batch, int) and batch >= 1) and batch != "dynamic":
         raise ExportError(f"--batch must be a positive integer or 'dynamic', got {batch!r}")
     if not 11 <= opset <= 21:

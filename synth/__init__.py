@@ -1,1 +1,2 @@
-"""Synthesis: the procedural line simulator and the defect generator."""
+"""Defect synthesis: patch sources (the GAN, copy-paste, Perlin), compositing and generated sets; the
+procedural line simulator is :mod:`lineguard.sim`."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import LineguardError
 from ..data.format import Dataset
-from ..data.imaging import ImageFileError, read_image
+from ..data.imaging import ImageFileError, read_image, resize
 from .crops import Crop, defect_crops, group_by_class
 from .patches import Patch, PatchSource
 
@@ -220,8 +220,7 @@ class PerlinSource(PatchSource):
         for r in picked:
             img = _read(ds, r.image)
             f = 4 * size / min(img.shape[:2])  # crops of `size` then show a quarter of the short side
-            dsize = (max(size, round(img.shape[1] * f)), max(size, round(img.shape[0] * f)))
-            textures.append(cv2.resize(img, dsize, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR))
+            textures.append(resize(img, (max(size, round(img.shape[0] * f)), max(size, round(img.shape[1] * f)))))
         return cls(names, textures, size, texture_ids=[r.id for r in picked])
 
     @property

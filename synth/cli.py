@@ -1,55 +1,16 @@
-"""Synthesis verbs; ``simulate`` is mounted under ``lineguard data`` (it makes the default data set),
-``generate`` under ``lineguard synth``."""
+"""Synthesis verbs: ``generate``, mounted under ``lineguard synth`` (``lineguard data simulate`` is
+``lineguard.sim.cli``)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import typer
 from pydantic import BaseModel
 
+from .. import options
 from ..console import console, emit
-
-
-class SimulateReport(BaseModel):
-    out: str
-    images: int
-    classes: Dict[str, int]
-    seed: int
-    size: int
-    channels: int
-    workers: int
-    seconds: float
-    images_per_s: float
-
-
-def simulate(
-    n: int = typer.Option(2000, "--n", min=1, help="Parts to render."),
-    out: Path = typer.Option(..., "--out", "-o", help="Data set folder to write."),
-    seed: int = typer.Option(0, "--seed"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="SimulatorConfig YAML."),
-    size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (config: size)."),
-    channels: Optional[int] = typer.Option(None, "--channels", help="1 = gray, 3 = RGB (config: channels)."),
-    ok_fraction: Optional[float] = typer.Option(None, "--ok-fraction", help="Share of OK parts."),
-    workers: int = typer.Option(2, "--workers", "-w", min=1, help="Rendering processes."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-) -> None:
-    """Render simulated line parts (OK, scratch, stain, dent) with masks: the embedded default data set."""
-    from ..config import load_config
-    from .simulator import SimulatorConfig, simulate_dataset
-
-    cfg = load_config(SimulatorConfig, config, {"size": size, "channels": channels, "ok_fraction": ok_fraction})
-    t0 = time.perf_counter()
-    ds = simulate_dataset(out, n=n, seed=seed, cfg=cfg, workers=workers, progress=not quiet)
-    dt = time.perf_counter() - t0
-    rep = SimulateReport(out=str(out), images=len(ds), classes=ds.counts(), seed=seed, size=cfg.size,
-                         channels=cfg.channels, workers=workers, seconds=round(dt, 3),
-                         images_per_s=round(len(ds) / dt, 1))
-    emit(rep, as_json, lambda r: console.print(
-        f"{r.images} parts {r.classes} -> {r.out} in {r.seconds:.1f} s ({r.images_per_s:.0f} images/s)"))
 
 
 class GenerateReport(BaseModel):
@@ -81,9 +42,9 @@ def _shard(text: str) -> Tuple[int, int]:
 
 def generate(
     gan: Optional[Path] = typer.Option(None, "--gan", help="Generator directory (--method stylegan)."),
-    base: Path = typer.Option(..., "--base", help="Real data set: OK train images = backgrounds, its classes."),
+    data: Path = options.data(help="Real data set: its OK train images are the backgrounds, its classes the labels."),
     n: int = typer.Option(100_000, "--n", min=1, help="Images in the whole set (all shards)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write; a partial run there is resumed."),
+    out: Path = options.out(help="Folder to write; a partial run there is resumed."),
     workers: int = typer.Option(2, "--workers", "-w", min=1, help="Rendering processes."),
     shard: str = typer.Option("0/1", "--shard", help="i/N: render chunks i, i+N, ... (N machines, one set)."),
     method: str = typer.Option("stylegan", "--method", help="stylegan | copy-paste | perlin."),
@@ -95,8 +56,9 @@ def generate(
     near_copy: Optional[bool] = typer.Option(None, "--near-copy/--no-near-copy",
                                              help="Reject patches close to real crops (default: on, off for "
                                                   "copy-paste)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    device: str = options.device(help="cpu | cuda[:N]: where the GAN samples (--method stylegan)."),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
 ) -> None:
     """Composite synthetic defect images (GAN, copy-paste or Perlin patches on OK images) into a data set."""
     from .. import LineguardError
@@ -113,19 +75,21 @@ def generate(
             raise typer.BadParameter("--gan GAN_DIR is needed with --method stylegan")
         from .gan.source import GanSource
 
-        source = SourceFactory(GanSource.load, (str(gan),), {"device": "cpu"})
+        source = SourceFactory(GanSource.load, (str(gan),), {"device": device})
     elif method in ("copy-paste", "perlin"):
         if gan is not None:
             raise typer.BadParameter(f"--gan is only for --method stylegan, not {method}")
+        if device != "cpu":
+            raise typer.BadParameter(f"--device is only for --method stylegan ({method} patches are drawn on the CPU)")
         from .baselines import CopyPasteSource, PerlinSource
 
-        ds = Dataset.load(base)
+        ds = Dataset.load(data)
         source = (CopyPasteSource.from_dataset(ds, size=patch_size) if method == "copy-paste"
                   else PerlinSource.from_dataset(ds, size=patch_size))
     else:
         raise LineguardError(f"--method {method}: expected stylegan, copy-paste or perlin")
     nc = NearCopyConfig(enabled=method != "copy-paste" if near_copy is None else near_copy)
-    res = run(source, base, n=n, out=out, seed=seed, workers=workers, shard=ident, compose=cfg, near_copy=nc,
+    res = run(source, data, n=n, out=out, seed=seed, workers=workers, shard=ident, compose=cfg, near_copy=nc,
               size=size, progress=not quiet)
     s = res.dataset
     rep = GenerateReport(out=str(out), method=method, version=res.settings.version, merged=res.merged, images=len(s),
@@ -136,4 +100,4 @@ def generate(
     emit(rep, as_json, lambda r: console.print(
         f"{r.method}: {r.images} images {r.classes} -> {r.out}{'' if r.merged else ' (shard ' + r.shard + ')'}; "
         f"{r.rendered} rendered, {r.reused} resumed, {r.near_copy_rejected} near copies redrawn, "
-        f"{r.seconds:.1f} s ({r.images_per_s:.0f} images/s)"))
+        f"{r.seconds:.1f} s ({r.images_per_s:.0f} images/s)"), quiet)

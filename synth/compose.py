@@ -41,6 +41,7 @@ from pydantic import Field, model_validator
 
 from .. import LineguardError
 from ..config import StrictModel
+from ..data.imaging import resize
 from .patches import Patch
 
 __all__ = ["Background", "ComposeConfig", "Composite", "CompositeError", "Compositor", "class_scales"]
@@ -253,8 +254,8 @@ class Compositor:
         if s < 1:  # shrink with area averaging first (a bilinear warp alone aliases fine defects away)
             nw, nh = max(1, round(pw * s)), max(1, round(ph * s))
             fx, fy = nw / pw, nh / ph
-            pimg = cv2.resize(pimg, (nw, nh), interpolation=cv2.INTER_AREA)
-            pmask = cv2.resize(pmask, (nw, nh), interpolation=cv2.INTER_AREA)
+            pimg = resize(pimg, (nh, nw))
+            pmask = resize(pmask, (nh, nw))
             pivot = ((pivot[0] + 0.5) * fx - 0.5, (pivot[1] + 0.5) * fy - 0.5)
             s /= (fx + fy) / 2
             ph, pw = nh, nw

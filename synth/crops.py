@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from lineguard.data.format import Dataset, DatasetError, Record
-from lineguard.data.imaging import ImageFileError, binarize_mask, read_image
+from lineguard.data.imaging import ImageFileError, binarize_mask, read_image, resize
 
 __all__ = ["Crop", "defect_crops", "group_by_class"]
 
@@ -110,7 +110,7 @@ def defect_crops(ds: Dataset, records: Sequence[Record], size: int = 64, pad: fl
             box = _square(x, y, x + w, y + h, pad)
             im = _take(img, box, cv2.BORDER_REFLECT_101)
             mk = _take(part, box, cv2.BORDER_CONSTANT)
-            im = cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA if im.shape[0] >= size else cv2.INTER_LINEAR)
+            im = resize(im, (size, size))
             mk = cv2.resize(mk, (size, size), interpolation=cv2.INTER_NEAREST)
             if not mk.any():  # a part thinner than one output pixel: keep it visible
                 mk = cv2.resize(_take(part, box, cv2.BORDER_CONSTANT), (size, size), interpolation=cv2.INTER_AREA)

@@ -34,7 +34,7 @@ def real_dataset(real_data: Path, tmp_path_factory: pytest.TempPathFactory):
 def split_sim(tmp_path_factory: pytest.TempPathFactory):
     """``split_sim(n, size, seed, val, test)``: a simulated data set (1 worker), split; a new folder per call."""
     from lineguard.data.split import split_dataset
-    from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
+    from lineguard.sim import SimulatorConfig, simulate_dataset
 
     def make(n: int, size: int, seed: int, val: float, test: float) -> Path:
         root = tmp_path_factory.mktemp("sim") / "ds"

@@ -1,27 +1,47 @@
-"""``lineguard train`` and ``lineguard eval``."""
+"""``lineguard train`` and ``lineguard synth score``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import typer
+from pydantic import BaseModel
 
-from ..console import console
+from .. import options
+from ..console import console, emit
 
 if TYPE_CHECKING:
     from .synth_score import ScoreReport
 
 
+class TrainReport(BaseModel):
+    """``lineguard train``'s result (rank 0): the model folder written and its figures (``metrics.json``
+    without the per-epoch history)."""
+
+    model: str  # the model folder
+    arch: str
+    best_epoch: int
+    epochs_run: int
+    train_minutes: float
+    train_images_per_s: float
+    gmacs: float
+    params_m: float
+    precision: str
+    latency: Dict[str, float]  # PyTorch batch-1 on this machine
+    val: Dict[str, Any]
+    test: Optional[Dict[str, Any]] = None
+    data: Dict[str, Any]  # provenance: splits, classes, sources, synthetic set
+
+
 def train(
-    data: Path = typer.Option(..., "--data", "-d", help="Data set folder (split with `lineguard data split`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    data: Path = options.data(help="Data set folder (split with `lineguard data split`)."),
+    out: Path = options.out(help="Model folder to write."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TrainConfig YAML."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Architecture (config: model)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture (config: arch)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="auto | none | imagenet-lite0 | PATH."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Images per step and process (config: batch_size)."),
     img_size: Optional[int] = typer.Option(None, "--img-size"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | bf16 | fp32"),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -31,69 +51,49 @@ def train(
     synthetic_ratio: Optional[float] = typer.Option(None, "--synthetic-ratio",
                                                     help="Share of each class's draws from --synthetic (0.3)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
 ) -> None:
     """Train a model; under `torchrun --nproc-per-node N -m lineguard train ...` with DDP."""
     from ..config import load_config
+    from ..console import log_to_console
     from .config import TrainConfig
     from .engine import train as run
 
     cfg = load_config(TrainConfig, config, {
-        "model": model, "weights": weights, "epochs": epochs, "batch_size": batch_size, "img_size": img_size,
+        "arch": arch, "weights": weights, "epochs": epochs, "batch_size": batch, "img_size": img_size,
         "precision": precision, "seed": seed, "max_minutes": max_minutes, "target_escape": target_escape,
         "synthetic": str(synthetic) if synthetic else None, "synthetic_ratio": synthetic_ratio})
+    log_to_console(quiet)  # the epoch lines of the lineguard.train logger
     summary = run(cfg, data, out, resume=resume, progress=not quiet)
     if not summary:  # ranks other than 0
         return
-    if as_json:
-        print(json.dumps(summary), flush=True)
-        return
-    shown = summary.get("test", summary["val"])
-    console.print(f"{out}: {summary['model']}, best epoch {summary['best_epoch']}/{summary['epochs_run']}, "
-                  f"{summary['train_minutes']:.1f} min; accuracy {shown['accuracy']:.4f}, "
-                  f"macro-F1 {shown['macro_f1']:.4f}, AUROC {shown['ok_ng_auroc']}")
+    rep = TrainReport(model=str(out), arch=summary.pop("model"), **summary)
+    emit(rep, as_json, _show_train, quiet)
 
 
-def evaluate(
-    model: Path = typer.Option(..., "--model", "-m", help="Model directory."),
-    data: Path = typer.Option(..., "--data", "-d", help="Data set folder."),
-    split: str = typer.Option("test", "--split"),
-    target_escape: Optional[float] = typer.Option(None, "--target-escape",
-                                                  help="Pick the threshold on val for this escape rate."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-) -> None:
-    """Accuracy, macro-F1, per-class P/R, OK/NG AUROC, escape and false-reject rates, heatmap IoU, latency."""
-    from .evaluate import evaluate_model_dir
-
-    m = evaluate_model_dir(model, data, split=split, target_escape=target_escape, progress=not quiet)
-    if as_json:
-        print(json.dumps(m), flush=True)
-        return
-    console.print(f"{split}: {m['images']} images, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
-                  f"AUROC {m['ok_ng_auroc']}, threshold {m['threshold']:.4f}: escape {m['escape_rate']:.4f}, "
-                  f"false reject {m['false_reject_rate']:.4f}; heatmap IoU {m['heatmap_iou']}; "
-                  f"latency {m['latency']['p50_ms']:.1f} ms")
+def _show_train(r: TrainReport) -> None:
+    shown = r.test or r.val
+    console.print(f"{r.model}: {r.arch}, best epoch {r.best_epoch}/{r.epochs_run}, {r.train_minutes:.1f} min; "
+                  f"accuracy {shown['accuracy']:.4f}, macro-F1 {shown['macro_f1']:.4f}, AUROC {shown['ok_ng_auroc']}")
 
 
 def synth_score(
-    real: Path = typer.Option(..., "--real", help="Real data set (split with `lineguard data split`)."),
+    data: Path = options.data(help="Real data set (split with `lineguard data split`)."),
     synthetic: Path = typer.Option(..., "--synthetic", help="Synthetic data set (`lineguard synth generate`)."),
-    model: Path = typer.Option(..., "--model", "-m", help="Model directory trained on the real set."),
+    model: Path = options.model(help="Model folder trained on the real set."),
     split: str = typer.Option("train", "--split", help="Real split to compare with."),
     max_images: int = typer.Option(2000, "--max-images", min=4, help="Cap per side (seeded sample)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
 ) -> None:
     """Frechet distance, KID, precision/recall, real-vs-synthetic classifier AUC and near-copy rate of a
     synthetic set, in the features of a model trained on the real set."""
-    from ..console import emit
     from .synth_score import ScoreReport, score
 
-    rep = ScoreReport.model_validate(score(real, synthetic, model, split=split, max_images=max_images,
+    rep = ScoreReport.model_validate(score(data, synthetic, model, split=split, max_images=max_images,
                                            progress=not quiet))
-    emit(rep, as_json, _show)
+    emit(rep, as_json, _show, quiet)
 
 
 def _show(rep: ScoreReport) -> None:

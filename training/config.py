@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from ..config import StrictModel
-from .data import AugmentConfig
+from .augment import AugmentConfig
 
 __all__ = ["TrainConfig"]
 
@@ -17,7 +17,9 @@ __all__ = ["TrainConfig"]
 class TrainConfig(StrictModel):
     """Everything a training run depends on; saved as ``train.yaml`` in the model directory."""
 
-    model: str = "two_stream_lite0"
+    # older runs' train.yaml and checkpoints call it 'model': both load (the one place of the rename)
+    arch: str = Field("two_stream_lite0", validation_alias=AliasChoices("arch", "model"),
+                      description="the network architecture, one of `lineguard.training.models.list_models()`")
     weights: Optional[str] = Field(
         "auto", description="auto (ImageNet for Lite0 backbones, else random), none, imagenet-lite0 or a file")
     img_size: int = Field(224, ge=32, le=1024)
@@ -69,5 +71,5 @@ class TrainConfig(StrictModel):
         if self.weights in (None, "none"):
             return None
         if self.weights == "auto":
-            return "imagenet-lite0" if self.model.endswith("lite0") else None
+            return "imagenet-lite0" if self.arch.endswith("lite0") else None
         return self.weights

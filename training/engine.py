@@ -1,6 +1,12 @@
 """The training loop: class-balanced sampling, bf16 autocast, EMA, warmup + cosine, early stopping,
 a checkpoint every epoch with ``resume``, and DDP under ``torchrun`` (gloo on CPU, NCCL on GPU).
 
+    summary = train(cfg, "data/sim", "runs/model")       # what the CLI calls: a Trainer, run to the end
+
+:class:`Trainer` runs in explicit steps: ``setup`` (DDP, data, model, optimiser, resume), then per epoch
+``run_epoch`` (every rank), ``validate`` and ``checkpoint`` (rank 0), and ``finish`` (best weights,
+model.yaml, report). Rank 0 logs one line per epoch to the ``lineguard.train`` logger.
+
 ``synthetic`` adds a synthetic data set: the class mix of each epoch's (unchanged number of) draws stays
 that of the real images, and ``synthetic_ratio`` of each class's draws come from the synthetic images of
 that class (classes it lacks, e.g. OK, stay real); val and test stay real.
@@ -11,12 +17,13 @@ the dropout RNG are reseeded from them, so a run resumed after a kill ends like 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -25,23 +32,31 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import LineguardError
+from ..checkpoint import check_settings, load_checkpoint, restoring, save_checkpoint, unreadable
 from ..config import dump_config
-from ..data.format import Dataset
+from ..data.format import Dataset, Record
 from ..data.modelspec import ModelSpec
 from ..data.preprocess import Preprocess
 from ..data.progress import track
-from ..files import atomic_path
-from .config import TrainConfig
-from .data import BalancedSampler, DefectDataset, MixedDataset, check_training_split, data_loader, synthetic_records
-from .evaluate import predict
+from ..data.split import check_training_split, synthetic_records
 from ..metrics import classification_metrics
+from .config import TrainConfig
+from .dataset import DefectDataset, MixedDataset, data_loader
+from .evaluate import predict
 from .models import create_model, model_config
 from .report import finish_model_dir
+from .sampler import BalancedSampler
 from .weights import load_weights, save_weights
 
-__all__ = ["CHECKPOINT", "CheckpointError", "Dist", "TrainState", "train"]
+__all__ = ["CHECKPOINT", "Dist", "TrainState", "Trainer", "train"]
+
+log = logging.getLogger("lineguard.train")
+log.setLevel(logging.INFO)  # the epoch lines: shown wherever a handler is set up (the CLI's)
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "lineguard-train", 1  # files without them (older runs) resume too
+CHECKPOINT_KEYS = ("model", "ema", "optimizer", "scheduler", "state")
+RESUMABLE = ("epochs", "max_minutes", "workers", "threads")  # the settings a resume may change
 BEST = "best.safetensors"
 SYNTHETIC_CACHE_MAX = 20_000  # synthetic sets up to this many images are decoded once into memory
 
@@ -129,196 +144,236 @@ def heatmap_loss(heatmap: torch.Tensor, mask: torch.Tensor, has_mask: torch.Tens
     return bce + dice.mean()
 
 
-CHECKPOINT_KEYS = ("model", "ema", "optimizer", "scheduler", "state", "config")
-
-
-class CheckpointError(LineguardError):
-    """A checkpoint that cannot be resumed from; the message names the file and what to do."""
-
-
-def _save_checkpoint(path: Path, model, ema, opt, sched, state: TrainState, cfg: TrainConfig) -> None:
-    with atomic_path(path) as tmp:  # a kill during the write leaves the previous checkpoint intact
-        torch.save({"model": model.state_dict(), "ema": ema.module.state_dict() if ema else None,
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": vars(state),
-                    "config": cfg.model_dump(mode="json")}, tmp)
-
-
-def _unreadable(path: Path, why: str = "truncated or not a lineguard checkpoint") -> CheckpointError:
-    return CheckpointError(f"{path} is unreadable ({why}); delete it to start over or restore it")
-
-
-def _load_checkpoint(path: Path, cfg: TrainConfig) -> Dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint to resume from")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # truncated zip, garbage, foreign pickle: torch raises many kinds
-        raise _unreadable(path) from None
-    if not isinstance(ck, dict) or any(k not in ck for k in CHECKPOINT_KEYS):
-        missing = [k for k in CHECKPOINT_KEYS if k not in ck] if isinstance(ck, dict) else []
-        raise _unreadable(path, f"keys {missing} missing" if missing else "not a lineguard checkpoint")
-    if not isinstance(ck["config"], dict) or not isinstance(ck["state"], dict) or not isinstance(ck["model"], dict):
-        raise _unreadable(path, "not a lineguard checkpoint")
+def _load_checkpoint(path: Path, cfg: TrainConfig) -> Tuple[Dict, TrainState]:
+    """The checkpoint of the run to resume and its state; a file that cannot resume with ``cfg`` is a
+    :class:`~lineguard.checkpoint.CheckpointError`."""
+    ck = load_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CHECKPOINT_KEYS, unversioned=True)
+    if not isinstance(ck["state"], dict) or not isinstance(ck["model"], dict):
+        raise unreadable(path, "not a lineguard checkpoint")
     try:
         state = TrainState(**ck["state"])
     except TypeError:
-        raise _unreadable(path, "its training state has other fields") from None
+        raise unreadable(path, "its training state has other fields") from None
     if not isinstance(state.best_epoch, int) or not isinstance(state.history, list):
-        raise _unreadable(path, "its training state is not a lineguard one")
+        raise unreadable(path, "its training state is not a lineguard one")
     if state.best_epoch > 0:
         load_weights(path.with_name(BEST))  # the best weights so far must be there to finish the run
-    saved = dict(ck["config"])
-    now = cfg.model_dump(mode="json")
-    differ = [k for k in now if k not in ("epochs", "max_minutes", "workers", "threads") and saved.get(k) != now[k]]
-    if differ:
-        raise LineguardError(f"{path}: the run was started with other settings ({', '.join(differ)}); "
-                             "resume with the same config or train into a new folder")
-    return ck
+    check_settings(path, ck["config"], cfg, [k for k in TrainConfig.model_fields if k not in RESUMABLE])
+    return ck, state
 
 
-def _restore(path: Path, ck: Dict, model, ema, opt, sched) -> None:
-    """Load a checkpoint's tensors and optimiser state; anything that does not fit is a ``CheckpointError``."""
-    try:
-        model.load_state_dict(ck["model"])
-        if ema is not None:
-            ema.module.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _unreadable(path, f"does not fit this model: {reason}") from None
+class Trainer:
+    """One training run on the data set ``data`` (train split; val for selection) into the model directory
+    ``out``; ``max_steps`` stops after that many optimiser steps in total (tests, smoke runs)::
+
+        t = Trainer(cfg, data, out, resume=False)
+        t.setup()
+        while not t.done:
+            loss, images_per_s, stop = t.run_epoch()
+            ...                          # rank 0: t.validate(loss, images_per_s); t.checkpoint()
+        summary = t.finish()
+
+    :meth:`run` is that loop with early stopping and the time budget."""
+
+    def __init__(self, cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resume: bool = False,
+                 progress: bool = True, max_steps: Optional[int] = None) -> None:
+        self.cfg, self.data, self.out = cfg, Path(data), Path(out)
+        self.resume, self.progress, self.max_steps = resume, progress, max_steps
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        """DDP and threads, the data set and its checks, the checkpoint to resume (read before anything is
+        decoded or written), the model, the data, the optimiser; rank 0 writes train.yaml."""
+        cfg = self.cfg
+        self.dist = Dist.from_env()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        elif self.dist.world > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // self.dist.world))
+        self.ds = Dataset.load(self.data)
+        train_recs, val_recs = self.ds.split("train"), self.ds.split("val")
+        check_training_split(self.ds, train_recs, val_recs)
+        if (self.out / CHECKPOINT).exists() and not self.resume:
+            raise LineguardError(f"{self.out}: holds a training run already; pass --resume to continue it")
+        ck, self.state = _load_checkpoint(self.out / CHECKPOINT, cfg) if self.resume else (None, TrainState(history=[]))
+        self._build_model()
+        self._build_data(train_recs, val_recs)
+        self._build_optimiser(ck)
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.out / "train.yaml")
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.model = create_model(cfg.arch, num_classes=len(self.ds.classes.classes), in_chans=cfg.channels,
+                                  img_size=cfg.img_size, weights=cfg.resolved_weights())
+        self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.fmt)  # before EMA and DDP take views of the parameters
+        mean, std = self.model.pretrained_mean_std
+        self.pre = Preprocess(size=(cfg.img_size, cfg.img_size), channels=cfg.channels, mean=list(mean),
+                              std=list(std))
+
+    def _build_data(self, train_recs: List[Record], val_recs: List[Record]) -> None:
+        cfg, d = self.cfg, self.dist
+        real = DefectDataset(self.ds, train_recs, self.pre, cfg.augment, seed=cfg.seed)
+        self.val_set = DefectDataset(self.ds, val_recs, self.pre, None) if d.main else None
+        self.train_set, mix = self._synthetic_mix(real)
+        self.sampler = BalancedSampler(self.train_set.labels, power=cfg.balance_power, num_samples=len(train_recs),
+                                       seed=cfg.seed, rank=d.rank, world_size=d.world, **mix)
+        per_rank = max(1, cfg.batch_size // d.world)
+        self.loader = data_loader(self.train_set, per_rank, sampler=self.sampler, num_workers=cfg.workers,
+                                  drop_last=True)
+        if len(self.loader) == 0:
+            raise LineguardError(f"{self.data}: {len(train_recs)} training images are fewer than one batch of "
+                                 f"{per_rank}")
+
+    def _synthetic_mix(self, real: DefectDataset) -> Tuple[torch.utils.data.Dataset, Dict]:
+        """The training set (real, or real + synthetic) and the sampler's group arguments for it."""
+        cfg = self.cfg
+        if cfg.synthetic is None or cfg.synthetic_ratio <= 0:
+            return real, {}
+        syn = Dataset.load(cfg.synthetic)
+        recs = synthetic_records(self.ds, syn)
+        mixed = MixedDataset(real, DefectDataset(syn, recs, self.pre, cfg.augment, seed=cfg.seed + 1,
+                                                 classes=self.ds.classes.classes,
+                                                 cache=len(recs) <= SYNTHETIC_CACHE_MAX))
+        return mixed, {"groups": mixed.groups, "group_shares": [1 - cfg.synthetic_ratio, cfg.synthetic_ratio]}
+
+    def _build_optimiser(self, ck: Optional[Dict]) -> None:
+        """AdamW, the LR schedule, the EMA; the checkpoint's state into all of them; DDP and autocast."""
+        cfg = self.cfg
+        self.opt = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg, len(self.loader), self.state))
+        self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+        if ck is not None:
+            with restoring(self.out / CHECKPOINT):
+                self.model.load_state_dict(ck["model"])
+                if self.ema is not None:
+                    self.ema.module.load_state_dict(ck["ema"])
+                self.opt.load_state_dict(ck["optimizer"])
+                self.sched.load_state_dict(ck["scheduler"])
+        self.net = DistributedDataParallel(self.model) if self.dist.world > 1 else self.model
+        self.autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
+                                       enabled=cfg.resolved_precision() == "bf16")
+
+    # ------------------------------------------------------------------ epochs
+
+    @property
+    def done(self) -> bool:
+        """Every planned epoch has run."""
+        return self.state.epoch >= self.state.epochs(self.cfg)
+
+    def run_epoch(self) -> Tuple[float, float, bool]:
+        """One epoch on every rank: the mean training loss, images/s (all ranks) and whether ``max_steps``
+        was reached. After the first epoch a time budget fixes the planned epochs (rank 0's count)."""
+        cfg, state, epoch = self.cfg, self.state, self.state.epoch
+        t0 = time.perf_counter()
+        self.sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch)
+        self.net.train()
+        total, seen, stop = 0.0, 0, False
+        for batch in track(self.loader, f"epoch {epoch + 1}/{state.epochs(cfg)}",
+                           enabled=self.progress and self.dist.main, total=len(self.loader)):
+            total += self._step(batch) * len(batch["label"])
+            seen += len(batch["label"])
+            if self.max_steps is not None and state.step >= self.max_steps:
+                stop = True
+                break
+        seconds = time.perf_counter() - t0
+        state.epoch += 1
+        state.seconds += seconds
+        if cfg.max_minutes is not None and state.planned_epochs is None:
+            # fit the cosine to the time budget, measured on the first epoch; rank 0's count for all ranks
+            fit = max(2, int(cfg.max_minutes * 60 / seconds))
+            state.planned_epochs = self.dist.broadcast_int(min(cfg.epochs, fit))
+        return total / max(seen, 1), seen * self.dist.world / seconds, stop
+
+    def _step(self, batch: Dict) -> float:
+        """One optimiser step on ``batch``; its loss."""
+        cfg = self.cfg
+        with self.autocast:
+            o = self.net(batch["image"].contiguous(memory_format=self.fmt))
+            loss_cls = F.cross_entropy(o["logits"].float(), batch["label"], label_smoothing=cfg.label_smoothing)
+            loss = loss_cls + cfg.heatmap_weight * heatmap_loss(o["heatmap"], batch["mask"], batch["has_mask"])
+        if not torch.isfinite(loss):
+            raise LineguardError(f"loss became {loss.item()} at epoch {self.state.epoch + 1}: lower --lr or use fp32")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.opt.step()
+        self.sched.step()
+        self.state.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.state.step)
+        return loss.item()
+
+    def validate(self, train_loss: float, images_per_s: float) -> bool:
+        """Rank 0: the EMA weights on val, a history row and its log line; the best weights so far are kept
+        (macro-F1, then val loss). True when this epoch is the best."""
+        state, classes = self.state, self.ds.classes
+        judged = self.ema.module if self.ema is not None else self.model
+        pred = predict(judged, self.val_set, classes.index(classes.ok_class))
+        m = classification_metrics(pred.probs, pred.labels, classes.classes, classes.ok_class)
+        state.history.append({
+            "epoch": state.epoch, "train_loss": train_loss, "val_loss": pred.loss, "val_accuracy": m["accuracy"],
+            "val_macro_f1": m["macro_f1"], "val_auroc": m["ok_ng_auroc"], "lr": self.sched.get_last_lr()[0],
+            "images_per_s": images_per_s, "seconds": state.seconds})
+        better = (m["macro_f1"], -pred.loss) > (state.best_f1, -state.best_loss)
+        if better:
+            state.best_f1, state.best_loss, state.best_epoch = m["macro_f1"], pred.loss, state.epoch
+            save_weights(judged.state_dict(), self.out / BEST)
+        log.info("epoch %d: train loss %.4f, val loss %.4f, acc %.4f, macro-F1 %.4f, %.1f img/s%s", state.epoch,
+                 train_loss, pred.loss, m["accuracy"], m["macro_f1"], images_per_s, " *" if better else "")
+        return better
+
+    def checkpoint(self) -> None:
+        """Rank 0: everything a resume needs, written atomically to checkpoint.pt."""
+        state = {"model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "state": vars(self.state)}
+        save_checkpoint(self.out / CHECKPOINT, state, self.cfg, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
+
+    def should_stop(self) -> bool:
+        """Rank 0: no val gain for ``patience`` epochs (logged), or the time budget spent."""
+        cfg, state = self.cfg, self.state
+        if state.epoch - state.best_epoch >= cfg.patience:
+            log.info("early stop: no val macro-F1 gain for %d epochs", cfg.patience)
+            return True
+        return cfg.max_minutes is not None and state.seconds / 60 >= cfg.max_minutes
+
+    def finish(self) -> Dict:
+        """After the last epoch: rank 0 loads the best weights and writes the model directory; its summary
+        (an empty dict on other ranks)."""
+        self.dist.barrier()
+        result: Dict = {}
+        if self.dist.main:
+            self.model.load_state_dict(load_weights(self.out / BEST))
+            classes = self.ds.classes
+            spec = ModelSpec(arch=model_config(self.model), classes=classes.classes, ok_class=classes.ok_class,
+                             preprocess=self.pre)
+            result = finish_model_dir(self.out, self.model, spec, self.ds, self.cfg, self.state)
+        if self.dist.world > 1:
+            dist.destroy_process_group()
+        return result
+
+    def run(self) -> Dict:
+        """``setup``, the epochs until done, stopped early or out of time or steps, ``finish``."""
+        self.setup()
+        stop = False
+        while not self.done and not stop:
+            train_loss, images_per_s, stop = self.run_epoch()
+            if self.dist.main:
+                self.validate(train_loss, images_per_s)
+                self.checkpoint()
+                stop = self.should_stop() or stop
+            stop = self.dist.broadcast_flag(stop)
+        return self.finish()
 
 
 def train(cfg: TrainConfig, data: Union[str, Path], out: Union[str, Path], resume: bool = False,
           progress: bool = True, max_steps: Optional[int] = None) -> Dict:
-    """Train on ``data`` (train split; val for selection) into the model directory ``out``.
-
-    Returns the summary the CLI prints; rank 0 writes the model directory (see ``model_dir``).
-    ``max_steps`` stops after that many optimiser steps in total (tests, smoke runs)."""
-    d = Dist.from_env()
-    out = Path(out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    elif d.world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // d.world))
-    ds = Dataset.load(data)
-    train_recs, val_recs = ds.split("train"), ds.split("val")
-    check_training_split(ds, train_recs, val_recs)
-    if (out / CHECKPOINT).exists() and not resume:
-        raise LineguardError(f"{out}: holds a training run already; pass --resume to continue it")
-    ck = _load_checkpoint(out / CHECKPOINT, cfg) if resume else None  # before anything is decoded or written
-
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=len(ds.classes.classes), in_chans=cfg.channels,
-                         img_size=cfg.img_size, weights=cfg.resolved_weights())
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=fmt)  # before EMA and DDP take views of the parameters
-    mean, std = model.pretrained_mean_std
-    pre = Preprocess(size=(cfg.img_size, cfg.img_size), channels=cfg.channels, mean=list(mean), std=list(std))
-    train_set = DefectDataset(ds, train_recs, pre, cfg.augment, seed=cfg.seed)
-    val_set = DefectDataset(ds, val_recs, pre, None) if d.main else None
-    mix: Dict = {}
-    if cfg.synthetic is not None and cfg.synthetic_ratio > 0:
-        syn = Dataset.load(cfg.synthetic)
-        syn_recs = synthetic_records(ds, syn)
-        train_set = MixedDataset(train_set, DefectDataset(
-            syn, syn_recs, pre, cfg.augment, seed=cfg.seed + 1, classes=ds.classes.classes,
-            cache=len(syn_recs) <= SYNTHETIC_CACHE_MAX))
-        mix = {"groups": train_set.groups, "group_shares": [1 - cfg.synthetic_ratio, cfg.synthetic_ratio]}
-    sampler = BalancedSampler(train_set.labels, power=cfg.balance_power, num_samples=len(train_recs),
-                              seed=cfg.seed, rank=d.rank, world_size=d.world, **mix)
-    per_rank = max(1, cfg.batch_size // d.world)
-    loader = data_loader(train_set, per_rank, sampler=sampler, num_workers=cfg.workers, drop_last=True)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise LineguardError(f"{data}: {len(train_recs)} training images are fewer than one batch of {per_rank}")
-
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    state = TrainState(**ck["state"]) if ck is not None else TrainState(history=[])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch, state))
-    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
-    if ck is not None:
-        _restore(out / CHECKPOINT, ck, model, ema, opt, sched)
-    net = DistributedDataParallel(model) if d.world > 1 else model
-    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
-                              enabled=cfg.resolved_precision() == "bf16")
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "train.yaml")
-
-    stop = False
-    while state.epoch < state.epochs(cfg) and not stop:
-        epoch = state.epoch
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch)
-        net.train()
-        total, seen = 0.0, 0
-        for batch in track(loader, f"epoch {epoch + 1}/{state.epochs(cfg)}", enabled=progress and d.main,
-                           total=steps_per_epoch):
-            with autocast:
-                o = net(batch["image"].contiguous(memory_format=fmt))
-                loss_cls = F.cross_entropy(o["logits"].float(), batch["label"], label_smoothing=cfg.label_smoothing)
-                loss = loss_cls + cfg.heatmap_weight * heatmap_loss(o["heatmap"], batch["mask"], batch["has_mask"])
-            if not torch.isfinite(loss):
-                raise LineguardError(f"loss became {loss.item()} at epoch {epoch + 1}: lower --lr or use fp32")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            state.step += 1
-            if ema is not None:
-                ema.update(model, step=state.step)
-            total += loss.item() * len(batch["label"])
-            seen += len(batch["label"])
-            if max_steps is not None and state.step >= max_steps:
-                stop = True
-                break
-        train_seconds = time.perf_counter() - t0
-        state.epoch += 1
-        state.seconds += train_seconds
-        if cfg.max_minutes is not None and state.planned_epochs is None:
-            # fit the cosine to the time budget, measured on the first epoch; rank 0's count for all ranks
-            fit = max(2, int(cfg.max_minutes * 60 / train_seconds))
-            state.planned_epochs = d.broadcast_int(min(cfg.epochs, fit))
-        if d.main:
-            stop = _end_of_epoch(cfg, out, model, ema, opt, sched, state, val_set, ds, total / max(seen, 1),
-                                 seen * d.world / train_seconds) or stop
-        stop = d.broadcast_flag(stop)
-    d.barrier()
-    result = {}
-    if d.main:
-        best = load_weights(out / BEST)
-        model.load_state_dict(best)
-        spec = ModelSpec(arch=model_config(model), classes=ds.classes.classes, ok_class=ds.classes.ok_class,
-                         preprocess=pre)
-        result = finish_model_dir(out, model, spec, ds, cfg, state)
-    if d.world > 1:
-        dist.destroy_process_group()
-    return result
-
-
-def _end_of_epoch(cfg: TrainConfig, out: Path, model, ema, opt, sched, state: TrainState, val_set, ds: Dataset,
-                  train_loss: float, images_per_s: float) -> bool:
-    """Validate the EMA weights, keep the best, checkpoint; True when training should stop."""
-    judged = ema.module if ema is not None else model
-    pred = predict(judged, val_set, ds.classes.index(ds.classes.ok_class))
-    m = classification_metrics(pred.probs, pred.labels, ds.classes.classes, ds.classes.ok_class)
-    row = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": pred.loss, "val_accuracy": m["accuracy"],
-           "val_macro_f1": m["macro_f1"], "val_auroc": m["ok_ng_auroc"], "lr": sched.get_last_lr()[0],
-           "images_per_s": images_per_s, "seconds": state.seconds}
-    state.history.append(row)
-    better = (m["macro_f1"], -pred.loss) > (state.best_f1, -state.best_loss)
-    if better:
-        state.best_f1, state.best_loss, state.best_epoch = m["macro_f1"], pred.loss, state.epoch
-        save_weights(judged.state_dict(), out / BEST)
-    _save_checkpoint(out / CHECKPOINT, model, ema, opt, sched, state, cfg)
-    print(f"epoch {state.epoch}: train loss {train_loss:.4f}, val loss {pred.loss:.4f}, "
-          f"acc {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, {images_per_s:.1f} img/s"
-          + (" *" if better else ""), flush=True)
-    if state.epoch - state.best_epoch >= cfg.patience:
-        print(f"early stop: no val macro-F1 gain for {cfg.patience} epochs", flush=True)
-        return True
-    return cfg.max_minutes is not None and state.seconds / 60 >= cfg.max_minutes
+    """Train on ``data`` into the model directory ``out`` (see :class:`Trainer`); the summary the CLI
+    prints (rank 0; other ranks get an empty dict)."""
+    return Trainer(cfg, data, out, resume, progress, max_steps).run()

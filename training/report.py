@@ -11,11 +11,12 @@ import torch
 
 from ..data.format import Dataset
 from ..data.modelspec import ModelSpec
+from ..data.split import synthetic_records
 from ..files import atomic_write
-from .config import TrainConfig
-from .data import DefectDataset, synthetic_records
-from .evaluate import measure_latency, predict, split_metrics
 from ..metrics import ng_scores, pick_threshold
+from .config import TrainConfig
+from .dataset import DefectDataset
+from .evaluate import measure_latency, predict, split_metrics
 from .model_dir import save_model_files
 from .models import count_gmacs
 from .plots import plot_confusion, plot_curves, plot_pr

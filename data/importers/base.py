@@ -354,80 +354,103 @@ def _source_problem(path: Path, src: Path, allow_outside: bool) -> Optional[str]
     return None
 
 
+class _Rejected(Exception):
+    """A candidate file that is not imported: ``path`` and why (a line of rejects.jsonl)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(reason)
+        self.path, self.reason = path, reason
+
+
+@dataclass
+class _Importer:
+    """Decodes and checks candidates one by one into ``ds`` (records and rejects), collecting warnings."""
+
+    ds: Dataset
+    scan: Scan
+    src: Path
+    origin: Origin
+    copy: bool
+    allow_outside: bool
+    max_pixels: int
+    warnings: List[Reject] = field(default_factory=list)
+    seen: Dict[str, str] = field(default_factory=dict)  # image sha256 -> first path
+    ids: Dict[str, str] = field(default_factory=dict)  # record id -> its image path
+
+    def warn(self, path: Path, reason: str) -> None:
+        self.warnings.append(Reject(path=str(path), reason=reason))
+
+    def readable(self, path: Path) -> None:
+        problem = _source_problem(path, self.src, self.allow_outside)
+        if problem is not None:
+            raise _Rejected(path, problem)
+
+    def add(self, c: Candidate) -> None:
+        """Import one candidate or raise :class:`_Rejected`."""
+        problem = check_id(c.id)
+        if problem is not None:
+            raise _Rejected(c.image, problem)
+        self.readable(c.image)
+        if c.id in self.ids:  # one id, two records: the second mask would overwrite the first
+            raise _Rejected(c.image, f"id '{c.id}' already used by {self.ids[c.id]}")
+        try:
+            pixels, sha = read_image(c.image, max_pixels=self.max_pixels)
+        except ImageFileError as e:
+            raise _Rejected(c.image, str(e)) from None
+        if sha in self.seen:
+            raise _Rejected(c.image, f"duplicate of {self.seen[sha]} (same sha256)")
+        h, w = pixels.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            self.warn(c.image, f"only {w}x{h} pixels (models take {MIN_SIDE} px or more a side: it will be upscaled)")
+        label, boxes, drawn = c.label, None, None
+        mask_rel = mask_sha = None
+        if c.mask is not None:
+            mask_rel, mask_sha = self.mask(c, w, h)
+        elif c.shapes:
+            found, drawn, problems = _render_shapes(c.shapes, c.normalized, w, h)
+            for p in problems:
+                self.warn(c.image, p)
+            label, boxes = _image_label(c, found, self.scan.ok_class), found or None
+        if label not in self.ds.classes.classes:
+            raise _Rejected(c.image, f"label '{label}' is not a known class ({', '.join(self.ds.classes.classes)})")
+        if drawn is not None:  # written only for a kept record: no orphan mask files
+            mask_path = _dest(self.ds.root, "masks", c.id, ".png")
+            mask_sha = sha256_bytes(write_png(mask_path, drawn, durable=False))  # synced before the manifest
+            mask_rel = self.ds.relative(mask_path)
+        self.seen[sha] = self.ids[c.id] = str(c.image)
+        self.ds.records.append(Record(
+            id=c.id, image=_place(self.ds, c.image, "images", c.id, self.copy), label=label, mask=mask_rel,
+            mask_sha256=mask_sha, boxes=boxes, source="real", origin=self.origin, sha256=sha, width=w, height=h))
+
+    def mask(self, c: Candidate, w: int, h: int) -> Tuple[Optional[str], Optional[str]]:
+        """The candidate's mask file placed in the data set and its sha256 ((None, None): kept without mask)."""
+        assert c.mask is not None
+        self.readable(c.mask)
+        if not c.mask.is_file():
+            self.warn(c.mask, f"mask file missing; {c.image} kept without mask")
+            return None, None
+        try:
+            mask, mask_sha = read_image(c.mask, max_pixels=self.max_pixels)
+        except ImageFileError as e:
+            raise _Rejected(c.mask, f"mask unusable: {e}") from None
+        if mask.shape[:2] != (h, w):
+            raise _Rejected(c.mask, f"mask is {mask.shape[1]}x{mask.shape[0]}, image {c.image.name} is {w}x{h}")
+        if c.label != self.scan.ok_class and not binarize_mask(mask).any():
+            self.warn(c.mask, f"mask of a '{c.label}' image is empty; image kept without mask")
+            return None, None
+        return _place(self.ds, c.mask, "masks", c.id, self.copy), mask_sha
+
+
 def _import_candidates(ds: Dataset, scan: Scan, src: Path, origin: Origin, *, copy: bool, allow_outside: bool,
                        max_pixels: int, progress: bool) -> List[Reject]:
     """Decode and check every candidate into ``ds`` (records and rejects); returns the warnings."""
-    warnings: List[Reject] = []
-    seen: Dict[str, str] = {}
-    ids: Dict[str, str] = {}
-
-    def reject(path: Path, reason: str) -> None:
-        ds.rejects.append(Reject(path=str(path), reason=reason))
-
+    importer = _Importer(ds, scan, src, origin, copy, allow_outside, max_pixels)
     for c in track(scan.candidates, "import", enabled=progress):
-        problem = check_id(c.id) or _source_problem(c.image, src, allow_outside)
-        if problem is not None:
-            reject(c.image, problem)
-            continue
-        if c.id in ids:  # one id, two records: the second mask would overwrite the first
-            reject(c.image, f"id '{c.id}' already used by {ids[c.id]}")
-            continue
         try:
-            pixels, sha = read_image(c.image, max_pixels=max_pixels)
-        except ImageFileError as e:
-            reject(c.image, str(e))
-            continue
-        if sha in seen:
-            reject(c.image, f"duplicate of {seen[sha]} (same sha256)")
-            continue
-        h, w = pixels.shape[:2]
-        if min(h, w) < MIN_SIDE:
-            warnings.append(Reject(path=str(c.image), reason=f"only {w}x{h} pixels (models take {MIN_SIDE} px "
-                                                             "or more a side: it will be upscaled)"))
-        mask_rel = mask_sha = None
-        boxes: Optional[List[Box]] = None
-        drawn: Optional[np.ndarray] = None
-        label = c.label
-        if c.mask is not None:
-            mask_problem = _source_problem(c.mask, src, allow_outside)
-            if mask_problem is not None:
-                reject(c.mask, mask_problem)
-                continue
-            if not c.mask.is_file():
-                warnings.append(Reject(path=str(c.mask), reason=f"mask file missing; {c.image} kept without mask"))
-            else:
-                try:
-                    mask, mask_sha = read_image(c.mask, max_pixels=max_pixels)
-                except ImageFileError as e:
-                    reject(c.mask, f"mask unusable: {e}")
-                    continue
-                if mask.shape[:2] != (h, w):
-                    reject(c.mask, f"mask is {mask.shape[1]}x{mask.shape[0]}, image {c.image.name} is {w}x{h}")
-                    continue
-                if label != scan.ok_class and not binarize_mask(mask).any():
-                    warnings.append(Reject(path=str(c.mask),
-                                           reason=f"mask of a '{label}' image is empty; image kept without mask"))
-                    mask_sha = None
-                else:
-                    mask_rel = _place(ds, c.mask, "masks", c.id, copy)
-        elif c.shapes:
-            boxes, drawn, problems = _render_shapes(c.shapes, c.normalized, w, h)
-            warnings.extend(Reject(path=str(c.image), reason=p) for p in problems)
-            label = _image_label(c, boxes, scan.ok_class)
-            boxes = boxes or None
-        if label not in ds.classes.classes:
-            reject(c.image, f"label '{label}' is not a known class ({', '.join(ds.classes.classes)})")
-            continue
-        if drawn is not None:  # written only for a kept record: no orphan mask files
-            mask_path = _dest(ds.root, "masks", c.id, ".png")
-            mask_sha = sha256_bytes(write_png(mask_path, drawn, durable=False))  # synced before the manifest
-            mask_rel = ds.relative(mask_path)
-        seen[sha] = str(c.image)
-        ids[c.id] = str(c.image)
-        ds.records.append(Record(
-            id=c.id, image=_place(ds, c.image, "images", c.id, copy), label=label, mask=mask_rel,
-            mask_sha256=mask_sha, boxes=boxes, source="real", origin=origin, sha256=sha, width=w, height=h))
-    return warnings
+            importer.add(c)
+        except _Rejected as r:
+            ds.rejects.append(Reject(path=str(r.path), reason=r.reason))
+    return importer.warnings
 
 
 def _place(ds: Dataset, path: Path, kind: str, rec_id: str, copy: bool) -> str:

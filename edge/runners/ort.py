@@ -1,10 +1,11 @@
-"""ONNX Runtime runner: CPU, CUDA and TensorRT execution providers (torch-free, Python 3.8).
+"""ONNX Runtime runner: CPU and CUDA execution providers (torch-free, Python 3.8).
 
-    r = OrtRunner("model_dir/model.onnx", device="cpu", threads=2)
+    r = OrtRunner("model_dir/model.onnx", device="cpu", threads=2)     # or device="cuda:1"
     scores = r.predict(frames)            # uint8 (N, H, W, C)
 
 A provider that is asked for and missing is an error, never a silent fall-back to the CPU
-(ONNX Runtime itself falls back silently).
+(ONNX Runtime itself falls back silently). TensorRT runs engines through its own runner
+(``runners.trt``), not through ONNX Runtime's TensorRT provider.
 """
 
 from __future__ import annotations
@@ -15,51 +16,53 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..formats import Device, backend_format, parse_device
 from .base import INPUT, OUTPUTS, SPEC_KEY, Runner, RunnerError, one_line, optional_import, spec_from_json
 
-__all__ = ["DEVICES", "OrtRunner"]
+__all__ = ["PROVIDERS", "OrtRunner"]
 
 MAX_DYNAMIC_BATCH = 64  # frames per call for a model exported with a dynamic batch
-DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # per device kind
 
 
 class OrtRunner(Runner):
     """An ONNX file exported by lineguard (``model.onnx`` or ``model-int8.onnx``) on ONNX Runtime.
 
-    ``device``: cpu | cuda | tensorrt (the TensorRT provider keeps CUDA as its fall-back for
-    unsupported nodes and caches engines in ``trt_cache``). ``threads``: intra-op threads (default:
-    all cores); set it explicitly when other work shares the machine. IO binding is used on GPU
-    providers, where it saves the output copies' allocations."""
+    ``device``: cpu, cuda or cuda:N (GPU N). ``threads``: intra-op threads (default: all cores); set it
+    explicitly when other work shares the machine. IO binding is used on the GPU, where it saves the
+    output copies' allocations."""
 
     backend = "ort"
 
-    def __init__(self, path: Union[str, Path], device: str = "cpu", threads: Optional[int] = None,
-                 device_id: int = 0, fp16: bool = False, trt_cache: Optional[Union[str, Path]] = None) -> None:
+    def __init__(self, path: Union[str, Path], device: Union[str, Device] = "cpu",
+                 threads: Optional[int] = None) -> None:
         ort: Any = optional_import("onnxruntime", "pip install 'lineguard[runtime]' (or onnxruntime-gpu)",
                                    "the ONNX Runtime runner")
         self.path = Path(path)
+        self.device = parse_device(device, backend_format(self.backend).devices, RunnerError)
+        provider = PROVIDERS[self.device.kind]
         if not self.path.is_file() or self.path.stat().st_size == 0:
             raise RunnerError(f"{self.path}: no model file (missing or empty)")
-        if device not in DEVICES:
-            raise RunnerError(f"unknown ONNX Runtime device '{device}' (devices: {', '.join(DEVICES)})")
         available = ort.get_available_providers()
-        if DEVICES[device] not in available:
-            raise RunnerError(f"{self.path}: ONNX Runtime {ort.__version__} here has no {DEVICES[device]} "
-                              f"(available: {', '.join(available)}); install onnxruntime-gpu for cuda/tensorrt")
+        if provider not in available:
+            raise RunnerError(f"{self.path}: ONNX Runtime {ort.__version__} here has no {provider} "
+                              f"(available: {', '.join(available)}); install onnxruntime-gpu for cuda")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = self._providers(device, device_id, fp16, trt_cache)
+        providers: List[Any] = ["CPUExecutionProvider"]
+        if self.device.kind == "cuda":
+            providers.insert(0, (provider, {"device_id": self.device.index}))
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
             raise RunnerError(f"{self.path}: ONNX Runtime cannot load it: {one_line(e)}") from None
-        if DEVICES[device] not in self.session.get_providers():  # e.g. CUDA libraries that failed to load
-            raise RunnerError(f"{self.path}: ONNX Runtime could not start {DEVICES[device]} "
+        if provider not in self.session.get_providers():  # e.g. CUDA libraries that failed to load
+            raise RunnerError(f"{self.path}: ONNX Runtime could not start {provider} "
                               f"(running: {', '.join(self.session.get_providers())})")
-        self.device, self.threads = device, opts.intra_op_num_threads
+        self.threads = opts.intra_op_num_threads
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.metadata: Dict[str, str] = meta  # the ONNX metadata (model description, precision, weights' sha256)
         if SPEC_KEY not in meta:
@@ -69,19 +72,7 @@ class OrtRunner(Runner):
         self.batch_range = self._check_io()
         if "int8" in meta.get("lineguard.precision", ""):
             self.backend = "ort-int8"
-        self._binding = self.session.io_binding() if device != "cpu" else None
-
-    @staticmethod
-    def _providers(device: str, device_id: int, fp16: bool, trt_cache: Optional[Union[str, Path]]) -> List[Any]:
-        cuda = ("CUDAExecutionProvider", {"device_id": device_id})
-        if device == "cpu":
-            return ["CPUExecutionProvider"]
-        if device == "cuda":
-            return [cuda, "CPUExecutionProvider"]
-        trt_opts: Dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": fp16}
-        if trt_cache is not None:
-            trt_opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache))
-        return [("TensorrtExecutionProvider", trt_opts), cuda, "CPUExecutionProvider"]
+        self._binding = self.session.io_binding() if self.device.kind == "cuda" else None
 
     def _check_io(self) -> Tuple[int, int]:
         inputs = self.session.get_inputs()
@@ -113,12 +104,12 @@ class OrtRunner(Runner):
         b = self._binding
         b.bind_cpu_input(INPUT, frames)
         for name in OUTPUTS:
-            b.bind_output(name, self.device if self.device == "cuda" else "cuda")
+            b.bind_output(name, "cuda", self.device.index)
         self.session.run_with_iobinding(b)
         return dict(zip(OUTPUTS, b.copy_outputs_to_cpu()))
 
     def describe(self) -> Dict[str, object]:
-        return {**super().describe(), "file": str(self.path), "device": self.device, "threads": self.threads,
+        return {**super().describe(), "file": str(self.path), "device": str(self.device), "threads": self.threads,
                 "providers": self.session.get_providers()}
 
     def close(self) -> None:

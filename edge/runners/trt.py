@@ -1,16 +1,15 @@
 """TensorRT engine runner (``backend = "trt"``): Jetson (TensorRT 8.5, Python 3.8) and x86 GPUs (TensorRT 10+).
 
-    with TrtRunner("model_dir/engines/3f2a9c0d1e4b5a67.engine") as r:
+    with TrtRunner("model_dir/engines/fp16-b1-cuda0.engine") as r:
         scores = r.predict(frames)                 # uint8 (N, H, W, C), any N
 
 An engine only runs on the TensorRT version and GPU that built it. Its side-car ``<key>.json`` (written
-by :func:`lineguard.edge.onnx2engine.build_engine`) records both plus the model description; the runner
-refuses a foreign engine before deserialising it.
+by :func:`lineguard.edge.onnx2engine.build_engine`, read by :func:`lineguard.edge.tensorrt.read_sidecar`)
+records both plus the model description; the runner refuses a foreign engine before deserialising it.
 
-CUDA goes through pycuda's driver API with the device's *primary* context: retained once, pushed around
-every call and popped after it (not ``pycuda.autoinit``, which makes a context current in the importing
-thread only), so any thread of a daemon may call :meth:`TrtRunner.predict`; a lock serialises calls.
-TensorRT's own runtime-API calls use that same primary context.
+CUDA goes through pycuda's driver API with the device's *primary* context (``tensorrt.open_device``),
+pushed around every call and popped after it, so any thread of a daemon may call
+:meth:`TrtRunner.predict`; a lock serialises calls.
 
 Only the named-tensor API is used (``num_io_tensors``, ``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``): it exists in 8.5 and is the only one left in 10.
@@ -19,156 +18,32 @@ Torch-free, Python 3.8.
 
 from __future__ import annotations
 
-import importlib
-import json
-import logging
 import threading
-from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from lineguard.data.modelspec import ModelSpec
-from lineguard.edge.runners.base import (
-    INPUT,
-    OUTPUTS,
-    SPEC_KEY,
-    WEIGHTS_KEY,
-    Runner,
-    RunnerError,
-    one_line,
-    optional_import,
+from lineguard.edge.formats import Device, parse_device
+from lineguard.edge.runners.base import INPUT, OUTPUTS, Runner, RunnerError
+from lineguard.edge.tensorrt import (
+    ENGINE,
+    REBUILD,
+    import_cudart,
+    import_pycuda,
+    import_tensorrt,
+    open_device,
+    pushed,
+    read_sidecar,
+    trt_logger,
 )
-from lineguard.files import FileError, read_regular
 
-__all__ = ["CUDA_PYTHON_HINT", "PYCUDA_HINT", "REBUILD", "TRT_HINT", "EngineSidecar", "TrtRunner", "import_pycuda",
-           "import_tensorrt", "open_device", "pushed", "read_sidecar", "sidecar_path", "trt_logger", "trt_version"]
-
-TRT_HINT = ("on a Jetson, JetPack ships TensorRT for the system Python 3.8 through apt (python3-libnvinfer): "
-            "make the venv with `python3 -m venv --system-site-packages`; elsewhere `pip install tensorrt`")
-PYCUDA_HINT = "pip install pycuda (it compiles against CUDA: nvcc on PATH or CUDA_ROOT set)"
-CUDA_PYTHON_HINT = ("pip install cuda-python (on JetPack 5 / CUDA 11.4 an 11.x release with a cp38 aarch64 "
-                    "wheel); pycuda has no stream capture")
-REBUILD = "rebuild it with `lineguard export --format engine` on this machine"
-
-_log = logging.getLogger(__name__)
-_LOGGERS: Dict[Any, Any] = {}  # one capturing logger per tensorrt module: TensorRT 8 treats the logger as global
-
-
-def import_tensorrt(what: str) -> Any:
-    """The ``tensorrt`` module, or :class:`RunnerError` saying how to install it."""
-    return optional_import("tensorrt", TRT_HINT, what)
-
-
-def import_pycuda(what: str) -> Any:
-    """The ``pycuda.driver`` module, or :class:`RunnerError` saying how to install it."""
-    return optional_import("pycuda.driver", PYCUDA_HINT, what)
-
-
-def trt_version(trt: Any) -> Tuple[int, int]:
-    """(major, minor) of the installed TensorRT: (8, 5) on JetPack 5."""
-    major, minor = str(trt.__version__).split(".")[:2]
-    return int(major), int(minor)
-
-
-def trt_logger(trt: Any) -> Any:
-    """A ``trt.ILogger`` that keeps the last 200 messages (``messages``: (seq, severity, text)) and passes
-    warnings and errors on to :mod:`logging`; ``errors(since)`` lists error texts after sequence ``since``."""
-    if trt not in _LOGGERS:
-        severity = trt.ILogger.Severity
-        errors = (severity.ERROR, severity.INTERNAL_ERROR)
-
-        class _Log(trt.ILogger):  # type: ignore[misc,name-defined]
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.seq = 0
-                self.messages: Deque[Tuple[int, Any, str]] = deque(maxlen=200)
-
-            def log(self, sev: Any, msg: str) -> None:
-                self.seq += 1
-                self.messages.append((self.seq, sev, msg))
-                if sev in errors or sev == severity.WARNING:
-                    _log.log(logging.ERROR if sev in errors else logging.WARNING, "TensorRT: %s", msg)
-
-            def errors(self, since: int) -> List[str]:
-                return [m for s, sev, m in self.messages if s > since and sev in errors]
-
-        _LOGGERS[trt] = _Log()
-    return _LOGGERS[trt]
-
-
-def open_device(cuda: Any, device_id: int) -> Tuple[str, Any]:
-    """(GPU name, retained primary context) of CUDA device ``device_id``; ``detach()`` the context when done."""
-    try:
-        cuda.init()
-        count = cuda.Device.count()
-        if not 0 <= device_id < count:
-            raise RunnerError(f"CUDA device {device_id} does not exist ({count} device(s) on this machine)")
-        device = cuda.Device(device_id)
-        return str(device.name()), device.retain_primary_context()
-    except cuda.Error as e:
-        raise RunnerError(f"CUDA device {device_id} is not usable: {e}") from None
-
-
-@contextmanager
-def pushed(cuda: Any, context: Any) -> Iterator[None]:
-    """Make ``context`` current in this thread for the block."""
-    context.push()
-    try:
-        yield
-    finally:
-        cuda.Context.pop()
-
-
-def sidecar_path(engine_path: Union[str, Path]) -> Path:
-    """``<key>.json`` next to ``<key>.engine``."""
-    return Path(engine_path).with_suffix(".json")
+__all__ = ["TrtRunner"]
 
 
 def _dims(dims: Any) -> Tuple[int, ...]:
     return tuple(int(d) for d in dims)
-
-
-MAX_SIDECAR_BYTES = 1 << 24  # a side-car is a few kB of JSON
-
-
-class EngineSidecar(BaseModel):
-    """What the runner needs of ``<key>.json`` (the builder writes more: profile, build seconds, ...)."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    spec: ModelSpec = Field(alias=SPEC_KEY)
-    tensorrt: StrictStr
-    gpu: StrictStr
-    device: str = Field(pattern=r"^(gpu|dla:[0-9])$")
-    precision: Optional[StrictStr] = None
-    weights_sha256: Optional[StrictStr] = Field(default=None, alias=WEIGHTS_KEY)
-
-
-def read_sidecar(engine: Union[str, Path]) -> Tuple[Dict[str, Any], EngineSidecar]:
-    """(the side-car's JSON object, its checked fields) of ``engine``; one :class:`RunnerError` line naming the
-    side-car for a missing, unreadable or malformed one. Needs no TensorRT."""
-    engine = Path(engine)
-    path = sidecar_path(engine)
-    if not path.is_file():
-        raise RunnerError(f"{path}: missing; it is written next to {engine.name} by `lineguard export --format "
-                          "engine` and records the TensorRT version, GPU and model description")
-    try:
-        info = json.loads(read_regular(path, max_bytes=MAX_SIDECAR_BYTES).decode("utf-8"))
-    except FileError as e:
-        raise RunnerError(str(e)) from None
-    except (ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
-        raise RunnerError(f"{path}: unreadable engine side-car (not JSON): {one_line(e)}; {REBUILD}") from None
-    if not isinstance(info, dict):
-        raise RunnerError(f"{path}: engine side-car is a JSON {type(info).__name__}, not an object; {REBUILD}")
-    try:
-        checked = EngineSidecar.model_validate(info)
-    except ValidationError as e:
-        raise RunnerError(f"{path}: engine side-car is not usable ({one_line(e)}); {REBUILD}") from None
-    return info, checked
 
 
 class TrtRunner(Runner):
@@ -181,7 +56,10 @@ class TrtRunner(Runner):
 
     backend = "trt"
 
-    def __init__(self, engine_path: Union[str, Path], device_id: int = 0, cuda_graph: bool = False) -> None:
+    def __init__(self, engine_path: Union[str, Path], device: Optional[Union[str, Device]] = None,
+                 cuda_graph: bool = False) -> None:
+        """``device``: where to run it, default where it was built (the side-car's): ``cuda:N`` for an engine
+        built for a GPU, ``dla:N`` (on GPU 0) for one built for a DLA core."""
         self.path = Path(engine_path)
         self._closed = True
         self._lock = threading.Lock()
@@ -194,12 +72,13 @@ class TrtRunner(Runner):
         self._stream: Any = None
         self.info, self.sidecar = read_sidecar(self.path)
         self.spec = self.sidecar.spec
+        self.device = self._placement(device)
         if not self.path.is_file():
             raise RunnerError(f"{self.path}: engine file missing; {REBUILD}")
         trt = import_tensorrt("the TensorRT runner")
         cuda = import_pycuda("the TensorRT runner")
-        self._cudart = _import_cudart() if cuda_graph else None
-        gpu, ctx = open_device(cuda, device_id)
+        self._cudart = import_cudart() if cuda_graph else None
+        gpu, ctx = open_device(cuda, self.device.index if self.device.kind == "cuda" else 0)
         side = self.sidecar
         if side.tensorrt != trt.__version__ or side.gpu != gpu:
             ctx.detach()
@@ -218,14 +97,24 @@ class TrtRunner(Runner):
             self.close()
             raise
 
+    def _placement(self, device: Optional[Union[str, Device]]) -> Device:
+        """The device to run on: ``device``, of the kind the engine was built for, or the side-car's."""
+        built = parse_device(self.sidecar.device, ENGINE.devices, RunnerError)
+        if device is None:
+            return built
+        wanted = parse_device(device, ENGINE.devices, RunnerError)
+        if wanted.kind != built.kind:
+            runs_on = "a GPU (cuda:N)" if built.kind == "cuda" else "a DLA core (dla:N)"
+            raise RunnerError(f"{self.path}: built for {built}, so it runs on {runs_on}, not device {wanted}")
+        return wanted
+
     def _load(self) -> None:
         trt, cuda = self._trt, self._cuda
         log = trt_logger(trt)
         mark = log.seq
         self._runtime = trt.Runtime(log)
-        device = self.sidecar.device
-        if device.startswith("dla:"):
-            self._runtime.DLA_core = int(device[4:])
+        if self.device.kind == "dla":
+            self._runtime.DLA_core = self.device.index
         try:
             self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         except (RuntimeError, TypeError, ValueError):
@@ -363,18 +252,7 @@ class TrtRunner(Runner):
     def describe(self) -> Dict[str, object]:
         out = super().describe()
         side = self.sidecar
-        out.update(engine=str(self.path), tensorrt=side.tensorrt, gpu=side.gpu, device=side.device,
-                   precision=side.precision,
-                   cuda_graph=self._cudart is not None)
+        out.update(engine=str(self.path), tensorrt=side.tensorrt, gpu=side.gpu, device=str(self.device),
+                   precision=side.precision, cuda_graph=self._cudart is not None)
         return out
-
-
-def _import_cudart() -> Any:
-    """cuda-python's runtime module: ``cuda.bindings.runtime`` (12.6+), else the older ``cuda.cudart``."""
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise RunnerError(f"cuda_graph=True needs cuda-python's runtime bindings; {CUDA_PYTHON_HINT}")
 

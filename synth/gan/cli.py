@@ -6,13 +6,14 @@ keys set in ``--config``, then the flags.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
+from pydantic import BaseModel
 
-from lineguard.console import console
+from lineguard import options
+from lineguard.console import console, emit
 
 PRESETS = ("cpu", "gpu")
 
@@ -25,16 +26,34 @@ def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+class FitReport(BaseModel):
+    """``lineguard synth fit``'s result: the GAN_DIR written and how the run went."""
+
+    out: str
+    classes: List[str]
+    crops: Dict[str, int]  # real defect crops per class
+    skipped: int  # images that could not be used
+    steps: int
+    kimg: float
+    seconds: float
+    sec_per_kimg: float
+    augment_p: float  # the adaptive augmentation probability reached
+    rt: float  # its overfitting heuristic
+    device: str
+    sha256: str  # of generator.safetensors
+
+
 def fit(
-    data: Path = typer.Option(..., "--data", "-d", help="Data set folder (its train split, else all records)."),
-    out: Path = typer.Option(..., "--out", "-o", help="GAN_DIR to write (generator.safetensors + gan.yaml)."),
+    data: Path = options.data(help="Data set folder (its train split, else all records)."),
+    out: Path = options.out(help="GAN_DIR to write (generator.safetensors + gan.yaml)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="GanConfig YAML, over the preset."),
     preset: Optional[str] = typer.Option(None, "--preset", help="cpu | gpu: the settings to start from."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     kimg: Optional[float] = typer.Option(None, "--kimg", help="Thousands of real images to show D (config: kimg)."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Patch side in px (config: resolution)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    device: Optional[str] = options.device(None, help="auto | cpu | cuda[:N] (config: device, default auto)."),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
 ) -> None:
     """Train the class-conditional defect GAN (image + mask) on the real defects of a data set."""
     from lineguard.config import load_config
@@ -47,12 +66,8 @@ def fit(
     base = {"cpu": cpu_preset, "gpu": gpu_preset}[preset]().model_dump(mode="json") if preset else {}
     if config is not None:
         base = _merge(base, load_config(GanConfig, config).model_dump(mode="json", exclude_unset=True))
-    cfg = load_config(GanConfig, None, {**base, "kimg": kimg, "resolution": resolution})
-    summary = run(data, out, cfg, resume=resume, progress=not quiet)
-    if as_json:
-        print(json.dumps(summary), flush=True)
-        return
-    console.print(f"{out}: {summary['kimg']} kimg in {summary['seconds'] / 60:.1f} min on {summary['device']} "
-                  f"({summary['sec_per_kimg']:.1f} s/kimg); crops per class {summary['crops']}, "
-                  f"{summary['skipped']} images skipped; augment p {summary['augment_p']:.2f}; "
-                  f"weights {summary['sha256'][:16]}")
+    cfg = load_config(GanConfig, None, {**base, "kimg": kimg, "resolution": resolution, "device": device})
+    rep = FitReport(**run(data, out, cfg, resume=resume, progress=not quiet))
+    emit(rep, as_json, lambda r: console.print(
+        f"{r.out}: {r.kimg} kimg in {r.seconds / 60:.1f} min on {r.device} ({r.sec_per_kimg:.1f} s/kimg); crops per "
+        f"class {r.crops}, {r.skipped} images skipped; augment p {r.augment_p:.2f}; weights {r.sha256[:16]}"), quiet)

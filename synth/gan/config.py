@@ -1,7 +1,9 @@
-"""GAN settings (:class:`GanConfig`) and the two presets, ``cpu_preset()`` and ``gpu_preset()``.
+"""GAN settings (:class:`GanConfig`), the two presets ``cpu_preset()`` and ``gpu_preset()``, and what a GAN_DIR
+says it holds (:class:`GanFile`, its ``gan.yaml``).
 
-    cfg = load_config(GanConfig, "gan.yaml", {"kimg": 50})
+    cfg = load_config(GanConfig, "fit.yaml", {"kimg": 50})
     cfg = cpu_preset()                   # 64x64 defects in about 2 h on a 2-core CPU
+    info = GanFile.load("runs/gan/gan.yaml")
 
 Channels of the networks at resolution ``r`` are ``min(channel_base // r, channel_max)`` (StyleGAN2's
 rule), so ``channel_base`` sets the width at the top resolution and ``channel_max`` the cap below it.
@@ -9,14 +11,16 @@ rule), so ``channel_base`` sets the width at the top resolution and ``channel_ma
 
 from __future__ import annotations
 
-from typing import List, Literal, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Tuple, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from lineguard.config import StrictModel
+from lineguard import LineguardError
+from lineguard.config import StrictModel, describe, dump_config, read_yaml
 
-__all__ = ["ARCH_FIELDS", "GAN_FORMAT", "GAN_FORMAT_VERSION", "GAN_YAML", "WEIGHTS", "AugmentConfig", "GanConfig",
-           "cpu_preset", "gpu_preset"]
+__all__ = ["ARCH_FIELDS", "GAN_FORMAT", "GAN_FORMAT_VERSION", "GAN_YAML", "WEIGHTS", "AdaConfig", "GanConfig",
+           "GanDirError", "GanFile", "cpu_preset", "gpu_preset"]
 
 GAN_FORMAT = "lineguard-gan"
 GAN_FORMAT_VERSION = 1
@@ -29,9 +33,9 @@ ARCH_FIELDS = ("resolution", "channels", "z_dim", "w_dim", "mapping_layers", "ch
 AugmentOp = Literal["flip", "translation", "cutout", "color"]
 
 
-class AugmentConfig(StrictModel):
-    """Discriminator augmentation: DiffAugment ops, each applied per image with probability ``p``; with
-    ``adaptive`` p is steered (ADA) so that r_t = E[sign(D(real))] stays near ``target``."""
+class AdaConfig(StrictModel):
+    """Discriminator augmentation (``GanConfig.augment``): DiffAugment ops, each applied per image with probability
+    ``p``; with ``adaptive`` p is steered (ADA) so that r_t = E[sign(D(real))] stays near ``target``."""
 
     ops: List[AugmentOp] = Field(default_factory=lambda: ["flip", "translation", "cutout", "color"],
                                  description="flip: x-flip + quarter turns; color: brightness, contrast, saturation")
@@ -64,7 +68,7 @@ class GanConfig(StrictModel):
     style_mixing: float = Field(0.9, ge=0.0, le=1.0, description="probability of mixing two w's in a batch")
     ema_kimg: float = Field(10.0, ge=0.0, description="half-life of the EMA generator in kimg (0 = no EMA)")
     ema_rampup: float = Field(0.05, ge=0.0, description="half-life <= this x images seen (0 = no ramp-up)")
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    augment: AdaConfig = Field(default_factory=AdaConfig)
     oversample_power: float = Field(0.5, ge=0.0, le=1.0,
                                     description="crop weight count^-power: 0 natural, 1 class-balanced")
     # schedule
@@ -74,7 +78,7 @@ class GanConfig(StrictModel):
     snapshot_kimg: float = Field(50.0, gt=0.0, description="checkpoint every this many kimg")
     sample_kimg: float = Field(50.0, gt=0.0, description="sample grid every this many kimg")
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="auto | cpu | cuda[:N]")
 
     @field_validator("resolution")
     @classmethod
@@ -90,6 +94,45 @@ class GanConfig(StrictModel):
         return self
 
 
+class GanDirError(LineguardError):
+    """A GAN_DIR that cannot be used; the message names the file and what is wrong."""
+
+
+class GanFile(StrictModel):
+    """``gan.yaml``: what a GAN_DIR holds, written by the trainer with its weights, read by the patch source."""
+
+    format: Literal["lineguard-gan"] = GAN_FORMAT
+    version: Literal[1] = GAN_FORMAT_VERSION
+    classes: List[str]  # the defect classes it makes
+    labels: List[str]  # the generator's class indices: the classes, then the OK class when it was pretrained
+    resolution: int
+    channels: Literal[1, 3]
+    weights: str = WEIGHTS  # file name in the GAN_DIR
+    sha256: str  # of the weights file
+    kimg: float
+    steps: int
+    data: Dict[str, Any]  # where the training crops came from
+    config: GanConfig
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> GanFile:
+        """Read ``path``; anything that keeps it from being used is one :class:`GanDirError` line naming it
+        (another format version is named as such, before its keys are checked)."""
+        data = read_yaml(path, GanDirError)
+        if not isinstance(data, dict):
+            raise GanDirError(f"{path}: a mapping of keys expected, got {type(data).__name__}")
+        if (data.get("format"), data.get("version")) != (GAN_FORMAT, GAN_FORMAT_VERSION):
+            raise GanDirError(f"{path}: format {(data.get('format'), data.get('version'))}, this lineguard reads "
+                              f"{(GAN_FORMAT, GAN_FORMAT_VERSION)}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise GanDirError(f"{path}: {describe(e, cls)}") from None
+
+    def save(self, path: Union[str, Path]) -> None:
+        dump_config(self, path)
+
+
 def cpu_preset() -> GanConfig:
     """64x64 gray on a 2-core CPU: 24 channels at 64 px, 48 at 32, 96 at 16, 128 below; batch 16; 80 kimg
     (measured on the 2-core dev machine: 39 s/kimg with both cores free, so ~52 min; 2.3 h on one core
@@ -97,7 +140,7 @@ def cpu_preset() -> GanConfig:
     (0.0002 * 64^2 / 16); a short EMA. Its generator made ~140 patches/s on that one busy core."""
     return GanConfig(resolution=64, z_dim=128, w_dim=128, mapping_layers=2, channel_base=1536, channel_max=128,
                      batch_size=16, lr_g=0.002, lr_d=0.002, r1_gamma=0.05, style_mixing=0.5, ema_kimg=2.0,
-                     augment=AugmentConfig(speed_kimg=20.0), kimg=80.0, tick_kimg=1.0, snapshot_kimg=5.0,
+                     augment=AdaConfig(speed_kimg=20.0), kimg=80.0, tick_kimg=1.0, snapshot_kimg=5.0,
                      sample_kimg=5.0)
 
 
@@ -105,5 +148,5 @@ def gpu_preset() -> GanConfig:
     """64x64 on one GPU: StyleGAN2-ADA-like widths (256 at every resolution), batch 32, 3000 kimg of which
     the first 500 on OK-image patches (DFMGAN-like; the training records need OK images)."""
     return GanConfig(resolution=64, channel_base=16384, channel_max=256, batch_size=32, r1_gamma=0.1,
-                     ema_kimg=10.0, augment=AugmentConfig(speed_kimg=100.0), kimg=3000.0, pretrain_ok_kimg=500.0,
+                     ema_kimg=10.0, augment=AdaConfig(speed_kimg=100.0), kimg=3000.0, pretrain_ok_kimg=500.0,
                      tick_kimg=4.0, snapshot_kimg=100.0, sample_kimg=50.0)

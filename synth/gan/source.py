@@ -1,11 +1,13 @@
 """Defect patches from a trained GAN: :class:`GanSource` reads a GAN_DIR (``generator.safetensors`` +
 ``gan.yaml``, written by ``lineguard synth fit``).
 
-    src = GanSource.load("runs/gan", truncation=0.8)
+    src = GanSource.load("runs/gan", device="cuda:0", truncation=0.8)
     patches = src.sample("scratch", 64, np.random.default_rng(0))    # List[Patch], same rng -> same patches
 
-Patches are generated in batches of 64 under ``torch.no_grad()``; the latents and every noise input
-are drawn from the given numpy rng only.
+Patches are generated in batches of 64 under ``torch.no_grad()`` on ``device`` (``cpu``, ``cuda`` or
+``cuda:N``); the latents and the seeds of every noise input are drawn from the given numpy rng only. The
+noise comes from the device's own generator, so CUDA makes other patches than the CPU (from the same rng):
+the source's ``version`` names the device kind then, and a generated set is not resumed across kinds.
 """
 
 from __future__ import annotations
@@ -13,75 +15,91 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import List, Union
 
 import numpy as np
 import torch
-import yaml
-from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lineguard import LineguardError
 from lineguard.synth.patches import Patch, PatchSource
 
-from .config import GAN_FORMAT, GAN_FORMAT_VERSION, GAN_YAML, GanConfig
+from .config import GAN_YAML, GanDirError, GanFile
 from .networks import make_generator
 
-__all__ = ["GanSource"]
+__all__ = ["GanSource", "torch_device"]
 
 BATCH = 64
 REDRAW_ROUNDS = 3  # rounds of redrawing patches whose mask came out empty before giving up on them
 
 
+def torch_device(name: Union[str, torch.device]) -> torch.device:
+    """The torch device ``name`` (``cpu``, ``cuda``, ``cuda:N``); one clear line when it is not one or torch
+    cannot use it here."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise LineguardError(f"device '{name}': expected cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise LineguardError(f"device '{name}': expected cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise LineguardError(f"device '{name}': torch sees no CUDA device here; use cpu")
+        if device.index is not None and device.index >= count:
+            raise LineguardError(f"device '{name}': torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
 class GanSource(PatchSource):
     """Patches from the EMA generator of a GAN_DIR. ``version`` is the first 16 hex digits of the weights'
-    sha256. ``truncation`` < 1 trades variety for typicality (w pulled toward its class's mean)."""
+    sha256 (``-cuda`` appended on a CUDA device). ``truncation`` < 1 trades variety for typicality (w pulled
+    toward its class's mean)."""
 
     method = "stylegan"
 
-    def __init__(self, generator: torch.nn.Module, meta: Dict[str, Any], version: str, gan_dir: Path,
+    def __init__(self, generator: torch.nn.Module, info: GanFile, gan_dir: Path,
                  device: Union[str, torch.device] = "cpu", truncation: float = 1.0) -> None:
-        self.G, self.meta, self.version, self.gan_dir = generator, meta, version, gan_dir
-        self.device, self.truncation = torch.device(device), truncation
+        self.G, self.info, self.gan_dir = generator, info, gan_dir
+        self.device, self.truncation = torch_device(device), truncation
+        self.version = info.sha256[:16] + ("" if self.device.type == "cpu" else f"-{self.device.type}")
 
     @classmethod
-    def load(cls, gan_dir: Union[str, os.PathLike], device: str = "cpu", truncation: float = 1.0) -> GanSource:
+    def load(cls, gan_dir: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
+             truncation: float = 1.0) -> GanSource:
+        """The GAN of ``gan_dir`` on ``device``; a GAN_DIR that cannot be used is one clear line."""
         gan_dir = Path(gan_dir)
         fix = f"train one with `lineguard synth fit --data DATA --out {gan_dir}`"
         meta_path = gan_dir / GAN_YAML
         if not meta_path.is_file():
-            raise LineguardError(f"{meta_path}: missing, {gan_dir} is not a GAN_DIR; {fix}")
+            raise GanDirError(f"{meta_path}: missing, {gan_dir} is not a GAN_DIR; {fix}")
         try:
-            meta = yaml.safe_load(meta_path.read_text())
-        except yaml.YAMLError as e:
-            raise LineguardError(f"{meta_path}: not valid YAML ({e}); {fix}") from None
-        if not isinstance(meta, dict) or (meta.get("format"), meta.get("version")) != (GAN_FORMAT, GAN_FORMAT_VERSION):
-            got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else None
-            raise LineguardError(f"{meta_path}: format {got}, this lineguard reads ({GAN_FORMAT!r}, "
-                                 f"{GAN_FORMAT_VERSION}); retrain: {fix}")
-        weights = gan_dir / str(meta.get("weights", ""))
+            info = GanFile.load(meta_path)
+        except GanDirError as e:
+            raise GanDirError(f"{e}; retrain: {fix}") from None
+        dev = torch_device(device)
+        weights = gan_dir / info.weights
         if not weights.is_file():
-            raise LineguardError(f"{weights}: missing (named by {meta_path}); {fix}")
+            raise GanDirError(f"{weights}: missing (named by {meta_path}); {fix}")
         sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-        if sha != meta.get("sha256"):
-            raise LineguardError(f"{weights}: sha256 {sha[:16]}... differs from the {meta_path} record "
-                                 f"{str(meta.get('sha256'))[:16]}...; the files do not belong together, {fix}")
+        if sha != info.sha256:
+            raise GanDirError(f"{weights}: sha256 {sha[:16]}... differs from the {meta_path} record "
+                              f"{info.sha256[:16]}...; the files do not belong together, {fix}")
         try:
-            cfg = GanConfig.model_validate(meta["config"])
-            G = make_generator(cfg, len(meta["labels"]))
+            G = make_generator(info.config, len(info.labels))
             G.load_state_dict(load_file(str(weights)))
-        except (KeyError, ValidationError, SafetensorError, RuntimeError) as e:
-            raise LineguardError(f"{meta_path} / {weights}: cannot build the generator ({e}); {fix}") from None
-        return cls(G.eval().requires_grad_(False).to(device), meta, sha[:16], gan_dir, device, truncation)
+        except (SafetensorError, RuntimeError) as e:
+            raise GanDirError(f"{meta_path} / {weights}: cannot build the generator ({e}); {fix}") from None
+        return cls(G.eval().requires_grad_(False).to(dev), info, gan_dir, dev, truncation)
 
     @property
     def classes(self) -> List[str]:
-        return list(self.meta["classes"])
+        return list(self.info.classes)
 
     @property
     def resolution(self) -> int:
-        return int(self.meta["resolution"])
+        return self.info.resolution
 
     def _generate(self, c: int, n: int, rng: np.random.Generator):
         """(images uint8 (n, R, R[, 3]), masks uint8 (n, R, R) in {0, 255}) for class index ``c``."""
@@ -99,7 +117,7 @@ class GanSource(PatchSource):
         for a class can therefore return fewer than ``n`` patches (never an empty-mask patch)."""
         if label not in self.classes:
             raise LineguardError(f"{self.gan_dir}: the GAN makes {self.classes}, not '{label}'")
-        c = self.meta["labels"].index(label)
+        c = self.info.labels.index(label)
         out: List[Patch] = []
         for _ in range(1 + REDRAW_ROUNDS):
             missing = n - len(out)

@@ -36,24 +36,27 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import save_file
 
 from lineguard import LineguardError
+from lineguard.checkpoint import CheckpointError, check_settings, load_checkpoint, restoring, save_checkpoint
 from lineguard.config import dump_config
 from lineguard.data.format import Dataset, DatasetError, Record
-from lineguard.data.imaging import ImageFileError, read_image, write_png
+from lineguard.data.imaging import ImageFileError, read_image, resize, write_png
 from lineguard.data.progress import track
-from lineguard.files import atomic_path, atomic_write, sha256_file
+from lineguard.files import atomic_path, sha256_file
 from lineguard.synth.crops import defect_crops, group_by_class
 
 from .augment import AdaptiveAugment
-from .config import ARCH_FIELDS, GAN_FORMAT, GAN_FORMAT_VERSION, GAN_YAML, WEIGHTS, GanConfig
+from .config import ARCH_FIELDS, GAN_FORMAT, GAN_FORMAT_VERSION, GAN_YAML, WEIGHTS, GanConfig, GanFile
 from .networks import Generator, make_discriminator, make_generator
+from .source import torch_device
 
 __all__ = ["CHECKPOINT", "GanTrainer", "TrainingData", "fit", "load_training_data"]
 
 CHECKPOINT = "checkpoint.pt"
+STATE_KEYS = ("labels", "G", "D", "G_ema", "opt_g", "opt_d", "augment", "step", "nimg", "seconds", "rng_cpu",
+              "rng_cuda")  # a checkpoint's keys besides format, version and config
 GRID_COLUMNS = 8
 OK_PATCHES_PER_IMAGE = 4
 OK_IMAGES_MAX = 1000
@@ -109,8 +112,7 @@ def _ok_patches(ds: Dataset, records: List[Record], sides: List[int], cfg: GanCo
         for side in rng.choice(sides, OK_PATCHES_PER_IMAGE):
             s = int(min(side, h, w))
             y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-            interp = cv2.INTER_AREA if s >= cfg.resolution else cv2.INTER_LINEAR
-            out.append(cv2.resize(img[y:y + s, x:x + s], (cfg.resolution,) * 2, interpolation=interp))
+            out.append(resize(img[y:y + s, x:x + s], (cfg.resolution, cfg.resolution)))
     return _to_tensor(out)
 
 
@@ -265,11 +267,10 @@ class GanTrainer:
 
 
 def _device(name: str) -> torch.device:
+    """``auto``: the first CUDA device where there is one, else the CPU; otherwise as ``torch_device``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LineguardError("device: cuda was asked for but torch sees no CUDA device; use device: auto or cpu")
-    return torch.device(name)
+    return torch_device(name)
 
 
 def _grid(img: torch.Tensor, mask: torch.Tensor, rows: int) -> np.ndarray:
@@ -300,33 +301,18 @@ def _reals_grid(data: TrainingData) -> np.ndarray:
 
 
 def _save_checkpoint(path: Path, trainer: GanTrainer, cfg: GanConfig, labels: List[str]) -> None:
-    with atomic_path(path) as tmp:  # a kill during the write leaves the previous checkpoint intact
-        torch.save({"format": GAN_FORMAT, "version": GAN_FORMAT_VERSION, "config": cfg.model_dump(mode="json"),
-                    "labels": labels, **trainer.state_dict()}, tmp)
+    save_checkpoint(path, {"labels": labels, **trainer.state_dict()}, cfg, GAN_FORMAT, GAN_FORMAT_VERSION)
 
 
-def _load_checkpoint(path: Path, cfg: GanConfig, labels: List[str]) -> Dict[str, Any]:
-    if not path.is_file():
-        raise LineguardError(f"{path}: no checkpoint to resume from; start the run without --resume")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, ...: torch has no common error type
-        raise LineguardError(f"{path}: unreadable checkpoint (truncated or not a lineguard GAN checkpoint: "
-                             f"{type(e).__name__}); delete it to start over") from None
-    if not isinstance(ck, dict):
-        raise LineguardError(f"{path}: not a lineguard GAN checkpoint; delete it to start over")
-    if (ck.get("format"), ck.get("version")) != (GAN_FORMAT, GAN_FORMAT_VERSION):
-        raise LineguardError(f"{path}: a {ck.get('format')} checkpoint of version {ck.get('version')}, this lineguard "
-                             f"resumes {GAN_FORMAT} version {GAN_FORMAT_VERSION}; train into a new folder")
-    now = cfg.model_dump(mode="json")
-    differ = [k for k in ARCH_FIELDS if ck["config"].get(k) != now[k]]
-    if differ:
-        raise LineguardError(f"{path}: the run was started with other architecture settings ({', '.join(differ)}); "
-                             "resume with the same values or train into a new folder")
+def _resume(path: Path, trainer: GanTrainer, cfg: GanConfig, labels: List[str]) -> None:
+    """Continue ``trainer`` from the checkpoint at ``path``: same architecture settings, same labels."""
+    ck = load_checkpoint(path, GAN_FORMAT, GAN_FORMAT_VERSION, STATE_KEYS)
+    check_settings(path, ck["config"], cfg, ARCH_FIELDS, what="architecture settings")
     if ck["labels"] != labels:
-        raise LineguardError(f"{path}: the run was trained on classes {ck['labels']}, the data now gives {labels}; "
-                             "resume on the same data or train into a new folder")
-    return ck
+        raise CheckpointError(f"{path}: the run was trained on classes {ck['labels']}, the data now gives {labels}; "
+                              "resume on the same data or train into a new folder")
+    with restoring(path):
+        trainer.load_state_dict(ck)
 
 
 def _write_gan_dir(out: Path, trainer: GanTrainer, cfg: GanConfig, data: TrainingData) -> str:
@@ -334,11 +320,9 @@ def _write_gan_dir(out: Path, trainer: GanTrainer, cfg: GanConfig, data: Trainin
     with atomic_path(out / WEIGHTS) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in trainer.G_ema.state_dict().items()}, str(tmp))
     sha = sha256_file(out / WEIGHTS)
-    meta = {"format": GAN_FORMAT, "version": GAN_FORMAT_VERSION, "classes": data.classes, "labels": data.label_names,
-            "resolution": cfg.resolution, "channels": cfg.channels, "weights": WEIGHTS, "sha256": sha,
-            "kimg": round(trainer.nimg / 1000, 3), "steps": trainer.step_count, "data": data.provenance,
-            "config": cfg.model_dump(mode="json")}
-    atomic_write(out / GAN_YAML, yaml.safe_dump(meta, sort_keys=False))
+    GanFile(classes=data.classes, labels=data.label_names, resolution=cfg.resolution, channels=cfg.channels,
+            sha256=sha, kimg=round(trainer.nimg / 1000, 3), steps=trainer.step_count, data=data.provenance,
+            config=cfg).save(out / GAN_YAML)
     return sha
 
 
@@ -370,7 +354,7 @@ def fit(data_dir: PathLike, out_dir: PathLike, cfg: GanConfig, resume: bool = Fa
     data = load_training_data(data_dir, cfg)
     trainer = GanTrainer(cfg, data, _device(cfg.device))
     if resume:
-        trainer.load_state_dict(_load_checkpoint(ck_path, cfg, data.label_names))
+        _resume(ck_path, trainer, cfg, data.label_names)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "fit.yaml")
     if trainer.nimg == 0:

@@ -558,7 +558,7 @@ add("bench-control-valid", "bench-onnx", _bench_control)
 
 def _sidecar(ctx: Ctx, **change: Any) -> Dict[str, Any]:
     a = ctx.assets
-    info: Dict[str, Any] = {SPEC_KEY: a.spec_json(), "tensorrt": "8.5.2.2", "gpu": "Xavier", "device": "gpu",
+    info: Dict[str, Any] = {SPEC_KEY: a.spec_json(), "tensorrt": "8.5.2.2", "gpu": "Xavier", "device": "cuda:0",
                             "precision": "fp16", WEIGHTS_KEY: hashlib.sha256(a.weights).hexdigest()}
     for k, v in change.items():
         if v is None:

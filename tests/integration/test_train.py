@@ -4,6 +4,7 @@ after a kill, 2-process torchrun, bad input."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -17,20 +18,24 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from lineguard.checkpoint import CheckpointError
 from lineguard.cli import main
 from lineguard.config import ConfigError, load_config
 from lineguard.data.format import Dataset, DatasetError
 from lineguard.data.imaging import read_image, write_png
 from lineguard.data.split import split_dataset
-from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
+from lineguard.edge.evaluate import evaluate
+from lineguard.sim import SimulatorConfig, simulate_dataset
 from lineguard.training.config import TrainConfig
-from lineguard.training.engine import CHECKPOINT, CheckpointError, train
-from lineguard.training.evaluate import evaluate_model_dir
+from lineguard.training.engine import CHECKPOINT, train
+from lineguard.training.model_dir import load_model_dir
+from lineguard.training.models import count_gmacs
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"model": "two_stream_lite0", "weights": "none", "img_size": 64, "epochs": 3, "batch_size": 8,
+SMALL = {"arch": "two_stream_lite0", "weights": "none", "img_size": 64, "epochs": 3, "batch_size": 8,
          "threads": 1, "patience": 10, "ema_decay": 0.9}
 
 
@@ -44,20 +49,35 @@ def _cli(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_train_writes_model_dir_and_eval_reads_it(sim: Path, tmp_path: Path) -> None:
+def test_train_writes_model_dir_and_eval_reads_it(sim: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                 capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "model"
+    caplog.set_level(logging.INFO, "lineguard.train")
     summary = train(TrainConfig(**SMALL), sim, out, progress=False)
     for name in ("model.safetensors", "model.yaml", "train.yaml", "classes.yaml", "metrics.json", "curves.png",
                  "confusion.png", "pr.png", "MODEL_CARD.md"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert len(metrics["history"]) == 3 and metrics["test"]["images"] == summary["test"]["images"]
-    assert 0 <= metrics["test"]["accuracy"] <= 1 and metrics["gmacs"] > 0
-    ev = evaluate_model_dir(out, sim, split="test", progress=False)
-    assert ev["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
-    assert ev["latency"]["p50_ms"] > 0
-    ev2 = evaluate_model_dir(out, sim, split="test", target_escape=0.01, progress=False)
-    assert ev2["threshold"] <= 1.0 and ev2["target_escape"] == 0.01
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3] and metrics["test"]["images"] == summary["test"]["images"]
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.name == "lineguard.train"] == [
+        "epoch 1", "epoch 2", "epoch 3"]  # one line per epoch through the logger, nothing printed
+    assert "epoch 1" not in capsys.readouterr().out
+    # the model directory holds the best epoch's weights: its val figures are that epoch's
+    best = max(history, key=lambda h: (h["val_macro_f1"], -h["val_loss"]))
+    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["val"]["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    assert metrics["val"]["macro_f1"] == pytest.approx(best["val_macro_f1"])
+    test = metrics["test"]
+    assert test["images"] == len(Dataset.load(sim).split("test")) == sum(map(sum, test["confusion"]))
+    assert test["accuracy"] == pytest.approx(np.trace(test["confusion"]) / test["images"])
+    assert metrics["gmacs"] == pytest.approx(count_gmacs(load_model_dir(out).model, 64))
+    ev = evaluate(out, sim, split="test", progress=False)
+    assert ev.accuracy == pytest.approx(test["accuracy"]) and ev.latency.p50_ms > 0
+    # a threshold picked on val for a target escape rate meets it on val, whatever split is shown
+    ev2 = evaluate(out, sim, split="test", target_escape=0.01, progress=False)
+    on_val = evaluate(out, sim, split="val", target_escape=0.01, progress=False)
+    assert on_val.threshold == ev2.threshold and on_val.escape_rate <= 0.01
 
 
 def test_train_with_synthetic_set(sim: Path, tmp_path: Path) -> None:
@@ -104,14 +124,16 @@ def test_torchrun_two_processes(sim: Path, tmp_path: Path) -> None:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun is installed with torch"
     cmd = [torchrun, "--nproc-per-node", "2", "--standalone", "-m", "lineguard", "train", "--data", str(sim),
-           "--out", str(out), "--model", "cnn_lite0", "--weights", "none", "--img-size", "64", "--epochs", "1",
-           "--batch-size", "8", "-q", "--json"]
+           "--out", str(out), "--arch", "cnn_lite0", "--weights", "none", "--img-size", "64", "--epochs", "1",
+           "--batch", "8", "--json"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["epochs_run"] == 1
+    assert res.stdout.count("epoch 1: train loss") == 1, res.stdout  # rank 0 logs, rank 1 does not
     ck = torch.load(out / CHECKPOINT, weights_only=True)
-    assert set(ck) == {"model", "ema", "optimizer", "scheduler", "state", "config"}
+    assert set(ck) == {"format", "version", "config", "model", "ema", "optimizer", "scheduler", "state"}
+    assert (ck["format"], ck["version"], ck["config"]["arch"]) == ("lineguard-train", 1, "cnn_lite0")
     assert not any(k.startswith("module.") for k in ck["model"])  # DDP wrapper not saved
     assert (out / "model.safetensors").is_file()
 
@@ -203,8 +225,8 @@ def test_resume_from_damaged_checkpoint_is_one_line_and_changes_nothing(
         full = torch.load(ck, weights_only=True)
         torch.save({**full, "model": {"conv.weight": torch.zeros(3)}}, ck)
     before = _snapshot(out)
-    with pytest.raises(CheckpointError, match=rf"{CHECKPOINT} is unreadable \(.*\); delete it to start over or "
-                                              "restore it") as e:
+    with pytest.raises(CheckpointError, match=rf"{CHECKPOINT}: unreadable checkpoint \(.*\); delete it to start "
+                                              "over or restore it") as e:
         train(TrainConfig(**QUICK), sim, out, resume=True, progress=False, max_steps=2)
     assert "\n" not in str(e.value) and str(ck) in str(e.value)
     if damage == "missing-keys":
@@ -213,8 +235,29 @@ def test_resume_from_damaged_checkpoint_is_one_line_and_changes_nothing(
     cfg = tmp_path / "quick.yaml"
     cfg.write_text("\n".join(f"{k}: {v}" for k, v in QUICK.items()) + "\n")
     err = _main_exit(["train", "--data", str(sim), "--out", str(out), "--config", str(cfg), "--resume", "-q"], capsys)
-    assert CHECKPOINT in err and "is unreadable" in err
+    assert CHECKPOINT in err and "unreadable checkpoint" in err
     assert _snapshot(out) == before
+
+
+def test_an_older_run_resumes_and_other_settings_are_refused(quick_run: Path, sim: Path, tmp_path: Path) -> None:
+    """A run of an older lineguard: a checkpoint without format and version, the architecture under the key
+    `model` in its config and train.yaml."""
+    out = tmp_path / "model"
+    shutil.copytree(quick_run, out)
+    ck = torch.load(out / CHECKPOINT, weights_only=True)
+    config = {("model" if k == "arch" else k): v for k, v in ck.pop("config").items()}
+    torch.save({**{k: v for k, v in ck.items() if k not in ("format", "version")}, "config": config}, out / CHECKPOINT)
+    (out / "train.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(CheckpointError, match=r"started with other settings \(arch\)"):
+        train(TrainConfig(**{**QUICK, "arch": "cnn_lite0"}), sim, out, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match=r"started with other settings \(img_size, seed\)"):
+        train(TrainConfig(**{**QUICK, "img_size": 96, "seed": 1}), sim, out, resume=True, progress=False)
+    cfg = load_config(TrainConfig, out / "train.yaml", {"epochs": 2})  # the epochs may change on a resume
+    assert cfg.arch == QUICK["arch"]
+    summary = train(cfg, sim, out, resume=True, progress=False, max_steps=3)
+    assert summary["epochs_run"] == 2 and len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+    again = torch.load(out / CHECKPOINT, weights_only=True)
+    assert (again["format"], again["config"]["arch"], again["state"]["step"]) == ("lineguard-train", QUICK["arch"], 3)
 
 
 def _changed_copy(src: Path, dst: Path, split: Optional[str]) -> str:
@@ -236,7 +279,7 @@ def test_train_fails_on_an_image_changed_after_import(sim: Path, tmp_path: Path,
         train(TrainConfig(**QUICK), data, tmp_path / "m", progress=False, max_steps=1)
     assert changed in str(e.value)
     err = _main_exit(["train", "--data", str(data), "--out", str(tmp_path / "m2"), "--weights", "none",
-                      "--img-size", "64", "--epochs", "1", "--batch-size", "8", "-q"], capsys)
+                      "--img-size", "64", "--epochs", "1", "--batch", "8", "-q"], capsys)
     assert Path(changed).name in err and "changed since the manifest" in err
 
 
@@ -254,7 +297,7 @@ def test_eval_fails_on_an_image_changed_after_import(quick_run: Path, sim: Path,
     data = tmp_path / "ds"
     changed = _changed_copy(sim, data, "test")
     with pytest.raises(DatasetError, match="changed since the manifest was written") as e:
-        evaluate_model_dir(quick_run, data, progress=False)
+        evaluate(quick_run, data, progress=False)
     assert changed in str(e.value)
     err = _main_exit(["eval", "--model", str(quick_run), "--data", str(data), "-q"], capsys)
     assert Path(changed).name in err and "changed since the manifest" in err

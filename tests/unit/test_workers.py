@@ -1,5 +1,5 @@
 """Worker-pool plumbing: workers, the fork server and the resource tracker die with a SIGKILLed parent, and
-its ``pymp-*`` temporary folder goes with them."""
+its ``pymp-*`` temporary folder goes with them; the chunked pool (``run_chunks``)."""
 
 from __future__ import annotations
 
@@ -198,6 +198,59 @@ def test_init_worker_in_the_main_process_changes_nothing() -> None:
     assert fs._forkserver._forkserver_alive_fd is not None  # this process still owns its fork server
 
 
+def test_run_chunks_in_this_process_runs_in_order() -> None:
+    calls = []
+
+    def fn(job: str, k: int) -> str:
+        calls.append(k)
+        return f"{job}{k}"
+
+    assert list(workers.run_chunks(fn, "c", [3, 1, 2], workers=1)) == ["c3", "c1", "c2"]
+    assert list(workers.run_chunks(fn, "c", [5], workers=4)) == ["c5"]  # one chunk: no pool
+    assert calls == [3, 1, 2, 5]
+
+
+_CHUNKS = """
+import os
+
+import cv2
+
+
+def square(job, k):
+    if k == job["fail"]:
+        raise ValueError(f"chunk {k} failed")
+    return k, k * k + job["offset"], os.getpid(), os.environ.get("OMP_NUM_THREADS"), cv2.getNumThreads()
+"""
+
+
+def test_run_chunks_over_a_pool(tmp: Path, tmp_path: Path) -> None:
+    """Every chunk once, whichever process did it; workers get the job once and one thread per library; an error
+    in a chunk reaches the caller; closing the iterator early leaves no process behind."""
+    (tmp / "chunky.py").write_text(_CHUNKS)
+    proc = _python("""
+        import os
+        from lineguard.workers import run_chunks
+        import chunky
+        job = {"offset": 7, "fail": -1}
+        rows = list(run_chunks(chunky.square, job, range(40), workers=2))
+        assert sorted(r[:2] for r in rows) == [(k, k * k + 7) for k in range(40)], rows
+        in_workers = [r for r in rows if r[2] != os.getpid()]
+        assert in_workers and all(r[3:] == ("1", 1) for r in in_workers), rows
+        try:
+            list(run_chunks(chunky.square, {"offset": 0, "fail": 13}, range(40), workers=2))
+            raise AssertionError("no error")
+        except ValueError as e:
+            assert str(e) == "chunk 13 failed"
+        it = run_chunks(chunky.square, job, range(400), workers=2)
+        next(it)
+        it.close()
+        print("done", flush=True)
+        """, tmp, tmp_path / "err.log")
+    assert proc.wait(60) == 0, (tmp_path / "err.log").read_text()
+    assert proc.stdout is not None and proc.stdout.read() == b"done\n"
+    assert _wait(lambda: not _session(proc.pid), 10), _session(proc.pid)
+
+
 @pytest.mark.slow
 def test_a_killed_data_simulate_leaves_no_process_and_no_temp_folder(tmp: Path, tmp_path: Path) -> None:
     """Case 17: `data simulate` SIGKILLed while its workers render."""
@@ -227,7 +280,7 @@ def test_a_killed_training_process_leaves_no_data_loader_worker(tmp: Path, tmp_p
     proc = _python("""
         import time, torch
         from torch.utils.data import TensorDataset
-        from lineguard.training.data import data_loader
+        from lineguard.training.dataset import data_loader
         batches = iter(data_loader(TensorDataset(torch.arange(64.0)), batch_size=4, num_workers=2))
         next(batches), next(batches)
         print("ready", flush=True)

@@ -16,10 +16,7 @@ from .registry import (
     register_model,
 )
 
-DEFAULT_MODEL = "two_stream_lite0"
-
 __all__ = [
-    "DEFAULT_MODEL",
     "CnnStream",
     "DefectNet",
     "LayerNorm",

@@ -12,20 +12,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from lineguard.console import strict_json
 from lineguard.data.modelspec import ModelSpec
 from lineguard.edge.bench import bench, nothing_ran, report
-from lineguard.edge.formats import strict_json
 from lineguard.edge.runners import RunnerError, load_runner
 from lineguard.edge.runners.base import SPEC_KEY, WEIGHTS_KEY, spec_of_onnx
 from lineguard.edge.runners.ort import OrtRunner
-from lineguard.edge.runners.trt import TrtRunner, read_sidecar, sidecar_path
+from lineguard.edge.runners.trt import TrtRunner
+from lineguard.edge.tensorrt import read_sidecar, sidecar_path
 
 pytest.importorskip("onnxruntime")
 
@@ -124,10 +125,54 @@ def test_bad_model_description_metadata_is_one_line(tmp_path: Path, value: str, 
         one_line_error(exc, "m.onnx")
 
 
+# ---------------------------------------------------------------- devices
+
+def test_ort_device_vocabulary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """cuda:N is the CUDA provider on GPU N; the TensorRT provider is gone (TensorRT has its own runner)."""
+    import onnxruntime as ort
+
+    f = save(tiny(), tmp_path / "model.onnx")
+    asked: List[Any] = []
+
+    class Session(ort.InferenceSession):  # runs on the CPU, records the providers asked for, claims CUDA
+        def __init__(self, path: str, opts: Any, providers: List[Any]) -> None:
+            asked.append(providers)
+            super().__init__(path, opts, providers=["CPUExecutionProvider"])
+
+        def get_providers(self) -> List[str]:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    for device, gpu in (("cuda:1", 1), ("cuda", 0)):
+        runner = load_runner(f, device=device)
+        assert asked[-1] == [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
+        described = runner.describe()
+        assert described["device"] == f"cuda:{gpu}" and described["providers"][0] == "CUDAExecutionProvider"
+    assert OrtRunner(f).describe()["device"] == "cpu" and asked[-1] == ["CPUExecutionProvider"]
+    for bad in ("tensorrt", "gpu", "dla:0", "cuda:x"):
+        for load in (OrtRunner, load_runner):
+            with pytest.raises(RunnerError, match=rf"^device '{bad}': not one of cpu; cuda, cuda:N \(GPU N\)$"):
+                load(f, device=bad)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])  # the CPU-only wheel
+    with pytest.raises(RunnerError, match=r"model\.onnx: ONNX Runtime .* has no CUDAExecutionProvider \(available: "
+                                          r"CPUExecutionProvider\); install onnxruntime-gpu"):
+        OrtRunner(f, device="cuda:1")
+
+
+def test_torch_device_is_checked_before_torch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "lineguard.edge.torch_runner", None)
+    d = model_dir(tmp_path / "m")
+    with pytest.raises(RunnerError, match=r"device 'dla:0': not one of cpu; cuda, cuda:N \(GPU N\)$"):
+        load_runner(d, backend="torch", device="dla:0")
+    with pytest.raises(RunnerError, match="backend torch needs torch"):
+        load_runner(d, backend="torch", device="cuda:1")
+
+
 # ---------------------------------------------------------------- engine side-car
 
 def _sidecar(**change: Any) -> Dict[str, Any]:
-    side = {SPEC_KEY: SPEC.model_dump(mode="json"), "tensorrt": "8.5.2.2", "gpu": "Xavier", "device": "gpu",
+    side = {SPEC_KEY: SPEC.model_dump(mode="json"), "tensorrt": "8.5.2.2", "gpu": "Xavier", "device": "cuda:0",
             "precision": "fp16", WEIGHTS_KEY: None}
     side.update(change)
     return {k: v for k, v in side.items() if v != "DROP"}
@@ -169,7 +214,8 @@ def test_valid_sidecar_reaches_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_pat
     engine.write_bytes(b"plan")
     sidecar_path(engine).write_text(json.dumps(_sidecar(build_seconds=1.5)))
     info, side = read_sidecar(engine)
-    assert side.spec == SPEC and side.device == "gpu" and side.weights_sha256 is None and info["build_seconds"] == 1.5
+    assert side.spec == SPEC and side.device == "cuda:0" and side.weights_sha256 is None
+    assert info["build_seconds"] == 1.5
     with pytest.raises(RunnerError, match="needs the Python package 'tensorrt'"):
         TrtRunner(engine)
 
@@ -253,13 +299,14 @@ def test_bench_of_bad_files_reports_null_figures_and_nothing_ran(tmp_path: Path)
     bad.write_bytes(_bad_bytes("truncated"))
     rows = bench([bad], ["ort"], batches=[1, 2], rounds=1, seconds=0.01, warmup=1)
     assert len(rows) == 2 and all(r.error and "bad.onnx" in r.error for r in rows)
-    out = _strict(strict_json(report(rows)))
+    out = _strict(strict_json(report(rows).model_dump(mode="json")))
     assert [r["p50_ms"] for r in out["rows"]] == [None, None] and out["recommended"] == {}
     assert "nothing was measured" in nothing_ran(rows) and "bad.onnx" in nothing_ran(rows)
     good = bench([model_dir(tmp_path / "m"), bad], ["ort"], batches=[1], rounds=1, seconds=0.01, warmup=1,
                  options={"ort": {"threads": 1}})
     assert nothing_ran(good) is None and sum(r.error is None for r in good) == 1
-    assert all(math.isfinite(r["p50_ms"]) for r in _strict(strict_json(report(good)))["rows"] if not r["error"])
+    rows_out = _strict(strict_json(report(good).model_dump(mode="json")))["rows"]
+    assert all(math.isfinite(r["p50_ms"]) for r in rows_out if not r["error"])
 
 
 def test_cli_bench_exits_2_when_nothing_ran_and_writes_strict_json(tmp_path: Path) -> None:
@@ -272,7 +319,8 @@ def test_cli_bench_exits_2_when_nothing_ran_and_writes_strict_json(tmp_path: Pat
         return subprocess.run([sys.executable, "-m", "lineguard", "bench", *args], capture_output=True, text=True,
                               env=env, timeout=300)
 
-    res = cli("--model", str(bad), "--batch", "1,2", "--rounds", "1", "--seconds", "0.01", "--json", "--out", str(out))
+    res = cli("--model", str(bad), "--batch", "1", "--batch", "2", "--rounds", "1", "--seconds", "0.01", "--json",
+              "--out", str(out))
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and "nothing was measured" in res.stderr
     printed = _strict(res.stdout.strip().splitlines()[-1])

@@ -22,12 +22,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from lineguard.data.modelspec import ModelSpec
-from lineguard.edge.formats import ExportError
+from lineguard.edge.export import export
+from lineguard.edge.formats import FORMATS, ExportError, Format, export_format
 from lineguard.edge.onnx2engine import build_engine
 from lineguard.edge.onnx_check import TRT85_OPS, check_tensorrt, tensorrt_problems
-from lineguard.edge.runners import load_runner
+from lineguard.edge.runners import load_runner, resolve_model_file
 from lineguard.edge.runners.base import INPUT, OUTPUTS, SPEC_KEY, WEIGHTS_KEY, RunnerError
-from lineguard.edge.runners.trt import TrtRunner, sidecar_path
+from lineguard.edge.runners.trt import TrtRunner
+from lineguard.edge.tensorrt import list_engines, sidecar_path
 from lineguard.files import sha256_file
 
 H = W = 16
@@ -379,6 +381,8 @@ def make_tensorrt(version: str, state: CudaState, rec: Recorder) -> types.Module
             return layer.type.name not in ("Softmax", "Cast")
 
     class Builder:
+        num_DLA_cores = 2  # Xavier
+
         def __init__(self, logger: Any) -> None:
             self.logger = logger
 
@@ -577,7 +581,7 @@ def onnx_file(tmp_path: Path) -> Path:
 
 def test_build_85_explicit_batch_fp16_workspace_sidecar(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
     engine = build_engine(onnx_file, tmp_path / "m", workspace_gib=1.5)
-    assert engine.parent == tmp_path / "m" / "engines" and len(engine.stem) == 16 and engine.suffix == ".engine"
+    assert engine == tmp_path / "m" / "engines" / "fp16-b1-cuda0.engine"
     trt = fakes.trt
     assert fakes.network.flags == 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     assert fakes.config.pools == {trt.MemoryPoolType.WORKSPACE: int(1.5 * (1 << 30))}
@@ -586,7 +590,7 @@ def test_build_85_explicit_batch_fp16_workspace_sidecar(fakes: Fakes, onnx_file:
     side = json.loads(sidecar_path(engine).read_text())
     assert side[SPEC_KEY] == SPEC.model_dump(mode="json")
     assert (side["tensorrt"], side["gpu"], side["precision"], side["batch"], side["device"]) == (
-        "8.5.2.2", "Xavier", "fp16", 1, "gpu")
+        "8.5.2.2", "Xavier", "fp16", 1, "cuda:0")
     assert side["profile"] == [1, 1, 1] and len(side["onnx_sha256"]) == 64 and side["dla_gpu_fallback"] is None
     assert "build_seconds" in side and sorted(p.name for p in engine.parent.iterdir()) == sorted(
         [engine.name, sidecar_path(engine).name])  # no temporary files left
@@ -606,7 +610,10 @@ def test_build_85_runs_the_85_operator_check(fakes: Fakes, tmp_path: Path) -> No
 
 
 def test_build_refuses_bad_options_and_models(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
-    for kwargs, message in [({"precision": "bf16"}, "precision 'bf16'"), ({"device": "dla:2"}, "device 'dla:2'"),
+    for kwargs, message in [({"precision": "bf16"}, "precision 'bf16'"),
+                            ({"device": "gpu"}, r"device 'gpu': not one of cuda, cuda:N \(GPU N\); dla:N"),
+                            ({"device": "cpu"}, "device 'cpu': not one of cuda"),
+                            ({"device": "dla:2"}, r"device dla:2: this machine has 2 DLA core\(s\) \(dla:0..dla:1\)"),
                             ({"batch": 0}, "batch 0"), ({"batch": "auto"}, "batch 'auto'"),
                             ({"workspace_gib": 0}, "workspace_gib"),
                             ({"device": "dla:0", "batch": "dynamic"}, "DLA needs static shapes"),
@@ -696,26 +703,50 @@ def test_dla_build_reports_gpu_fallback_layers(fakes: Fakes, onnx_file: Path, tm
     assert fakes.config.flags == {trt.BuilderFlag.FP16, trt.BuilderFlag.GPU_FALLBACK}
     side = json.loads(sidecar_path(engine).read_text())
     assert side["device"] == "dla:1" and side["dla_gpu_fallback"] == ["cast (Cast)", "softmax (Softmax)"]
-    with TrtRunner(engine) as runner:
-        assert fakes.rec.runtimes[-1].DLA_core == 1
+    assert engine.name == "fp16-b1-dla1.engine"
+    with TrtRunner(engine) as runner:  # where it was built
+        assert fakes.rec.runtimes[-1].DLA_core == 1 and runner.describe()["device"] == "dla:1"
         assert runner.predict(frames_of(2)).probs.shape == (2, 2)
+    with TrtRunner(engine, device="dla:0"):  # the other core
+        assert fakes.rec.runtimes[-1].DLA_core == 0
+    with pytest.raises(RunnerError, match=r"built for dla:1, so it runs on a DLA core \(dla:N\), not device cuda:0"):
+        TrtRunner(engine, device="cuda")
+    with pytest.raises(RunnerError, match=r"device 'cpu': not one of cuda, cuda:N \(GPU N\); dla:N"):
+        TrtRunner(engine, device="cpu")
+    assert fakes.balanced() and fakes.state.detached == 3  # the build and the two runners that opened the GPU
 
 
 def test_engine_cache(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
     first = build_engine(onnx_file, tmp_path)
     assert build_engine(onnx_file, tmp_path) == first and len(fakes.rec.builds) == 1
     other = build_engine(onnx_file, tmp_path, precision="fp32")
-    assert other != first and len(fakes.rec.builds) == 2
-    assert build_engine(onnx_file, tmp_path, batch="dynamic") not in (first, other) and len(fakes.rec.builds) == 3
+    assert other.name == "fp32-b1-cuda0.engine" and len(fakes.rec.builds) == 2
+    dynamic = build_engine(onnx_file, tmp_path, batch="dynamic")
+    assert dynamic.name == "fp16-b1-32-cuda0.engine" and len(fakes.rec.builds) == 3
     assert build_engine(onnx_file, tmp_path, cache=False) == first and len(fakes.rec.builds) == 4
     side = sidecar_path(first)
     side.write_text(side.read_text().replace('"Xavier"', '"Orin"'))
     assert build_engine(onnx_file, tmp_path) == first and len(fakes.rec.builds) == 5  # side-car mismatch
     fakes.install(version="8.5.3.1")
-    assert build_engine(onnx_file, tmp_path) != first  # another TensorRT, another key
+    assert build_engine(onnx_file, tmp_path) == first and len(fakes.rec.builds) == 1  # another TensorRT: rebuilt
+    assert json.loads(side.read_text())["tensorrt"] == "8.5.3.1"
     save(tiny_model(fp16=True), onnx_file)
-    fakes.install()
-    assert build_engine(onnx_file, tmp_path) != first  # another ONNX file, another key
+    assert build_engine(onnx_file, tmp_path) == first and len(fakes.rec.builds) == 2  # another ONNX file: rebuilt
+    assert json.loads(side.read_text())["onnx_sha256"] == sha256_file(onnx_file)
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted(
+        f"{key}.{ext}" for key in ("fp16-b1-cuda0", "fp32-b1-cuda0", "fp16-b1-32-cuda0") for ext in ("engine", "json"))
+
+
+def test_calibration_cache_is_reused_only_for_the_same_onnx(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
+    engine = build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=frames_of(4))
+    assert engine.name == "int8-b2-cuda0.engine" and len(fakes.rec.calib_batches) == 2
+    side = sidecar_path(engine)
+    side.write_text(side.read_text().replace('"profile"', '"old_profile"'))  # not this build's side-car any more
+    build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=frames_of(4))
+    assert len(fakes.rec.builds) == 2 and len(fakes.rec.calib_batches) == 2  # rebuilt from <key>.calib
+    save(tiny_model(fp16=True), onnx_file)
+    build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=frames_of(4))
+    assert len(fakes.rec.builds) == 3 and len(fakes.rec.calib_batches) == 4  # another ONNX: calibrated again
 
 
 def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch, onnx_file: Path,
@@ -769,6 +800,107 @@ def test_invalid_sidecar_is_not_a_cached_engine(fakes: Fakes, onnx_file: Path, t
     assert build_engine(onnx_file, tmp_path) == engine and len(fakes.rec.builds) == 2
     with TrtRunner(engine) as runner:
         assert runner.describe()["gpu"] == "Xavier"
+
+
+# ---------------------------------------------------------------- model directories: the format table, several engines
+
+def model_folder(root: Path) -> Path:
+    """A model directory: model.yaml, a weights file, and the model.onnx exported from it."""
+    root.mkdir()
+    SPEC.save(root)
+    (root / SPEC.weights).write_bytes(b"weights")
+    model = tiny_model()
+    helper.set_model_props(model, {SPEC_KEY: json.dumps(SPEC.model_dump(mode="json")),
+                                   WEIGHTS_KEY: sha256_file(root / SPEC.weights)})
+    save(model, export_format("onnx").path(root))
+    return root
+
+
+def _fake_converters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch2onnx and onnx2int8 without torch or a data set: they copy model.onnx to the file they are given."""
+    def convert(src: Any, out: Path, precision: str) -> Path:
+        model = onnx.load(str(src))
+        helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                       "lineguard.precision": precision})
+        return save(model, out)
+
+    t2o = types.ModuleType("lineguard.edge.torch2onnx")
+    t2o.torch2onnx = lambda model_dir, out, **kw: convert(Path(model_dir) / "model.onnx", out, "fp32")
+    quantize = types.ModuleType("lineguard.edge.quantize")
+    quantize.MAX_ACCURACY_DROP = 0.01
+    quantize.onnx2int8 = lambda fp32, calib, data, out, max_drop: convert(fp32, out, "int8")
+    monkeypatch.setitem(sys.modules, "lineguard.edge.torch2onnx", t2o)
+    monkeypatch.setitem(sys.modules, "lineguard.edge.quantize", quantize)
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f.exported], ids=lambda f: f.name)
+def test_every_format_file_is_what_export_writes_and_load_runner_finds(fakes: Fakes, monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path, fmt: Format) -> None:
+    pytest.importorskip("onnxruntime")
+    _fake_converters(monkeypatch)
+    d = model_folder(tmp_path / "m")
+    written = export(d, fmt.name, data=tmp_path / "images" if fmt.name == "onnx-int8" else None)
+    found = fmt.keys(d) if fmt.keyed else {None: fmt.path(d)}
+    assert list(found.values()) == [written]  # the table's file pattern names what export wrote
+    key = next(iter(found))
+    with load_runner(d, fmt.backend) as runner:  # ... and load_runner finds it in the folder
+        assert runner.path == written and runner.backend == fmt.backend
+    with load_runner(written) as runner:  # ... and knows the backend from the file
+        assert runner.backend == fmt.backend
+    assert resolve_model_file(d, fmt.backend, key) == written
+
+
+def test_export_engine_devices(fakes: Fakes, tmp_path: Path) -> None:
+    d = model_folder(tmp_path / "m")
+    assert export(d, "engine", device="cuda:0") == d / "engines" / "fp32-b1-cuda0.engine"
+    assert export(d, "engine", half=True, device="dla:1") == d / "engines" / "fp16-b1-dla1.engine"
+    assert fakes.config.DLA_core == 1
+    for bad in ("gpu", "dla", "cpu", "cuda:x", "dla:0:1", " cuda"):
+        with pytest.raises(ExportError, match=rf"device '{bad}': not one of cuda, cuda:N \(GPU N\); dla:N"):
+            export(d, "engine", device=bad)
+    with pytest.raises(ExportError, match="--device do"):
+        export(d, "onnx-int8", device="cuda")
+    assert len(fakes.rec.builds) == 2
+
+
+def test_several_engines_need_a_key(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
+    fp16 = build_engine(onnx_file, tmp_path)
+    with load_runner(tmp_path, "trt") as runner:  # one engine: that one
+        assert runner.path == fp16
+    fp32 = build_engine(onnx_file, tmp_path, precision="fp32")
+    dla = build_engine(onnx_file, tmp_path, device="dla:0")
+    keys = "fp16-b1-cuda0, fp16-b1-dla0, fp32-b1-cuda0"
+    with pytest.raises(RunnerError, match=rf"engines: 3 engines, pick one by key \(keys: {keys}\)") as exc:
+        load_runner(tmp_path, "trt")
+    assert "\n" not in str(exc.value) and str(tmp_path / "engines") in str(exc.value)
+    with pytest.raises(RunnerError, match=rf"no engine 'int8-b1-cuda0' \(keys: {keys}\)"):
+        load_runner(tmp_path, "trt", key="int8-b1-cuda0")
+    for key, engine in (("fp32-b1-cuda0", fp32), ("fp16-b1-dla0", dla)):
+        with load_runner(tmp_path, key=key) as runner:  # backend auto: a key picks an engine
+            assert runner.path == engine and runner.backend == "trt"
+    assert fakes.rec.runtimes[-1].DLA_core == 0
+    for path, backend in ((fp16, "trt"), (tmp_path, "ort")):
+        with pytest.raises(RunnerError, match="key 'fp16-b1-cuda0' picks one of a model directory's engines"):
+            load_runner(path, backend, key="fp16-b1-cuda0")
+    assert not list(fakes.state.memory) and fakes.balanced()
+
+
+def test_list_engines_summarises_the_sidecars(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
+    assert list_engines(tmp_path) == {}
+    fp16 = build_engine(onnx_file, tmp_path, batch="dynamic")
+    dla = build_engine(onnx_file, tmp_path, device="dla:1", batch=2)
+    entries = list_engines(tmp_path)
+    assert list(entries) == ["fp16-b1-32-cuda0", "fp16-b2-dla1"]
+    entry = entries["fp16-b2-dla1"]
+    assert entry.file == dla and entry.error is None and isinstance(entry.summary.pop("build_seconds"), float)
+    assert entry.summary == {"precision": "fp16", "batch": 2, "profile": [2, 2, 2], "device": "dla:1",
+                             "tensorrt": "8.5.2.2", "gpu": "Xavier"}
+    assert entries["fp16-b1-32-cuda0"].summary["profile"] == [1, 8, 32]
+    sidecar_path(fp16).write_text("{")
+    broken = list_engines(tmp_path)["fp16-b1-32-cuda0"]
+    assert broken.file == fp16 and broken.summary == {} and "unreadable engine side-car" in str(broken.error)
+    with load_runner(tmp_path, key="fp16-b2-dla1") as runner:  # a broken neighbour does not matter
+        assert runner.batch_range == (2, 2)
 
 
 # ---------------------------------------------------------------- runner
@@ -874,7 +1006,7 @@ def test_no_cuda_device(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
         build_engine(onnx_file, tmp_path)
     fakes.state.gpu = "Xavier"
     with pytest.raises(RunnerError, match="CUDA device 1 does not exist"):
-        TrtRunner(engine, device_id=1)
+        TrtRunner(engine, device="cuda:1")
 
 
 def test_cuda_graph_one_per_batch_size(monkeypatch: pytest.MonkeyPatch, onnx_file: Path, tmp_path: Path) -> None:

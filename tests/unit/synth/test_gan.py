@@ -15,12 +15,21 @@ import yaml
 
 from lineguard import LineguardError
 from lineguard.data.format import Dataset
+from lineguard.sim import SimulatorConfig, simulate_dataset
 from lineguard.synth.gan.augment import AdaptiveAugment
-from lineguard.synth.gan.config import GAN_YAML, WEIGHTS, AugmentConfig, GanConfig, cpu_preset, gpu_preset
+from lineguard.synth.gan.config import (
+    GAN_YAML,
+    WEIGHTS,
+    AdaConfig,
+    GanConfig,
+    GanDirError,
+    GanFile,
+    cpu_preset,
+    gpu_preset,
+)
 from lineguard.synth.gan.networks import Discriminator, Generator
-from lineguard.synth.gan.source import GanSource
+from lineguard.synth.gan.source import GanSource, torch_device
 from lineguard.synth.gan.train import CHECKPOINT, GanTrainer, fit, load_training_data
-from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
 
 CLASSES = ["dent", "scratch", "stain"]
 
@@ -44,7 +53,7 @@ def tiny(**kw) -> GanConfig:
     """16 px, 8-16 channels, batch 4; a tick per step; R1 every 2nd step; augmentation on from the start."""
     base = dict(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4,
                 r1_interval=2, kimg=1.0, tick_kimg=0.004, snapshot_kimg=0.5, sample_kimg=0.5, ema_kimg=0.01,
-                augment=AugmentConfig(p_init=0.5), device="cpu")
+                augment=AdaConfig(p_init=0.5), device="cpu")
     return GanConfig(**{**base, **kw})
 
 
@@ -227,6 +236,55 @@ def test_gan_dir_of_another_version_or_incomplete_is_refused(gan_dir: Path, tmp_
         GanSource.load(other)
     with pytest.raises(LineguardError, match=r"gan.yaml: missing"):
         GanSource.load(tmp_path)
+
+
+def test_gan_yaml_is_typed_and_a_bad_one_is_one_line(gan_dir: Path, tmp_path: Path) -> None:
+    info = GanFile.load(gan_dir / GAN_YAML)
+    assert info.classes == CLASSES and info.config == tiny() and info.weights == WEIGHTS and len(info.sha256) == 64
+    other = tmp_path / "other"
+    shutil.copytree(gan_dir, other)
+    meta = yaml.safe_load((other / GAN_YAML).read_text())
+    del meta["labels"]
+    (other / GAN_YAML).write_text(yaml.safe_dump({**meta, "resolution": "big"}))
+    with pytest.raises(GanDirError) as e:
+        GanSource.load(other)
+    assert "\n" not in str(e.value) and str(other / GAN_YAML) in str(e.value)
+    assert "'labels': Field required" in str(e.value) and "'resolution'" in str(e.value)
+    (other / GAN_YAML).write_text("[1, 2")
+    with pytest.raises(GanDirError, match=r"gan.yaml: not valid YAML.*lineguard synth fit"):
+        GanSource.load(other)
+    (other / GAN_YAML).write_text("- 1\n")
+    with pytest.raises(GanDirError, match=r"gan.yaml: a mapping of keys expected, got list"):
+        GanSource.load(other)
+
+
+def test_device_is_a_torch_device_string(gan_dir: Path) -> None:
+    assert torch_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "cuda:x", "meta"):
+        with pytest.raises(LineguardError, match=f"device '{bad}': expected cpu, cuda or cuda:N"):
+            torch_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(LineguardError, match="device 'cuda:1': torch sees no CUDA device here"):
+            GanSource.load(gan_dir, device="cuda:1")
+    else:
+        with pytest.raises(LineguardError, match="CUDA device"):
+            torch_device(f"cuda:{torch.cuda.device_count()}")
+    src = GanSource.load(gan_dir, device="cpu")
+    assert src.device == torch.device("cpu") and len(src.version) == 16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_source_on_cuda_is_deterministic_and_named(gan_dir: Path) -> None:
+    src = GanSource.load(gan_dir, device="cuda:0")
+    cpu = GanSource.load(gan_dir)
+    assert src.version == cpu.version + "-cuda" and next(src.G.parameters()).is_cuda
+    with torch.no_grad():
+        src.G.to_mask[-1].bias.fill_(2.0)
+    a = src.sample("dent", 5, np.random.default_rng(1))
+    b = src.sample("dent", 5, np.random.default_rng(1))
+    assert len(a) == 5 and all(np.array_equal(p.image, q.image) and np.array_equal(p.mask, q.mask)
+                               for p, q in zip(a, b))
 
 
 def test_source_samples_patches_deterministically(gan_dir: Path) -> None:

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from lineguard.data.format import Dataset
 from lineguard.data.imaging import read_image, sha256_bytes
 from lineguard.data.split import split_dataset
+from lineguard.sim import SimulatorConfig, simulate_dataset
 from lineguard.synth.baselines import CopyPasteSource, PerlinSource, SourceError
 from lineguard.synth.cli import generate as generate_command
 from lineguard.synth.generate import (
@@ -32,7 +33,6 @@ from lineguard.synth.generate import (
     merge_shards,
 )
 from lineguard.synth.patches import Patch, PatchSource
-from lineguard.synth.simulator import SimulatorConfig, simulate_dataset
 
 SIZE = 96
 N = 40
@@ -256,7 +256,7 @@ def test_generate_command(base: Path, tmp_path: Path) -> None:
     app = typer.Typer()
     app.command()(generate_command)
     out = tmp_path / "cli"
-    args = ["--base", str(base), "--n", "8", "--out", str(out), "--method", "perlin", "--size", str(SIZE),
+    args = ["--data", str(base), "--n", "8", "--out", str(out), "--method", "perlin", "--size", str(SIZE),
             "--workers", "1", "--json", "--quiet"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -266,7 +266,7 @@ def test_generate_command(base: Path, tmp_path: Path) -> None:
     assert again["rendered"] == 0 and again["reused"] == 8
     res = CliRunner().invoke(app, [*args[:-4], "--seed", "1"])
     assert isinstance(res.exception, GenerateError) and "seed: 0 -> 1" in str(res.exception)
-    res = CliRunner().invoke(app, ["--base", str(base), "--out", str(tmp_path / "gan"), "--n", "4"])
+    res = CliRunner().invoke(app, ["--data", str(base), "--out", str(tmp_path / "gan"), "--n", "4"])
     assert res.exit_code == 2 and "--gan GAN_DIR is needed" in res.output
     res = CliRunner().invoke(app, [*args[:-2], "--shard", "2/2"])
     assert res.exit_code == 2 and "needs 0 <= i < N" in res.output

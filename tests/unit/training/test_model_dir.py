@@ -20,10 +20,10 @@ from lineguard.data.format import Dataset, DatasetError
 from lineguard.data.imaging import read_image, write_png
 from lineguard.data.modelspec import MAX_SIDE, MODEL_FILE, SPEC_FILE, ModelSpec
 from lineguard.data.preprocess import Preprocess
+from lineguard.edge.evaluate import evaluate
 from lineguard.training import weights as weights_module
 from lineguard.training.config import TrainConfig
-from lineguard.training.data import DefectDataset
-from lineguard.training.evaluate import evaluate_model_dir
+from lineguard.training.dataset import DefectDataset
 from lineguard.training.model_dir import load_model_dir
 from lineguard.training.models import ModelError
 from lineguard.training.weights import WeightsError, load_weights, save_weights
@@ -243,10 +243,10 @@ def test_changed_image_fails_eval_with_the_file_named(good: Path, sim: Path, tmp
     data = tmp_path / "ds"
     shutil.copytree(sim, data)
     ds = Dataset.load(data)
-    assert evaluate_model_dir(good, data, progress=False)["images"] > 0
+    assert evaluate(good, data, progress=False).images > 0
     rel = _change_image(ds, "test")
     with pytest.raises(DatasetError, match=r"changed since the manifest") as e:
-        evaluate_model_dir(good, data, progress=False)
+        evaluate(good, data, progress=False)
     assert Path(rel).name in _one_line(e.value)
     err = _eval_cli(good, data, capsys)
     assert Path(rel).name in err and "changed since the manifest" in err

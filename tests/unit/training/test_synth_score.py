@@ -106,13 +106,13 @@ def test_score_command_and_errors(real: Path, model_dir: Path, tmp_path: Path) -
     app = typer.Typer()
     app.command()(synth_score)
     synth = _noise_set(real, tmp_path / "noise")
-    res = CliRunner().invoke(app, ["--real", str(real), "--synthetic", str(synth), "--model", str(model_dir),
+    res = CliRunner().invoke(app, ["--data", str(real), "--synthetic", str(synth), "--model", str(model_dir),
                                    "--max-images", "20", "--json", "--quiet"])
     assert res.exit_code == 0, res.output
     rep = json.loads(res.output.strip().splitlines()[-1])
     assert rep["overall"]["real"] == rep["overall"]["synthetic"] == 20 and rep["overall"]["c2st_auc"] > 0.9
-    res = CliRunner().invoke(app, ["--real", str(real), "--synthetic", str(synth), "--model", str(model_dir),
-                                   "--max-images", "8", "--quiet"])
+    res = CliRunner().invoke(app, ["--data", str(real), "--synthetic", str(synth), "--model", str(model_dir),
+                                   "--max-images", "8"])
     assert res.exit_code == 0 and "overall" in res.output
     with pytest.raises(ScoreError, match="split 'nope' has 0 images"):
         score(real, synth, model_dir, split="nope", progress=False)
