@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from . import LineguardError
 from .files import FileError, atomic_write, read_regular
 
-__all__ = ["ConfigError", "StrictModel", "describe", "dump_config", "load_config", "read_yaml"]
+__all__ = ["ConfigError", "StrictModel", "describe", "dump_config", "load_config", "read_mapping", "read_yaml",
+           "validated"]
 
 M = TypeVar("M", bound="StrictModel")
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of YAML
@@ -78,28 +79,35 @@ def read_yaml(path: Union[str, Path], error: Type[LineguardError] = ConfigError,
         raise error(f"{path}: not valid YAML ({problem}{where})") from None
 
 
+def read_mapping(path: Union[str, Path], error: Type[LineguardError] = ConfigError,
+                 max_bytes: int = MAX_CONFIG_BYTES) -> Dict[str, Any]:
+    """:func:`read_yaml` of a file that must hold a mapping of keys (an empty file is an empty mapping)."""
+    data = read_yaml(path, error, max_bytes)
+    if data is not None and not isinstance(data, dict):
+        raise error(f"{path}: must be a mapping of keys, got {type(data).__name__}")
+    return data or {}
+
+
+def validated(model: Type[M], data: Mapping[str, Any], where: str, error: Type[LineguardError] = ConfigError) -> M:
+    """``model`` built from ``data``; what does not fit is one ``error`` line starting with ``where``."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise error(f"{where}: {describe(e, model)}") from None
+
+
 def load_config(
     model: Type[M],
     path: Optional[Union[str, Path]] = None,
     overrides: Optional[Mapping[str, Any]] = None,
 ) -> M:
     """Build ``model`` from an optional YAML file, then apply ``overrides`` (``None`` values skipped)."""
-    data: Dict[str, Any] = {}
-    origin = "defaults"
-    if path is not None:
-        origin = str(path)
-        loaded = read_yaml(path)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(loaded).__name__}")
-        data.update(loaded or {})
+    data = read_mapping(path) if path is not None else {}
+    origin = "defaults" if path is None else str(path)
     set_overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if set_overrides:
         origin += " + command line"
-    data.update(set_overrides)
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"{origin}: {describe(e, model)}") from None
+    return validated(model, {**data, **set_overrides}, origin)
 
 
 def dump_config(cfg: BaseModel, path: Union[str, Path]) -> None:

@@ -17,7 +17,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -89,12 +89,70 @@ def sample_grid(real: Path, gan_dir: Path, out: Path, per_class: int = 8, size: 
     cv2.imwrite(str(out), np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1])), constant_values=255) for r in rows]))
 
 
+def synthetic_sets(args: argparse.Namespace, tag: str, real: Path, timing: Dict[str, float]) -> Dict[str, Path]:
+    """The synthetic sets of one fraction: {variant: data set} for "baseline" and "gan" (kept under --work)."""
+    synthetic: Dict[str, Path] = {}
+    work = args.work / tag
+    if "baseline" in args.variants:
+        ds = Dataset.load(real)
+        half = args.synthetic_n // 2
+        t0 = time.perf_counter()
+        cp = generate(CopyPasteSource.from_dataset(ds, channels=1), real, half, work / "copy-paste",
+                      near_copy=NearCopyConfig(enabled=False), progress=False)  # real crops by design
+        pl = generate(PerlinSource.from_dataset(ds), real, args.synthetic_n - half, work / "perlin", seed=1,
+                      progress=False)
+        timing[f"{tag}/baseline-generate"] = time.perf_counter() - t0
+        synthetic["baseline"] = merged([cp.dataset.root, pl.dataset.root], work / "baseline")
+    if "gan" in args.variants:
+        gan_dir = work / "gan"
+        if not (gan_dir / "gan.yaml").exists():
+            t0 = time.perf_counter()
+            cfg = cpu_preset().model_copy(update={"kimg": args.gan_kimg})
+            fit(real, gan_dir, cfg, resume=(gan_dir / "checkpoint.pt").exists(), progress=False)
+            timing[f"{tag}/gan-fit"] = time.perf_counter() - t0
+        sample_grid(real, gan_dir, args.work / f"{tag}-real-vs-gan.png")
+        t0 = time.perf_counter()
+        g = generate(SourceFactory(GanSource.load, (str(gan_dir),)), real, args.synthetic_n, work / "gan-set",
+                     progress=False)
+        timing[f"{tag}/gan-generate"] = time.perf_counter() - t0
+        synthetic["gan"] = g.dataset.root
+    return synthetic
+
+
+def train_run(args: argparse.Namespace, real: Path, synthetic: Optional[Path], seed: int, out: Path) -> Dict:
+    """The test figures of one training run (a finished run under ``out`` is read, not redone)."""
+    cfg = TrainConfig(arch=args.arch, img_size=args.img_size, seed=seed, epochs=200, max_minutes=args.minutes,
+                      patience=1000, synthetic=str(synthetic) if synthetic else None,
+                      synthetic_ratio=args.synthetic_ratio)
+    if (out / "metrics.json").exists():
+        if load_config(TrainConfig, out / "train.yaml") != cfg:
+            raise SystemExit(f"{out}: trained with other settings than these; remove it or use another --work")
+        m = json.loads((out / "metrics.json").read_text())
+    else:
+        m = train(cfg, real, out, resume=(out / "checkpoint.pt").exists(), progress=False)
+    t = m["test"]
+    return {"macro_f1": t["macro_f1"], "accuracy": t["accuracy"], "auroc": t["ok_ng_auroc"],
+            **{f"recall_{c}": t["per_class"][c]["recall"] for c in RECALL_OF}, "train_minutes": m["train_minutes"]}
+
+
+def summary(args: argparse.Namespace, runs: Dict[str, Dict]) -> Dict[str, Dict]:
+    """Mean and std over seeds per fraction and variant."""
+    table = {}
+    for f in args.fractions:
+        for v in args.variants:
+            rows = [r for r in runs.values() if r["fraction"] == f and r["variant"] == v]
+            table[f"{f:g}/{v}"] = {k: {"mean": float(np.mean([r[k] for r in rows])),
+                                       "std": float(np.std([r[k] for r in rows]))}
+                                   for k in ("macro_f1", "accuracy", *[f"recall_{c}" for c in RECALL_OF])}
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 1.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    ap.add_argument("--model", default="two_stream_lite0")
+    ap.add_argument("--arch", default="two_stream_lite0")
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--minutes", type=float, default=15.0, help="training budget per run")
     ap.add_argument("--synthetic-n", type=int, default=4000, help="generated images per synthetic set")
@@ -109,61 +167,16 @@ def main() -> None:
     for f in args.fractions:
         tag = f"f{round(f * 100):03d}"
         real = subset(data, args.work / tag / "data", f)
-        synthetic: Dict[str, Path] = {}
-        if "baseline" in args.variants:
-            ds = Dataset.load(real)
-            half = args.synthetic_n // 2
-            t0 = time.perf_counter()
-            cp = generate(CopyPasteSource.from_dataset(ds, channels=1), real, half, args.work / tag / "copy-paste",
-                          near_copy=NearCopyConfig(enabled=False), progress=False)  # real crops by design
-            pl = generate(PerlinSource.from_dataset(ds), real, args.synthetic_n - half, args.work / tag / "perlin",
-                          seed=1, progress=False)
-            timing[f"{tag}/baseline-generate"] = time.perf_counter() - t0
-            synthetic["baseline"] = merged([cp.dataset.root, pl.dataset.root], args.work / tag / "baseline")
-        if "gan" in args.variants:
-            gan_dir = args.work / tag / "gan"
-            if not (gan_dir / "gan.yaml").exists():
-                t0 = time.perf_counter()
-                cfg = cpu_preset().model_copy(update={"kimg": args.gan_kimg})
-                fit(real, gan_dir, cfg, resume=(gan_dir / "checkpoint.pt").exists(), progress=False)
-                timing[f"{tag}/gan-fit"] = time.perf_counter() - t0
-            sample_grid(real, gan_dir, args.work / f"{tag}-real-vs-gan.png")
-            t0 = time.perf_counter()
-            g = generate(SourceFactory(GanSource.load, (str(gan_dir),)), real, args.synthetic_n,
-                         args.work / tag / "gan-set", progress=False)
-            timing[f"{tag}/gan-generate"] = time.perf_counter() - t0
-            synthetic["gan"] = g.dataset.root
+        synthetic = synthetic_sets(args, tag, real, timing)
         for v in args.variants:
             for seed in args.seeds:
                 name = f"{tag}/{v}/seed{seed}"
-                out = args.work / tag / "train" / v / f"seed{seed}"
-                cfg = TrainConfig(arch=args.model, img_size=args.img_size, seed=seed, epochs=200,
-                                  max_minutes=args.minutes, patience=1000,
-                                  synthetic=str(synthetic[v]) if v != "real" else None,
-                                  synthetic_ratio=args.synthetic_ratio)
-                if (out / "metrics.json").exists():
-                    kept = load_config(TrainConfig, out / "train.yaml")
-                    if kept != cfg:
-                        raise SystemExit(f"{out}: trained with other settings than these; remove it or use "
-                                         "another --work")
-                    m = json.loads((out / "metrics.json").read_text())
-                else:
-                    m = train(cfg, real, out, resume=(out / "checkpoint.pt").exists(), progress=False)
-                t = m["test"]
-                runs[name] = {"fraction": f, "variant": v, "seed": seed, "macro_f1": t["macro_f1"],
-                              "accuracy": t["accuracy"], "auroc": t["ok_ng_auroc"],
-                              **{f"recall_{c}": t["per_class"][c]["recall"] for c in RECALL_OF},
-                              "train_minutes": m["train_minutes"]}
+                figures = train_run(args, real, synthetic.get(v), seed, args.work / tag / "train" / v / f"seed{seed}")
+                runs[name] = {"fraction": f, "variant": v, "seed": seed, **figures}
                 print(json.dumps({"run": name, **runs[name]}), flush=True)
-    table = {}
-    for f in args.fractions:
-        for v in args.variants:
-            rows = [r for r in runs.values() if r["fraction"] == f and r["variant"] == v]
-            table[f"{f:g}/{v}"] = {k: {"mean": float(np.mean([r[k] for r in rows])),
-                                       "std": float(np.std([r[k] for r in rows]))}
-                                   for k in ("macro_f1", "accuracy", *[f"recall_{c}" for c in RECALL_OF])}
+    table = summary(args, runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, json.dumps({"benchmark": "synth_gain", "model": args.model, "seeds": args.seeds,
+    atomic_write(args.out, json.dumps({"benchmark": "synth_gain", "arch": args.arch, "seeds": args.seeds,
                                     "img_size": args.img_size, "minutes_per_run": args.minutes,
                                     "synthetic_n": args.synthetic_n, "synthetic_ratio": args.synthetic_ratio,
                                     "gan_kimg": args.gan_kimg,

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Set, Union
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from ..config import StrictModel, describe, read_yaml
+from ..config import StrictModel, read_mapping, validated
 from ..files import atomic_write
 from .format import DatasetError
 from .preprocess import Preprocess
@@ -127,14 +127,7 @@ class ModelSpec(StrictModel):
         path = Path(model_dir) / SPEC_FILE
         if not path.is_file():
             raise DatasetError(f"{model_dir}: not a lineguard model directory ({SPEC_FILE} missing)")
-        data = read_yaml(path, DatasetError, MAX_SPEC_BYTES)
-        if not isinstance(data, dict):
-            raise DatasetError(f"{path}: must be a mapping of keys (format, arch, classes, ...), "
-                               f"got {type(data).__name__}")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise DatasetError(f"{path}: {describe(e)}") from None
+        return validated(cls, read_mapping(path, DatasetError, MAX_SPEC_BYTES), str(path), DatasetError)
 
     def save(self, model_dir: Union[str, Path]) -> None:
         atomic_write(Path(model_dir, SPEC_FILE), yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

@@ -12,7 +12,8 @@ from typing import List, Optional
 
 from ..format import DatasetError, Reject
 from ..imaging import IMAGE_SUFFIXES
-from .base import IMPORTERS, Candidate, Scan, list_images, path_ids, pick_ok_class, register_importer
+from .base import IMPORTERS, list_images, path_ids, pick_ok_class, register_importer
+from .candidates import Candidate, Scan
 
 NAME = "imagefolder"
 # Folder and file names that belong to other layouts: a source holding one is not an image folder.

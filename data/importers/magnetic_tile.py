@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..format import Reject
-from .base import Candidate, Scan, pick_ok_class, register_importer
+from .base import pick_ok_class, register_importer
+from .candidates import Candidate, Scan
 
 PREFIX = "MT_"
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..format import DatasetError, Reject
-from .base import Candidate, Scan, list_images, path_ids, register_importer
+from .base import list_images, path_ids, register_importer
+from .candidates import Candidate, Scan
 
 OK = "good"
 

@@ -22,7 +22,8 @@ import numpy as np
 from ...files import FileError, read_regular
 from ..format import DatasetError, Reject
 from ..imaging import IMAGE_SUFFIXES
-from .base import Candidate, Scan, Shape, list_images, register_importer
+from .base import list_images, register_importer
+from .candidates import Candidate, Scan, Shape
 
 DEFAULT_OK = "ok"
 

@@ -30,7 +30,8 @@ import numpy as np
 from ...config import read_yaml
 from ...files import FileError, printable, read_regular, resolved
 from ..format import DatasetError, Reject
-from .base import Candidate, Scan, Shape, is_image_name, path_ids, register_importer
+from .base import is_image_name, path_ids, register_importer
+from .candidates import Candidate, Scan, Shape
 
 DEFAULT_OK = "ok"
 YAML_NAMES = ("data.yaml", "data.yml")

@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Tuple, Union
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lineguard import LineguardError
-from lineguard.config import StrictModel, describe, dump_config, read_yaml
+from lineguard.config import StrictModel, dump_config, read_mapping, validated
 
 __all__ = ["ARCH_FIELDS", "GAN_FORMAT", "GAN_FORMAT_VERSION", "GAN_YAML", "WEIGHTS", "AdaConfig", "GanConfig",
            "GanDirError", "GanFile", "cpu_preset", "gpu_preset"]
@@ -118,16 +118,11 @@ class GanFile(StrictModel):
     def load(cls, path: Union[str, Path]) -> GanFile:
         """Read ``path``; anything that keeps it from being used is one :class:`GanDirError` line naming it
         (another format version is named as such, before its keys are checked)."""
-        data = read_yaml(path, GanDirError)
-        if not isinstance(data, dict):
-            raise GanDirError(f"{path}: a mapping of keys expected, got {type(data).__name__}")
+        data = read_mapping(path, GanDirError)
         if (data.get("format"), data.get("version")) != (GAN_FORMAT, GAN_FORMAT_VERSION):
             raise GanDirError(f"{path}: format {(data.get('format'), data.get('version'))}, this lineguard reads "
                               f"{(GAN_FORMAT, GAN_FORMAT_VERSION)}")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise GanDirError(f"{path}: {describe(e, cls)}") from None
+        return validated(cls, data, str(path), GanDirError)
 
     def save(self, path: Union[str, Path]) -> None:
         dump_config(self, path)

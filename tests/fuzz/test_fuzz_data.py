@@ -163,7 +163,7 @@ def _odd_name_case(position: str, label: str, name: str) -> Callable[[Ctx], Setu
             write(ds / "images" / f"{name}.png", b"")
             recs[1]["image"] = f"images/{name}.png"
             write_manifest(ds, recs)
-            return Setup(["data", "validate", str(ds), "-q"], {1: "invalid"}, (name,))
+            return Setup(["data", "validate", str(ds)], {1: "invalid"}, (name,))
         raise ValueError(position)
 
     return build

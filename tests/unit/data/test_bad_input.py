@@ -128,7 +128,7 @@ def test_failed_overwrite_leaves_the_old_set_and_validate_catches_mask_drift(tmp
     out = tmp_path / "out"
     import_dataset(a, out, progress=False)
     before = _tree(out)
-    import lineguard.data.importers.base as base
+    import lineguard.data.importers.candidates as base
 
     real, calls = base.read_image, []
 

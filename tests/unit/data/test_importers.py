@@ -12,7 +12,8 @@ import pytest
 from lineguard.data.format import Dataset, DatasetError
 from lineguard.data.imaging import read_image, read_mask
 from lineguard.data.importers import IMPORTERS, detect_format, import_dataset
-from lineguard.data.importers.base import Candidate, Importer, Scan
+from lineguard.data.importers.base import Importer
+from lineguard.data.importers.candidates import Candidate, Scan
 
 RNG = np.random.default_rng(0)
 

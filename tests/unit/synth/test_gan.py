@@ -254,7 +254,7 @@ def test_gan_yaml_is_typed_and_a_bad_one_is_one_line(gan_dir: Path, tmp_path: Pa
     with pytest.raises(GanDirError, match=r"gan.yaml: not valid YAML.*lineguard synth fit"):
         GanSource.load(other)
     (other / GAN_YAML).write_text("- 1\n")
-    with pytest.raises(GanDirError, match=r"gan.yaml: a mapping of keys expected, got list"):
+    with pytest.raises(GanDirError, match=r"gan.yaml: must be a mapping of keys, got list"):
         GanSource.load(other)
 
 
