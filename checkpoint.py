@@ -1,4 +1,7 @@
-"""Training checkpoints (torch): one file with everything a resume needs, written atomically, read strictly.
+"""The trainers' torch plumbing (the defect GAN's and the inspection model's): the device to run on, and
+checkpoints: one file with everything a resume needs, written atomically, read strictly.
+
+    device = torch_device("cuda:1")       # cpu | cuda | cuda:N, checked against what torch sees here
 
     save_checkpoint(path, {"model": model.state_dict(), ...}, cfg, "lineguard-train", 1)
     ck = load_checkpoint(path, "lineguard-train", 1, keys=("model", ...))
@@ -23,9 +26,11 @@ from pydantic import BaseModel, ValidationError
 
 from . import LineguardError
 from .config import describe
+from .devices import parse_device
 from .files import atomic_path
 
-__all__ = ["CheckpointError", "check_settings", "load_checkpoint", "restoring", "save_checkpoint", "unreadable"]
+__all__ = ["CheckpointError", "check_settings", "load_checkpoint", "restoring", "save_checkpoint", "torch_device",
+           "unreadable"]
 
 PathLike = Union[str, Path]
 # what ``load_state_dict`` of a module, an optimiser or a scheduler raises on state that does not fit
@@ -102,3 +107,17 @@ def restoring(path: PathLike) -> Iterator[None]:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         reason = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # torch: a heading, then the cause
         raise unreadable(path, f"does not fit this model: {reason}") from None
+
+
+def torch_device(name: Union[str, torch.device]) -> torch.device:
+    """The torch device ``name`` (``cpu``, ``cuda``, ``cuda:N``: ``lineguard.devices``); one clear line when it
+    is not one or torch cannot use it here."""
+    device = parse_device(str(name), ("cpu", "cuda"), LineguardError)
+    if device.kind == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise LineguardError(f"device '{name}': torch sees no CUDA device here; use cpu")
+    if device.index >= count:
+        raise LineguardError(f"device '{name}': torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return torch.device("cuda", device.index)

@@ -20,8 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+from lineguard.devices import Device, parse_device
+
 from ..data.modelspec import SPEC_FILE, ModelSpec
-from .formats import Device, ExportError, export_format, parse_device
+from .formats import ExportError, export_format
 from .runners.base import WEIGHTS_KEY, RunnerError, check_weights
 
 __all__ = ["export"]

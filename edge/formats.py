@@ -1,4 +1,4 @@
-"""The one table of model formats (:data:`FORMATS`) and the one device vocabulary (:func:`parse_device`).
+"""The one table of model formats (:data:`FORMATS`); devices are ``lineguard.devices``.
 
 Each row names a format (``lineguard export --format``), the file it writes in the model directory, the
 runner backend that loads it (``load_runner(..., backend=)``, ``lineguard bench --backend``), the runtime
@@ -8,7 +8,6 @@ not exported. Export, the runners and bench all read this table; nothing else na
 
     fmt = export_format("onnx-int8")
     fmt.check_args({"calib": "data/", "half": True})   # ExportError: --half does not apply to onnx-int8
-    parse_device("cuda:1")                             # Device(kind='cuda', index=1)
 
 Torch-free, Python 3.8.
 """
@@ -16,60 +15,18 @@ Torch-free, Python 3.8.
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Type, Union
+from typing import Dict, Optional, Tuple, Union
 
 from lineguard import LineguardError
 
-__all__ = ["BACKENDS", "DEVICE_KINDS", "FORMATS", "Device", "DeviceError", "ExportError", "Format", "backend_format",
-           "export_format", "file_format", "parse_device"]
+__all__ = ["BACKENDS", "FORMATS", "ExportError", "Format", "backend_format",
+           "export_format", "file_format"]
 
 
 class ExportError(LineguardError):
     """An export that cannot be made or that failed a check (parity, operator support, accuracy)."""
-
-
-class DeviceError(LineguardError):
-    """A device name outside the vocabulary, or of a kind not allowed (:func:`parse_device`'s default error;
-    the runners raise :class:`~lineguard.edge.runners.RunnerError`, export :class:`ExportError` instead)."""
-
-
-DEVICE_KINDS = ("cpu", "cuda", "dla")
-_DEVICE_FORMS = {"cpu": "cpu", "cuda": "cuda, cuda:N (GPU N)", "dla": "dla:N (DLA core N)"}
-_DEVICE = re.compile(r"(cpu)|(cuda)(?::([0-9]+))?|(dla):([0-9]+)")
-
-
-@dataclass(frozen=True)
-class Device:
-    """``cpu``, ``cuda:N`` (GPU N) or ``dla:N`` (DLA core N; the GPU is device 0)."""
-
-    kind: str
-    index: int = 0
-
-    def __str__(self) -> str:
-        return self.kind if self.kind == "cpu" else f"{self.kind}:{self.index}"
-
-
-def parse_device(value: Union[str, Device], allowed: Sequence[str] = DEVICE_KINDS,
-                 error: Type[LineguardError] = DeviceError) -> Device:
-    """``value`` (``cpu``, ``cuda`` = ``cuda:0``, ``cuda:N``, ``dla:N``) as a :class:`Device` whose kind is
-    in ``allowed``; otherwise one ``error`` line (the caller's error type) listing what is allowed."""
-    text = str(value) if isinstance(value, Device) else value
-    match = _DEVICE.fullmatch(text) if isinstance(text, str) else None
-    if match is not None:
-        cpu, cuda, gpu, _, core = match.groups()
-        if cpu:
-            device = Device("cpu")
-        elif cuda:
-            device = Device("cuda", int(gpu or 0))
-        else:
-            device = Device("dla", int(core))
-        if device.kind in allowed:
-            return device
-    forms = "; ".join(_DEVICE_FORMS[k] for k in allowed)
-    raise error(f"device {text!r}: not one of {forms}")
 
 
 @dataclass(frozen=True)
@@ -80,7 +37,7 @@ class Format:
     file: Optional[str]  # in the model directory, "{key}" an engine key; None: the weights file model.yaml names
     backend: str  # the runner that loads it
     family: str  # the runtime (``bench`` runs one family at a time and recommends one backend per family)
-    devices: Tuple[str, ...]  # device kinds its runner takes (:func:`parse_device`)
+    devices: Tuple[str, ...]  # device kinds its runner takes (``lineguard.devices.parse_device``)
     args: Tuple[str, ...]  # export options that apply
     packages: str  # what exporting (torch: running) it needs
 

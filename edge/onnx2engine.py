@@ -23,7 +23,7 @@ int8       float ONNX + ``calib_frames``:               Q/DQ ONNX required,     
 =========  ==========================================  ==============================  ===========================
 
 Q/DQ must be symmetric signed INT8 (zero point 0): TensorRT takes nothing else.
-Devices (``formats.parse_device``): ``cuda``/``cuda:N`` builds on GPU N; ``dla:N`` on DLA core N of GPU 0
+Devices (``devices.parse_device``): ``cuda``/``cuda:N`` builds on GPU N; ``dla:N`` on DLA core N of GPU 0
 (Xavier: dla:0, dla:1): static batch, fp16/int8, GPU fallback allowed. The network layers that cannot run
 on the DLA (``IBuilderConfig.can_run_on_DLA`` per parsed layer, before fusion) go to the side-car's
 ``dla_gpu_fallback`` and the log; ``null`` where this TensorRT lacks that call.
@@ -43,7 +43,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from lineguard.data.modelspec import ModelSpec
-from lineguard.edge.formats import Device, ExportError, parse_device
+from lineguard.devices import Device, parse_device
+from lineguard.edge.formats import ExportError
 from lineguard.edge.onnx_check import (
     check_engine_io,
     check_engine_precision,

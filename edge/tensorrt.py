@@ -24,7 +24,8 @@ from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from lineguard.data.modelspec import ModelSpec
-from lineguard.edge.formats import Device, export_format
+from lineguard.devices import Device
+from lineguard.edge.formats import export_format
 from lineguard.edge.runners.base import SPEC_KEY, WEIGHTS_KEY, RunnerError, one_line, optional_import
 from lineguard.files import FileError, read_regular
 
@@ -144,7 +145,7 @@ class EngineSidecar(BaseModel):
     spec: ModelSpec = Field(alias=SPEC_KEY)
     tensorrt: StrictStr
     gpu: StrictStr
-    device: str = Field(pattern=r"^(cuda|dla):[0-9]+$")  # formats.parse_device's canonical form
+    device: str = Field(pattern=r"^(cuda|dla):[0-9]+$")  # devices.parse_device's canonical form
     precision: Optional[StrictStr] = None
     weights_sha256: Optional[StrictStr] = Field(default=None, alias=WEIGHTS_KEY)
 

@@ -51,6 +51,8 @@ def train(
     synthetic_ratio: Optional[float] = typer.Option(None, "--synthetic-ratio",
                                                     help="Share of each class's draws from --synthetic (0.3)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    device: Optional[str] = options.device(None, help="cpu | cuda[:N] (config: device, default cpu; under "
+                                                        "torchrun each process takes cuda:LOCAL_RANK)."),
     as_json: bool = options.JSON,
     quiet: bool = options.QUIET,
 ) -> None:
@@ -63,7 +65,7 @@ def train(
     cfg = load_config(TrainConfig, config, {
         "arch": arch, "weights": weights, "epochs": epochs, "batch_size": batch, "img_size": img_size,
         "precision": precision, "seed": seed, "max_minutes": max_minutes, "target_escape": target_escape,
-        "synthetic": str(synthetic) if synthetic else None, "synthetic_ratio": synthetic_ratio})
+        "synthetic": str(synthetic) if synthetic else None, "synthetic_ratio": synthetic_ratio, "device": device})
     log_to_console(quiet)  # the epoch lines of the lineguard.train logger
     summary = run(cfg, data, out, resume=resume, progress=not quiet)
     if not summary:  # ranks other than 0

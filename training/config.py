@@ -41,6 +41,8 @@ class TrainConfig(StrictModel):
     max_minutes: Optional[float] = Field(
         None, gt=0, description="time budget; after epoch 1 the cosine is fitted to the epochs that fit")
     seed: int = 0
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$",
+                        description="cpu | cuda[:N]; under torchrun with cuda, process k takes cuda:LOCAL_RANK")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads per process")
     target_escape: Optional[float] = Field(
@@ -58,8 +60,8 @@ class TrainConfig(StrictModel):
         step): fp32 6.8 images/s, bf16 autocast 2.2 images/s: emulated bf16 is 3x slower there."""
         if self.precision != "auto":
             return self.precision
-        if torch.cuda.is_available():
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        if self.device != "cpu":
+            return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
         try:
             flags = Path("/proc/cpuinfo").read_text()
         except OSError:

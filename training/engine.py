@@ -1,5 +1,6 @@
 """The training loop: class-balanced sampling, bf16 autocast, EMA, warmup + cosine, early stopping,
-a checkpoint every epoch with ``resume``, and DDP under ``torchrun`` (gloo on CPU, NCCL on GPU).
+a checkpoint every epoch with ``resume``, and DDP under ``torchrun`` (gloo on CPU, NCCL on GPU), on
+``cfg.device`` (``cpu`` or ``cuda[:N]``; under torchrun with cuda process k takes GPU ``LOCAL_RANK``).
 
     summary = train(cfg, "data/sim", "runs/model")       # what the CLI calls: a Trainer, run to the end
 
@@ -21,7 +22,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -32,7 +33,7 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import LineguardError
-from ..checkpoint import check_settings, load_checkpoint, restoring, save_checkpoint, unreadable
+from ..checkpoint import check_settings, load_checkpoint, restoring, save_checkpoint, torch_device, unreadable
 from ..config import dump_config
 from ..data.format import Dataset, Record
 from ..data.modelspec import ModelSpec
@@ -56,7 +57,7 @@ log.setLevel(logging.INFO)  # the epoch lines: shown wherever a handler is set u
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "lineguard-train", 1  # files without them (older runs) resume too
 CHECKPOINT_KEYS = ("model", "ema", "optimizer", "scheduler", "state")
-RESUMABLE = ("epochs", "max_minutes", "workers", "threads")  # the settings a resume may change
+RESUMABLE = ("epochs", "max_minutes", "workers", "threads", "device")  # the settings a resume may change
 BEST = "best.safetensors"
 SYNTHETIC_CACHE_MAX = 20_000  # synthetic sets up to this many images are decoded once into memory
 
@@ -65,18 +66,25 @@ SYNTHETIC_CACHE_MAX = 20_000  # synthetic sets up to this many images are decode
 class Dist:
     rank: int = 0
     world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # this process's (NCCL's tensors)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> Dist:
-        """torchrun sets WORLD_SIZE/RANK; a plain run is rank 0 of 1."""
+    def from_env(cls, device: str = "cpu") -> Dist:
+        """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; a plain run is rank 0 of 1. ``device``: cpu, or cuda[:N]
+        (under torchrun each process takes GPU LOCAL_RANK, NCCL; on the CPU gloo)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
+        where = torch_device(device)
+        if where.type == "cuda" and world > 1:
+            where = torch_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        if where.type == "cuda":
+            torch.cuda.set_device(where)
         if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return cls(int(os.environ.get("RANK", "0")), world)
+            dist.init_process_group("nccl" if where.type == "cuda" else "gloo")
+        return cls(int(os.environ.get("RANK", "0")), world, where)
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -85,7 +93,7 @@ class Dist:
     def broadcast_int(self, value: int) -> int:
         if self.world == 1:
             return value
-        t = torch.tensor([int(value)])
+        t = torch.tensor([int(value)], device=self.device)
         dist.broadcast(t, 0)
         return int(t.item())
 
@@ -186,7 +194,7 @@ class Trainer:
         """DDP and threads, the data set and its checks, the checkpoint to resume (read before anything is
         decoded or written), the model, the data, the optimiser; rank 0 writes train.yaml."""
         cfg = self.cfg
-        self.dist = Dist.from_env()
+        self.dist = Dist.from_env(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         elif self.dist.world > 1:
@@ -210,7 +218,7 @@ class Trainer:
         self.model = create_model(cfg.arch, num_classes=len(self.ds.classes.classes), in_chans=cfg.channels,
                                   img_size=cfg.img_size, weights=cfg.resolved_weights())
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model.to(memory_format=self.fmt)  # before EMA and DDP take views of the parameters
+        self.model.to(self.dist.device, memory_format=self.fmt)  # before EMA and DDP take views of the parameters
         mean, std = self.model.pretrained_mean_std
         self.pre = Preprocess(size=(cfg.img_size, cfg.img_size), channels=cfg.channels, mean=list(mean),
                               std=list(std))
@@ -254,8 +262,10 @@ class Trainer:
                     self.ema.module.load_state_dict(ck["ema"])
                 self.opt.load_state_dict(ck["optimizer"])
                 self.sched.load_state_dict(ck["scheduler"])
-        self.net = DistributedDataParallel(self.model) if self.dist.world > 1 else self.model
-        self.autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
+        on_gpu = self.dist.device.type == "cuda"
+        self.net = (DistributedDataParallel(self.model, device_ids=[self.dist.device] if on_gpu else None)
+                    if self.dist.world > 1 else self.model)
+        self.autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16,
                                        enabled=cfg.resolved_precision() == "bf16")
 
     # ------------------------------------------------------------------ epochs
@@ -294,6 +304,7 @@ class Trainer:
     def _step(self, batch: Dict) -> float:
         """One optimiser step on ``batch``; its loss."""
         cfg = self.cfg
+        batch = {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
         with self.autocast:
             o = self.net(batch["image"].contiguous(memory_format=self.fmt))
             loss_cls = F.cross_entropy(o["logits"].float(), batch["label"], label_smoothing=cfg.label_smoothing)
@@ -350,6 +361,7 @@ class Trainer:
         result: Dict = {}
         if self.dist.main:
             self.model.load_state_dict(load_weights(self.out / BEST))
+            self.model.cpu()  # the model folder's figures (latency, GMACs) are the CPU's, as on every machine
             classes = self.ds.classes
             spec = ModelSpec(arch=model_config(self.model), classes=classes.classes, ok_class=classes.ok_class,
                              preprocess=self.pre)

@@ -37,13 +37,14 @@ def predict(model: torch.nn.Module, dataset: DefectDataset, ok_index: int, batch
     """Probabilities and per-image heatmap IoU (``lineguard.metrics.iou`` of sigmoid(heatmap) > 0.5, upsampled
     bilinearly to the input size, with the mask)."""
     model.eval()
+    device = next(model.parameters()).device  # the batches go where the model is; the figures come back
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     probs, labels, ious, counted, losses = [], [], [], [], []
     for batch in track(loader, "predict", enabled=progress, total=len(loader)):
-        out = model(batch["image"])
-        logits = out["logits"].float()
+        out = model(batch["image"].to(device))
+        logits = out["logits"].float().cpu()
         losses.append(F.cross_entropy(logits, batch["label"], reduction="sum").item())
-        heat = F.interpolate(out["heatmap"].float(), size=batch["mask"].shape[-2:], mode="bilinear",
+        heat = F.interpolate(out["heatmap"].float().cpu(), size=batch["mask"].shape[-2:], mode="bilinear",
                              align_corners=False).sigmoid() > 0.5
         ious.append(iou(heat.numpy(), batch["mask"].numpy() > 0.5))
         counted.append((batch["has_mask"] & (batch["label"] != ok_index)).numpy())

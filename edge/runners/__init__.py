@@ -21,7 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from ..formats import BACKENDS, FORMATS, Format, backend_format, file_format, parse_device
+from lineguard.devices import parse_device
+
+from ..formats import BACKENDS, FORMATS, Format, backend_format, file_format
 from .base import INPUT, OUTPUTS, WEIGHTS_KEY, Runner, RunnerError, Scores, check_weights
 
 __all__ = ["BACKENDS", "INPUT", "OUTPUTS", "Runner", "RunnerError", "Scores", "load_runner", "resolve_model_file"]
@@ -83,7 +85,7 @@ def load_runner(path: Union[str, Path], backend: str = "auto", key: Optional[str
     directory: ort, or trt with a ``key``). ``key``: which engine of a directory with several.
     ``options`` go to the runner's constructor (ONNX Runtime: device, threads; TensorRT: device,
     cuda_graph; torch: device, half, threads); ``device`` is checked against the format's devices first
-    (``formats.parse_device``).
+    (``devices.parse_device``).
     A stale export (see the module docstring) is a :class:`RunnerError` saying to re-export."""
     path = Path(path)
     fmt = _auto(path, key) if backend == "auto" else _format(backend)

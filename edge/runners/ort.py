@@ -16,7 +16,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..formats import Device, backend_format, parse_device
+from lineguard.devices import Device, parse_device
+
+from ..formats import backend_format
 from .base import INPUT, OUTPUTS, SPEC_KEY, Runner, RunnerError, one_line, optional_import, spec_from_json
 
 __all__ = ["PROVIDERS", "OrtRunner"]

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
-from lineguard.edge.formats import Device, parse_device
+from lineguard.devices import Device, parse_device
 from lineguard.edge.runners.base import INPUT, OUTPUTS, Runner, RunnerError
 from lineguard.edge.tensorrt import (
     ENGINE,

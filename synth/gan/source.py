@@ -23,33 +23,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lineguard import LineguardError
+from lineguard.checkpoint import torch_device
 from lineguard.synth.patches import Patch, PatchSource
 
 from .config import GAN_YAML, GanDirError, GanFile
 from .networks import make_generator
 
-__all__ = ["GanSource", "torch_device"]
+__all__ = ["GanSource"]
 
 BATCH = 64
 REDRAW_ROUNDS = 3  # rounds of redrawing patches whose mask came out empty before giving up on them
-
-
-def torch_device(name: Union[str, torch.device]) -> torch.device:
-    """The torch device ``name`` (``cpu``, ``cuda``, ``cuda:N``); one clear line when it is not one or torch
-    cannot use it here."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise LineguardError(f"device '{name}': expected cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise LineguardError(f"device '{name}': expected cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise LineguardError(f"device '{name}': torch sees no CUDA device here; use cpu")
-        if device.index is not None and device.index >= count:
-            raise LineguardError(f"device '{name}': torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    return device
 
 
 class GanSource(PatchSource):

@@ -39,7 +39,14 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from lineguard import LineguardError
-from lineguard.checkpoint import CheckpointError, check_settings, load_checkpoint, restoring, save_checkpoint
+from lineguard.checkpoint import (
+    CheckpointError,
+    check_settings,
+    load_checkpoint,
+    restoring,
+    save_checkpoint,
+    torch_device,
+)
 from lineguard.config import dump_config
 from lineguard.data.format import Dataset, DatasetError, Record
 from lineguard.data.imaging import ImageFileError, read_image, resize, write_png
@@ -50,7 +57,6 @@ from lineguard.synth.crops import defect_crops, group_by_class
 from .augment import AdaptiveAugment
 from .config import ARCH_FIELDS, GAN_FORMAT, GAN_FORMAT_VERSION, GAN_YAML, WEIGHTS, GanConfig, GanFile
 from .networks import Generator, make_discriminator, make_generator
-from .source import torch_device
 
 __all__ = ["CHECKPOINT", "GanTrainer", "TrainingData", "fit", "load_training_data"]
 

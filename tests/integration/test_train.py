@@ -301,3 +301,19 @@ def test_eval_fails_on_an_image_changed_after_import(quick_run: Path, sim: Path,
     assert changed in str(e.value)
     err = _main_exit(["eval", "--model", str(quick_run), "--data", str(data), "-q"], capsys)
     assert Path(changed).name in err and "changed since the manifest" in err
+
+
+def test_device_is_checked_before_work_and_a_gpu_run_matches_the_schema(sim: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """``--device`` is one of cpu / cuda[:N]; one torch cannot use is one line before anything is written; where
+    a GPU exists a short run there writes the same model folder a CPU run does."""
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(**QUICK, device="dla:0")
+    if not torch.cuda.is_available():
+        err = _main_exit(["train", "--data", str(sim), "--out", str(tmp_path / "m"), "--weights", "none",
+                          "--img-size", "64", "--epochs", "1", "--batch", "8", "--device", "cuda", "-q"], capsys)
+        assert "torch sees no CUDA device here" in err and not (tmp_path / "m").exists()
+        return
+    summary = train(TrainConfig(**QUICK, device="cuda"), sim, tmp_path / "gpu", progress=False, max_steps=2)
+    assert summary["epochs_run"] == 1 and (tmp_path / "gpu" / "model.safetensors").is_file()
+    assert load_model_dir(tmp_path / "gpu").spec.classes == Dataset.load(sim).classes.classes

@@ -1,4 +1,4 @@
-"""The format table (``formats.FORMATS``) and the device vocabulary (``formats.parse_device``), torch-free.
+"""The format table (``formats.FORMATS``) and the device vocabulary (``lineguard.devices``), torch-free.
 
 That export writes and load_runner finds each row's file is ``test_trt.py``'s
 ``test_every_format_file_is_what_export_writes_and_load_runner_finds`` (it has the TensorRT fakes).
@@ -11,17 +11,15 @@ from pathlib import Path
 import pytest
 
 from lineguard import LineguardError
+from lineguard.devices import Device, DeviceError, parse_device
 from lineguard.edge.bench import BenchRow, bench, recommend
 from lineguard.edge.formats import (
     BACKENDS,
     FORMATS,
-    Device,
-    DeviceError,
     ExportError,
     backend_format,
     export_format,
     file_format,
-    parse_device,
 )
 from lineguard.edge.runners import RunnerError, resolve_model_file
 
