@@ -38,6 +38,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "resize",
+    "resize_mask",
     "sha256_bytes",
     "to_uint8",
     "write_png",
@@ -181,6 +182,13 @@ def resize(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
         return image
     shrink = image.shape[0] >= h and image.shape[1] >= w
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_mask(mask: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """A binary mask (bool, 0/1 or 0/255; H x W) at ``size`` (H, W), following its image pixel for pixel: the
+    image's resize rule (:func:`resize`) on 0/255, then >= 128. Returns bool."""
+    m = np.where(mask > 0, np.uint8(255), np.uint8(0)) if mask.dtype != np.uint8 or mask.max() <= 1 else mask
+    return resize(m, size) >= 128
 
 
 def binarize_mask(mask: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 
 from lineguard.data.format import Dataset, DatasetError, Record
-from lineguard.data.imaging import ImageFileError, binarize_mask, read_image, resize
+from lineguard.data.imaging import ImageFileError, binarize_mask, read_image, resize_mask
 from lineguard.data.modelspec import ModelSpec
 
 __all__ = ["Frames", "check_disjoint", "dataset_frames", "load_frames"]
@@ -77,7 +77,7 @@ def _mask(ds: Dataset, r: Record, rel: str, image_shape: Tuple[int, ...], size: 
     if m.shape[:2] != image_shape[:2]:
         raise DatasetError(f"{ds.path(rel)} (record {r.id}): mask is {m.shape[1]}x{m.shape[0]} px, "
                            f"the image {image_shape[1]}x{image_shape[0]}")
-    return resize(np.where(binarize_mask(m), np.uint8(255), np.uint8(0)), size) >= 128
+    return resize_mask(binarize_mask(m), size)
 
 
 def load_frames(data: Union[str, Path, Dataset], spec: ModelSpec, split: Optional[str] = "test",

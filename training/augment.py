@@ -20,9 +20,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..config import StrictModel
+from ..data.imaging import resize_mask
 from ..data.preprocess import Preprocess
 
-__all__ = ["AugmentConfig", "augment_item", "build_transform", "resize_mask"]
+__all__ = ["AugmentConfig", "augment_item", "build_transform"]
 
 TRIES = 4  # augmentation draws per item before giving up on keeping a visible defect
 
@@ -66,23 +67,12 @@ class AugmentConfig(StrictModel):
         return self
 
 
-def _mask_pre(pre: Preprocess) -> Preprocess:
-    return Preprocess(size=pre.size, channels=1, mean=[0.0], std=[1.0])
-
-
-def resize_mask(pre: Preprocess, mask: np.ndarray) -> np.ndarray:
-    """A binary mask (bool, 0/1 or 0/255, HxW) at the input size: the image's own resize (``pre.resize``,
-    area down / linear up) applied to 0/255, then >= 128. Returns uint8 0/1."""
-    m = np.where(mask > 0, np.uint8(255), np.uint8(0)) if mask.dtype != np.uint8 or mask.max() <= 1 else mask
-    return (_mask_pre(pre).resize(m) >= 128).astype(np.uint8)
-
-
 def _image_to_size(pre: Preprocess, img: np.ndarray, **_: Any) -> np.ndarray:
     return pre.resize(img)
 
 
 def _mask_to_size(pre: Preprocess, m: np.ndarray, **_: Any) -> np.ndarray:
-    return m if m.shape[:2] == tuple(pre.size) else resize_mask(pre, m)
+    return m if m.shape[:2] == tuple(pre.size) else resize_mask(m, pre.size).astype(np.uint8)
 
 
 def _geometry(cfg: AugmentConfig, size: Tuple[int, int]) -> List[A.BasicTransform]:
@@ -119,7 +109,7 @@ def build_transform(cfg: AugmentConfig, pre: Preprocess) -> A.Compose:
     """The augmentation as one Compose over ``image`` (uint8, HxW or HxWx3) and ``mask`` (uint8 0/1).
 
     Inputs not yet at ``pre.size`` are first brought there (``pre.resize`` for the image,
-    :func:`resize_mask` for the mask); at the input size that step is a no-op. Geometry moves image
+    ``data.imaging.resize_mask`` for the mask); at the input size that step is a no-op. Geometry moves image
     and mask together (mask: nearest neighbour, same reflected border); photometry touches the image
     only. Draw with :func:`augment_item`."""
     to_size = A.Lambda(image=partial(_image_to_size, pre), mask=partial(_mask_to_size, pre), p=1.0)  # picklable

@@ -27,11 +27,11 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..data.format import Dataset, DatasetError, Record
-from ..data.imaging import ImageFileError, binarize_mask, read_image
+from ..data.imaging import ImageFileError, binarize_mask, read_image, resize_mask
 from ..data.preprocess import Preprocess
 from ..data.split import label_indices
 from ..workers import init_worker, mp_context
-from .augment import AugmentConfig, augment_item, build_transform, resize_mask
+from .augment import AugmentConfig, augment_item, build_transform
 
 __all__ = ["DefectDataset", "MixedDataset", "data_loader"]
 
@@ -118,7 +118,7 @@ class DefectDataset(torch.utils.data.Dataset):
 
     def load(self, i: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """Item ``i`` decoded and at the input size: uint8 image (``pre.resize``) and uint8 0/1 mask
-        (:func:`resize_mask`), or None for no mask. Strict: a bad file raises :class:`DatasetError`."""
+        (``data.imaging.resize_mask``), or None for no mask. Strict: a bad file raises :class:`DatasetError`."""
         r = self.records[i]
         img, sha = self._read(r, r.image)
         self._check_sha(r, r.image, sha, r.sha256)
@@ -129,7 +129,7 @@ class DefectDataset(torch.utils.data.Dataset):
             if m.shape[:2] != img.shape[:2]:
                 raise DatasetError(f"{self.ds.path(r.mask)} (record {r.id}): mask is {m.shape[1]}x{m.shape[0]} px, "
                                    f"the image {img.shape[1]}x{img.shape[0]}")
-            mask = resize_mask(self.pre, binarize_mask(m))
+            mask = resize_mask(binarize_mask(m), self.pre.size).astype(np.uint8)
         return self.pre.resize(img), mask
 
     def _fill_cache(self, threads: Optional[int]) -> None:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from lineguard.data.format import ClassFile, Dataset, Origin, Record
-from lineguard.data.imaging import read_image, sha256_bytes, write_png
+from lineguard.data.imaging import read_image, resize_mask, sha256_bytes, write_png
 from lineguard.data.preprocess import Preprocess
-from lineguard.training.augment import AugmentConfig, augment_item, build_transform, resize_mask
+from lineguard.training.augment import AugmentConfig, augment_item, build_transform
 from lineguard.training.dataset import DefectDataset
 
 
@@ -56,7 +56,7 @@ def test_image_and_mask_stay_aligned(tmp_path: Path) -> None:
     img, _ = read_image(ds.path(ds.records[0].image))
     m = read_image(ds.path(ds.records[0].mask))[0] // 255
     out = build_transform(AugmentConfig(enabled=False), pre)(image=img, mask=m)
-    assert np.array_equal(out["image"], pre.resize(img)) and np.array_equal(out["mask"], resize_mask(pre, m))
+    assert np.array_equal(out["image"], pre.resize(img)) and np.array_equal(out["mask"], resize_mask(m, pre.size))
 
 
 def test_defect_is_never_moved_out(tmp_path: Path) -> None:
