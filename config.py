@@ -80,10 +80,11 @@ def read_yaml(path: Union[str, Path], error: Type[LineguardError] = ConfigError,
 
 
 def read_mapping(path: Union[str, Path], error: Type[LineguardError] = ConfigError,
-                 max_bytes: int = MAX_CONFIG_BYTES) -> Dict[str, Any]:
-    """:func:`read_yaml` of a file that must hold a mapping of keys (an empty file is an empty mapping)."""
+                 max_bytes: int = MAX_CONFIG_BYTES, empty: bool = False) -> Dict[str, Any]:
+    """:func:`read_yaml` of a file that must hold a mapping of keys; an empty file is an empty mapping with
+    ``empty`` (a config: all defaults), else an error like any other non-mapping."""
     data = read_yaml(path, error, max_bytes)
-    if data is not None and not isinstance(data, dict):
+    if (data is not None or not empty) and not isinstance(data, dict):
         raise error(f"{path}: must be a mapping of keys, got {type(data).__name__}")
     return data or {}
 
@@ -102,7 +103,7 @@ def load_config(
     overrides: Optional[Mapping[str, Any]] = None,
 ) -> M:
     """Build ``model`` from an optional YAML file, then apply ``overrides`` (``None`` values skipped)."""
-    data = read_mapping(path) if path is not None else {}
+    data = read_mapping(path, empty=True) if path is not None else {}
     origin = "defaults" if path is None else str(path)
     set_overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if set_overrides:
