@@ -6,7 +6,6 @@ and ``--json`` / ``--quiet`` for its output. Torch-free, Python 3.8.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -27,7 +26,7 @@ def data(default: Any = ..., help: str = "Data set folder.") -> Any:
     return typer.Option(default, "--data", "-d", help=help)
 
 
-def out(default: Optional[Path] = ..., help: str = "Folder to write.") -> Any:  # type: ignore[assignment]
+def out(default: Any = ..., help: str = "Folder to write.") -> Any:
     return typer.Option(default, "--out", "-o", help=help)
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "Origin",
     "Record",
     "Reject",
+    "numbered_id",
 ]
 
 FORMAT_VERSION = 1
@@ -141,6 +142,12 @@ class ClassFile(_Row):
 
     def save(self, path: Union[str, Path]) -> None:
         atomic_write(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+def numbered_id(prefix: str, i: int, n: int) -> str:
+    """The record id of item ``i`` of ``n`` made by a writer (``sim-000017``): zero-padded, so ids sort in
+    item order."""
+    return f"{prefix}-{i:0{max(6, len(str(max(n - 1, 0))))}d}"
 
 
 def _read_jsonl(path: Path, model: type) -> Iterator:

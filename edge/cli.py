@@ -126,7 +126,8 @@ def evaluate(
     data: Path = options.data(),
     split: str = typer.Option("test", "--split", help="Split to evaluate."),
     backend: str = typer.Option("torch", "--backend", help="torch | ort | ort-int8 | trt (the one the line runs)."),
-    device: str = options.device(),
+    device: Optional[str] = options.device(None, help="cpu | cuda[:N] | dla:N (default: the backend's: cpu, an "
+                                                       "engine's own device)."),
     target_escape: Optional[float] = typer.Option(None, "--target-escape",
                                                   help="Pick the threshold on val for this escape rate."),
     as_json: bool = options.JSON,
@@ -136,7 +137,7 @@ def evaluate(
     from .evaluate import evaluate as run
 
     rep = run(model, data, split=split, backend=backend, target_escape=target_escape, progress=not quiet,
-              **({} if backend == "trt" else {"device": device}))
+              device=device)
     emit(rep, as_json, lambda m: console.print(
         f"{m.split} ({m.backend}): {m.images} images, accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, "
         f"AUROC {m.ok_ng_auroc}, threshold {m.threshold:.4f}: escape {m.escape_rate:.4f}, false reject "

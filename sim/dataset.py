@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from ..config import dump_config
-from ..data.format import CLASSES_FILE, MANIFEST_FILE, ClassFile, Dataset, DatasetError, Origin, Record
+from ..data.format import CLASSES_FILE, MANIFEST_FILE, ClassFile, Dataset, DatasetError, Origin, Record, numbered_id
 from ..data.imaging import sha256_bytes, write_png
 from ..data.progress import track
 from ..files import sync_all
@@ -37,17 +37,13 @@ class _Job(NamedTuple):
     chunk: int
 
 
-def _ident(index: int, n: int) -> str:
-    return f"sim-{index:0{max(6, len(str(max(n - 1, 0))))}d}"
-
-
 def _render_chunk(job: _Job, k: int) -> List[Row]:
     """Render and write the parts of chunk ``k``; returns a row per part."""
     root = Path(job.out)
     rows = []
     for i in range(k * job.chunk, min(job.n, (k + 1) * job.chunk)):
         part = render_part(job.cfg, job.seed, i)
-        ident = _ident(i, job.n)
+        ident = numbered_id("sim", i, job.n)
         data = write_png(root / "images" / f"{ident}.png", part.image, durable=False)  # synced before the manifest
         mask_data = write_png(root / "masks" / f"{ident}.png", part.mask, durable=False)
         rows.append((i, part.label, sha256_bytes(data), sha256_bytes(mask_data)))
@@ -84,7 +80,7 @@ def simulate_dataset(out: Union[str, Path], n: int, seed: int = 0, cfg: Optional
     records = []
     for i, row in enumerate(done):
         assert row is not None
-        ident = _ident(i, n)
+        ident = numbered_id("sim", i, n)
         records.append(Record(id=ident, image=f"images/{ident}.png", label=row[0], mask=f"masks/{ident}.png",
                               source="simulated", origin=origin, sha256=row[1], mask_sha256=row[2], width=cfg.size,
                               height=cfg.size))

@@ -16,11 +16,11 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, 
 
 import numpy as np
 
-from ..data.format import Origin, Record
+from ..data.format import Origin, Record, numbered_id
 from ..data.imaging import sha256_bytes, write_png
 from ..files import atomic_write, sync_all
 from .compose import Background, CompositeError, Compositor
-from .generated import FILES_PER_FOLDER, GenerateError, GenerateSettings, ident, part_path
+from .generated import FILES_PER_FOLDER, GenerateError, GenerateSettings, part_path
 from .near_copy import NearCopyIndex
 from .patches import Patch, PatchSource
 
@@ -162,7 +162,7 @@ class _Renderer:
             comp = self.compositor.composite(bg, patch, rng)
         except CompositeError as e:
             raise GenerateError(f"{self.out}: image {i}: {e}") from None
-        name = ident(i, self.s.n)
+        name = numbered_id("gen", i, self.s.n)
         folder = f"{i // FILES_PER_FOLDER:05d}"
         image, mask = f"images/{folder}/{name}.png", f"masks/{folder}/{name}.png"
         (self.out / image).parent.mkdir(parents=True, exist_ok=True)

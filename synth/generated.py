@@ -14,13 +14,13 @@ from pydantic import ValidationError
 
 from .. import LineguardError
 from ..config import StrictModel, describe, dump_config, read_yaml
-from ..data.format import CLASSES_FILE, MANIFEST_FILE, REJECTS_FILE, ClassFile, Dataset, Record
+from ..data.format import CLASSES_FILE, MANIFEST_FILE, REJECTS_FILE, ClassFile, Dataset, Record, numbered_id
 from ..files import atomic_path, atomic_write
 from .compose import ComposeConfig
 from .near_copy import NearCopyConfig
 
 __all__ = ["FILES_PER_FOLDER", "GENERATOR_VERSION", "GenerateError", "GenerateSettings", "chunk_count", "claim",
-           "ident", "merge_shards", "part_path", "read_settings"]
+           "merge_shards", "part_path", "read_settings"]
 
 GENERATOR_VERSION = "2"  # 2: patches drawn per chunk
 FILES_PER_FOLDER = 10_000
@@ -57,11 +57,6 @@ def part_path(out: Path, k: int) -> Path:
 
 def chunk_count(s: GenerateSettings) -> int:
     return math.ceil(s.n / s.chunk)
-
-
-def ident(i: int, n: int) -> str:
-    """The record id of image ``i`` of ``n``."""
-    return f"gen-{i:0{max(6, len(str(max(n - 1, 0))))}d}"
 
 
 def read_settings(out: Path) -> GenerateSettings:
@@ -102,7 +97,7 @@ def _part_records(out: Path, s: GenerateSettings, k: int) -> Tuple[List[Record],
         rows = [Record.model_validate(r) for r in part["records"]]
     except (ValueError, KeyError, TypeError) as e:
         raise GenerateError(f"{path}: unreadable part ({e}); delete it and rerun to render it again") from None
-    want = [ident(i, s.n) for i in range(k * s.chunk, min(s.n, (k + 1) * s.chunk))]
+    want = [numbered_id("gen", i, s.n) for i in range(k * s.chunk, min(s.n, (k + 1) * s.chunk))]
     if [r.id for r in rows] != want:
         raise GenerateError(f"{path}: holds images {[r.id for r in rows][:3]}..., expected {want[:3]}...; "
                             f"delete it and rerun")

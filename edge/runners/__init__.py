@@ -84,13 +84,14 @@ def load_runner(path: Union[str, Path], backend: str = "auto", key: Optional[str
     """A runner for ``path`` (a model directory or file). ``backend`` "auto": from the file's name (a
     directory: ort, or trt with a ``key``). ``key``: which engine of a directory with several.
     ``options`` go to the runner's constructor (ONNX Runtime: device, threads; TensorRT: device,
-    cuda_graph; torch: device, half, threads); ``device`` is checked against the format's devices first
-    (``devices.parse_device``).
+    cuda_graph; torch: device, half, threads), those set to None left at the runner's default; ``device`` is
+    checked against the format's devices first (``devices.parse_device``).
     A stale export (see the module docstring) is a :class:`RunnerError` saying to re-export."""
     path = Path(path)
     fmt = _auto(path, key) if backend == "auto" else _format(backend)
     f = resolve_model_file(path, fmt.backend, key)
-    if options.get("device") is not None:
+    options = {k: v for k, v in options.items() if v is not None}
+    if "device" in options:
         options["device"] = str(parse_device(options["device"], fmt.devices, RunnerError))
     if fmt.family == "onnxruntime":
         from .ort import OrtRunner
