@@ -47,6 +47,12 @@ VERBS: Dict[str, Union[Verb, Group]] = {
     "eval": ("lineguard.edge.cli:evaluate", "Accuracy, escape and false-reject rates, heatmap IoU of a model."),
     "export": ("lineguard.edge.cli:export", "Export a model folder: onnx, onnx-int8, engine."),
     "bench": ("lineguard.edge.cli:bench", "Latency and throughput per model, backend and batch size."),
+    "inspect": ({
+        "run": ("lineguard.inspect.cli:run", "Inspect the line: camera loop, decisions, reject signal, results."),
+        "config": ("lineguard.inspect.cli:config", "Print a commented example line config, or check one."),
+        "bench": ("lineguard.inspect.cli:bench", "The whole loop on the virtual camera against the bare runner."),
+        "status": ("lineguard.inspect.cli:status", "Totals by decision, reason and class from the results database."),
+    }, "The line: run the inspection daemon, check its config, benchmark it, look at its results."),
 }
 
 

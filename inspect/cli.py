@@ -1,0 +1,143 @@
+"""``lineguard inspect ...``: run the line, print an example config, benchmark the loop, look at the results.
+
+    lineguard inspect config --example > line.yaml
+    lineguard inspect run --config line.yaml --set source.rate=30
+    lineguard inspect bench --model runs/demo/model --parts 2000 --json
+    lineguard inspect status --db results.db --hours 8
+
+Torch-free, Python 3.8.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from pydantic import BaseModel
+
+from .. import options
+from ..console import console, emit, log_to_console, shown
+
+SET = typer.Option([], "--set", help="Override a config key: key.sub=value (repeatable).")
+
+
+class RunReport(BaseModel):
+    """``lineguard inspect run``'s result: what this run did and the database's totals for it."""
+
+    run_id: str
+    db: str
+    handed_over: int
+    decided: int
+    failsafe: int
+    dropped: int
+    recovered: int  # pending rows of a killed earlier run, resolved at start-up
+    totals: dict
+
+
+def config(
+    config_path: Optional[Path] = typer.Option(None, "--config", "-c", help="A line.yaml to check."),
+    overrides: List[str] = SET,
+    example: bool = typer.Option(False, "--example", help="Print a commented example of every key."),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Print a commented example config, or check one and print it resolved."""
+    from .config import example_config, load_line_config
+
+    if example:
+        print(example_config(), end="")
+        return
+    cfg = load_line_config(config_path, overrides)
+    emit(cfg, as_json, None, quiet)
+
+
+def run(
+    config_path: Optional[Path] = typer.Option(None, "--config", "-c", help="line.yaml (see --example)."),
+    model: Optional[Path] = options.model(None, help="Model folder or file (model.path)."),
+    overrides: List[str] = SET,
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Inspect the line until the source ends or SIGTERM (queued parts decided first); SIGHUP reloads."""
+    from .config import load_line_config
+    from .daemon import Line
+    from .store import ResultStore
+
+    base = {"model": {"path": str(model)}} if model is not None else None
+    cfg = load_line_config(config_path, overrides, base=base)
+    log_to_console(quiet)
+    line = Line(cfg, str(config_path) if config_path else None, tuple(overrides))
+    counts = line.run()
+    with ResultStore(cfg.db) as store:
+        totals = store.totals(run_id=line.run_id)
+    rep = RunReport(run_id=line.run_id, db=str(cfg.db), recovered=line.recovered, totals=totals.model_dump(),
+                    **{k: counts[k] for k in ("handed_over", "decided", "failsafe", "dropped")})
+    emit(rep, as_json, _show_run, quiet)
+
+
+def _show_run(rep: RunReport) -> None:
+    console.print(f"run {rep.run_id}: {rep.handed_over} parts handed over, {rep.decided} decided "
+                  f"({rep.failsafe} rejected fail-safe), {rep.dropped} frames dropped (free-run); results in "
+                  f"{shown(rep.db)}" + (f"; {rep.recovered} parts of a killed run recovered" if rep.recovered else ""))
+    _show_totals(rep.totals)
+
+
+def status(
+    db: Path = typer.Option(Path("results.db"), "--db", help="The results database."),
+    hours: Optional[float] = typer.Option(None, "--hours", help="Only the last H hours (default: everything)."),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Totals by decision, reason and class for a period, and the agreement with the truth where known."""
+    from .base import InspectError
+    from .store import ResultStore
+
+    if not db.is_file():
+        raise InspectError(f"{db}: no results database")
+    with ResultStore(db) as store:
+        totals = store.totals(since=time.time() - hours * 3600 if hours else None)
+    emit(totals, as_json, lambda t: _show_totals(t.model_dump()), quiet)
+
+
+def _show_totals(t: dict) -> None:
+    from rich.table import Table
+
+    table = Table("decision", "reason / class", "parts", title=f"{t.get('parts', 0)} parts")
+    for (decision, cls), n in sorted(((tuple(k.split("/", 1)) if isinstance(k, str) else tuple(k), v)
+                                     for k, v in t.get("by_class", {}).items())):
+        table.add_row(decision, shown(cls), str(n))
+    console.print(table)
+    if t.get("truth_total"):
+        console.print(f"agreement with the true class: {t['truth_correct']}/{t['truth_total']} "
+                      f"({t['truth_correct'] / t['truth_total']:.2%})")
+
+
+def bench(
+    model: Path = options.model(help="Model folder or file."),
+    parts: int = typer.Option(2000, "--parts", min=1, help="Parts to run through the loop."),
+    rate: float = typer.Option(0.0, "--rate", min=0.0, help="Parts per second offered; 0 = as fast as it goes."),
+    backend: str = typer.Option("auto", "--backend", help="auto | ort | ort-int8 | trt."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Largest micro-batch."),
+    deadline_ms: float = typer.Option(200.0, "--deadline-ms", help="Deadline per part."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime threads (default: all)."),
+    out: Optional[Path] = options.out(None, help="Folder for the results DB and archive (default: a temporary one)."),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """The whole loop on the virtual camera with the real results DB and archive, against the bare runner."""
+    from .bench import run_bench
+
+    rep = run_bench(model, parts=parts, rate=rate, backend=backend, batch=batch, deadline_ms=deadline_ms,
+                    threads=threads, out=out, progress=not quiet and not as_json)
+    emit(rep, as_json, _show_bench, quiet)
+
+
+def _show_bench(rep) -> None:
+    console.print(
+        f"{rep.parts} parts at {'max rate' if not rep.offered_rate else f'{rep.offered_rate:g}/s'} ({rep.backend}): "
+        f"{rep.fps:.1f} parts/s sustained; capture->decision p50 {rep.p50_ms:.1f} ms, p99 {rep.p99_ms:.1f} ms; "
+        f"fail-safe {rep.failsafe or 'none'}, deadline misses {rep.deadline_misses}; RSS {rep.rss_mb}")
+    console.print(f"bare runner best: {rep.runner_fps:.1f} images/s (batch {rep.runner_batch}); "
+                  f"loop / runner = {rep.ratio:.2f}")

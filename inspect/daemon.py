@@ -1,0 +1,566 @@
+"""The camera loop (roboflow inference's shape): source -> bounded queue -> inference -> results writer ->
+reject outputs, with the image archive and the metrics beside it. Every part the source hands over ends as
+exactly one final row in the results database: decided by the model, or rejected fail-safe (NG) with a reason.
+
+    line = Line(cfg)              # LineConfig
+    line.run()                    # until the source ends, or stop() (SIGTERM): queued parts are decided first
+
+Threads, each with one job, so that a slow stage never stalls the frame loop:
+
+* capture: reads the source, stamps the capture time, prepares (resizes) the frame off the inference thread,
+  hands the part to the writer (its row) and to the inference queue. Trigger mode: a full queue rejects the
+  part (NG ``overflow``), never a silent drop; free-run: only the latest frame waits, older ones are counted
+  as dropped (``superseded``) and get no row (they are not parts).
+* inference (the frame loop; it pings systemd's watchdog): takes what the queue holds, up to ``batch``, as one
+  micro-batch; parts that can no longer be decided in time are rejected (NG ``deadline``) before the model
+  runs; bad frames are NG ``bad-frame``; one decision rule (``lineguard.edge.verdict.decide``); the model is
+  swapped between two batches.
+* writer: the only thread that touches the database; group commits (one transaction per wake-up). A part's
+  row is written at capture (pending), gets its decision, and only then its reject signal is sent; the row is
+  final once every output acknowledged or failed within the deadline. On start-up pending rows of a killed
+  run are resolved as NG ``crash-recovered``.
+* one worker per reject output (``sinks.SinkWorker``), one archive worker, the model watcher, the metrics
+  server.
+
+Torch-free, Python 3.8.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import queue
+import random
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from lineguard import LineguardError
+from lineguard.edge.verdict import Decision, Verdict, decide
+
+from .archive import Archive
+from .base import Capture, EndOfSource, InspectError, Source
+from .cameras import open_camera
+from .config import LineConfig, SimSourceConfig, load_line_config
+from .models import LiveModel, ModelWatcher, load_live
+from .simcam import SimSource
+from .sinks import SignalJob, SinkWorker, make_sink
+from .store import Completion, PartRow, ResultStore
+from .telemetry import Notifier, Telemetry, serve
+
+__all__ = ["Line", "LinePart", "open_source"]
+
+log = logging.getLogger("lineguard.inspect")
+_END = object()  # the capture thread is done
+MIN_SIDE = 16  # px: a smaller frame is a bad frame (a camera's broken transfer), as in the data layer
+
+
+def open_source(cfg: LineConfig) -> Source:
+    if isinstance(cfg.source, SimSourceConfig):
+        return SimSource(cfg.source, cfg.camera)
+    return open_camera(cfg.source, cfg.camera)
+
+
+@dataclass
+class LinePart:
+    """A part in flight: its capture, its times (epoch seconds), its deadline (monotonic) and its outcome."""
+
+    cap: Capture
+    t_capture: float
+    deadline: float
+    t_queued: float = 0.0
+    frame: Optional[np.ndarray] = None  # prepared for the model
+    row: Optional[int] = None
+    verdict: Optional[Verdict] = None
+    decision: str = ""
+    reason: Optional[str] = None  # why it was rejected without (or against) the model's decision
+    t_inferred: float = 0.0
+    t_decided: float = 0.0
+    heatmap: Optional[np.ndarray] = None
+    sha256: Optional[str] = None  # of the frame's pixels (or the encoded bytes the source handed over)
+    waiting: Dict[str, Any] = field(default_factory=dict)  # reject output -> its acknowledgement
+
+
+class Line:
+    """One camera's inspection loop."""
+
+    def __init__(self, cfg: LineConfig, config_path: Optional[str] = None, overrides: Tuple[str, ...] = ()) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = overrides
+        self.run_id = uuid.uuid4().hex[:12]
+        self.tel = Telemetry(cfg.line, cfg.camera)
+        self.notify = Notifier.from_env()
+        self.deadline_s = cfg.deadline.seconds
+        self._paced = isinstance(cfg.source, SimSourceConfig) and cfg.source.rate == 0
+        self._stop = threading.Event()  # stop capturing, drain, exit
+        self._done = threading.Event()  # inference finished (queue drained)
+        self._capturing = threading.Event()  # the capture thread runs
+        self._infer_q: queue.Queue = queue.Queue(maxsize=cfg.queue if cfg.mode == "trigger" else 1)
+        self._write_q: queue.Queue = queue.Queue()
+        self._archive_q: queue.Queue = queue.Queue(maxsize=64)
+        self._next_model: Optional[LiveModel] = None
+        self._threads: List[threading.Thread] = []
+        self.live: Optional[LiveModel] = None
+        self.source: Optional[Source] = None
+        self.store: Optional[ResultStore] = None
+        self.archive: Optional[Archive] = None
+        self.sinks: List[SinkWorker] = []
+        self.counts: Dict[str, int] = {"handed_over": 0, "decided": 0, "failsafe": 0, "dropped": 0, "rows": 0}
+        self.recovered = 0
+        self._db_ok = True
+        self._rng = random.Random(0)
+        self._est_infer = 0.0  # seconds, running estimate of one model call
+        self._server: Any = None
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        """Open everything, recover a killed run's pending rows, warm up, start the threads; READY=1."""
+        cfg = self.cfg
+        self.store = ResultStore(cfg.db)
+        self.recovered = self.store.recover()
+        if self.recovered:
+            log.warning("%s: %d parts of a killed run had no final row: recorded as NG crash-recovered", cfg.db,
+                        self.recovered)
+        self.live = load_live(cfg.model, cfg.policy)
+        self._show_model(self.live)
+        self.archive = Archive(cfg.archive) if cfg.archive is not None else None
+        self.sinks = [SinkWorker(make_sink(o), functools.partial(self._on_signal, f"{i}-{o.kind}"))
+                      for i, o in enumerate(cfg.outputs)]
+        self.outputs = [f"{i}-{o.kind}" for i, o in enumerate(cfg.outputs)]
+        if cfg.metrics.port:
+            self._server = serve(self.tel, cfg.metrics.host, cfg.metrics.port, self.not_ready)
+        self.source = open_source(cfg)
+        self.source.start()
+        self._capturing.set()
+        self.tel.up.set(1)
+        self.notify.ready()  # warmed up, source open: the threads start deciding now
+        for name, target in (("writer", self._writer), ("inference", self._inference), ("capture", self._capture),
+                             ("archive", self._archiver), ("model-watch", self._watch)):
+            t = threading.Thread(target=target, name=f"lineguard-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("inspecting %s/%s/%s: model %s (%s), deadline %.0f ms, db %s", cfg.line, cfg.station, cfg.camera,
+                 self.live.version[:12], self.live.runner.backend, self.deadline_s * 1000, cfg.db)
+
+    def run(self, install_signals: bool = True) -> Dict[str, int]:
+        """:meth:`start`, wait until the source ends or :meth:`stop`, drain, close; returns the counts."""
+        if install_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+            signal.signal(signal.SIGHUP, lambda *_: self.reload())
+        self.start()
+        try:
+            while not self._done.wait(0.2):
+                pass
+        finally:
+            self.close()
+        return dict(self.counts)
+
+    def stop(self) -> None:
+        """Stop taking frames; the queued ones are still decided (SIGTERM)."""
+        self._stop.set()
+
+    def not_ready(self) -> List[str]:
+        why = []
+        if self.live is None:
+            why.append("no model loaded")
+        if self.source is None or self.source.state.value not in ("running", "ended"):
+            why.append(f"source {self.source.state.value if self.source else 'not opened'}")
+        if not self._db_ok:
+            why.append(f"{self.cfg.db}: results not writable")
+        return why
+
+    def close(self) -> None:
+        """After the frame loop ended: flush the writer, drain the outputs and the archive, close everything."""
+        self.notify.stopping()
+        self._stop.set()
+        if self.source is not None:
+            self.source.stop()
+        for t in self._threads:
+            if t.name != "lineguard-writer":
+                t.join(self.cfg.drain_s + 5)
+        for s in self.sinks:
+            s.stop(drain_timeout=max(self.deadline_s, 1.0))
+        self._write_q.put(("end", None))
+        for t in self._threads:
+            t.join(self.cfg.drain_s + 5)
+        if self.live is not None:
+            self.live.runner.close()
+        if self.store is not None:
+            self.store.close()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        self.notify.close()
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again; the decision policy and the deadline change at once, the rest needs a
+        restart (said in the log)."""
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file to reload")
+            return
+        try:
+            new = load_line_config(self.config_path, self.overrides)
+            assert self.live is not None
+            policy = self.live.policy.of(self.live.spec, **new.policy.model_dump())
+        except LineguardError as e:
+            log.error("SIGHUP: %s; the running settings stay", e)
+            return
+        self.live.policy = policy
+        self.deadline_s = new.deadline.seconds
+        changed = [k for k in ("source", "model", "outputs", "db", "archive", "mode", "metrics")
+                   if getattr(new, k) != getattr(self.cfg, k)]
+        self.cfg = new
+        log.info("SIGHUP: policy and deadline reloaded%s", f"; {', '.join(changed)} need a restart" if changed
+                 else "")
+
+    # ------------------------------------------------------------------ capture
+    def _capture(self) -> None:
+        assert self.source is not None and self.live is not None
+        try:
+            self._capture_loop(self.source)
+        finally:
+            self._capturing.clear()
+            self._infer_q.put(_END) if self.cfg.mode == "trigger" else self._replace(_END)
+
+    def _capture_loop(self, src: Source) -> None:
+        reconnects = lost = 0
+        while not self._stop.is_set():
+            if self._paced:  # the virtual camera at "as fast as the line takes them": triggered when there is room
+                self._when_room()
+            try:
+                cap = src.read(timeout=0.2)
+            except EndOfSource:
+                break
+            except Exception as e:  # a source that breaks is a stopped line, said once, never a hang
+                log.error("source %s failed: %s", self.cfg.camera, e)
+                break
+            if src.reconnects != reconnects:
+                self.tel.reconnects.inc(src.reconnects - reconnects)
+                reconnects = src.reconnects
+            if src.lost != lost:
+                self.tel.source_lost.inc(src.lost - lost)
+                lost = src.lost
+            if cap is not None:
+                self._hand_over(cap)
+
+    def _hand_over(self, cap: Capture) -> None:
+        now, mono = time.time(), time.monotonic()
+        part = LinePart(cap=cap, t_capture=now, deadline=mono + self.deadline_s)
+        part.sha256 = hashlib.sha256(cap.encoded if cap.encoded is not None else cap.frame.image).hexdigest()
+        self.tel.frames.inc()
+        self.counts["handed_over"] += 1
+        if cap.error is None:
+            cap.error = self._frame_error(cap.frame.image)
+        if cap.error is None:
+            try:
+                assert self.live is not None
+                part.frame = self.live.runner.prepare(cap.frame.image)
+            except (LineguardError, ValueError, TypeError) as e:  # wrong dtype, empty, wrong channels
+                cap.error = str(e)
+        part.t_queued = time.time()
+        if self.cfg.mode == "free-run":
+            self._replace(part)
+            return
+        self._write_q.put(("captured", part))
+        try:
+            self._infer_q.put_nowait(part)
+        except queue.Full:
+            self._failsafe(part, "overflow")
+        self.tel.queue.set(self._infer_q.qsize())
+
+    def _frame_error(self, image: np.ndarray) -> Optional[str]:
+        """Why a frame cannot be inspected: no pixels, under 16 px a side, or not the camera's configured size."""
+        shape = getattr(image, "shape", ())
+        if len(shape) < 2 or min(shape[:2]) < MIN_SIDE:
+            return f"frame of shape {tuple(shape)}: under {MIN_SIDE} px a side"
+        if self.cfg.frame_size is not None and list(shape[:2]) != self.cfg.frame_size:
+            return f"frame of {shape[0]}x{shape[1]} px, the camera delivers {self.cfg.frame_size[0]}x" \
+                   f"{self.cfg.frame_size[1]}"
+        return None
+
+    def _when_room(self) -> None:
+        """Wait until less than one micro-batch is queued (or stop): a camera triggered by the line's pace."""
+        assert self.live is not None
+        room = min(self.cfg.batch, self.live.runner.batch_range[1])
+        while self._infer_q.qsize() >= room and not self._stop.wait(0.001):
+            pass
+
+    def _replace(self, item: Any) -> None:
+        """Free-run: the latest frame replaces one still waiting (counted as dropped)."""
+        while True:
+            try:
+                self._infer_q.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    old = self._infer_q.get_nowait()
+                except queue.Empty:
+                    continue
+                if old is _END:
+                    self._infer_q.put(old)
+                    return
+                self.tel.dropped.labels(reason="superseded").inc()
+                self.counts["dropped"] += 1
+
+    # ------------------------------------------------------------------ inference (the frame loop)
+    def _inference(self) -> None:
+        try:
+            self._frame_loop()
+        finally:
+            self._done.set()
+
+    def _frame_loop(self) -> None:
+        drain_until: Optional[float] = None
+        while True:
+            self.notify.watchdog()
+            if self._next_model is not None:
+                self._swap()
+            if self._stop.is_set() and drain_until is None:
+                drain_until = time.monotonic() + self.cfg.drain_s
+            try:
+                first = self._infer_q.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set() and not self._capturing.is_set():
+                    return  # capture ended and nothing is left
+                continue
+            if first is _END:
+                return
+            batch = [first]
+            assert self.live is not None
+            limit = min(self.cfg.batch, self.live.runner.batch_range[1])  # a fixed batch-1 model: one at a time
+            while len(batch) < limit:
+                try:
+                    item = self._infer_q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _END:
+                    self._infer_q.put(item)
+                    break
+                batch.append(item)
+            self.tel.queue.set(self._infer_q.qsize())
+            if drain_until is not None and time.monotonic() > drain_until:
+                for p in batch:
+                    self._failsafe(p, "shutdown")
+                continue
+            self._decide(batch)
+
+    def _decide(self, batch: List[LinePart]) -> None:
+        live = self.live
+        assert live is not None
+        ready = []
+        late_by = time.monotonic() + self._est_infer
+        for p in batch:
+            if p.cap.error is not None or p.frame is None:
+                self._failsafe(p, "bad-frame")
+            elif late_by > p.deadline:
+                self._failsafe(p, "deadline")
+            else:
+                ready.append(p)
+        if not ready:
+            return
+        t0 = time.perf_counter()
+        try:
+            scores = live.runner.predict(np.stack([p.frame for p in ready]))
+            verdicts = decide([p.cap.frame for p in ready], scores, live.spec, live.policy, live.version)
+        except Exception as e:  # a model that fails on a batch: its parts are rejected, the loop goes on
+            log.error("model %s failed on %d frames: %s", live.version[:12], len(ready), e)
+            for p in ready:
+                self._failsafe(p, "model-error")
+            return
+        took = time.perf_counter() - t0
+        self._est_infer = took if not self._est_infer else 0.8 * self._est_infer + 0.2 * took
+        self.tel.inference.observe(took)
+        self.tel.batch.observe(len(ready))
+        now, mono = time.time(), time.monotonic()
+        for p, v, heat in zip(ready, verdicts, scores.heatmap):
+            p.verdict, p.t_inferred, p.heatmap = v, now, heat[0]
+            if mono > p.deadline:
+                self.tel.deadline_misses.inc()
+                self._failsafe(p, "deadline")
+                continue
+            p.decision = v.decision.value
+            self._finish(p)
+
+    def _failsafe(self, part: LinePart, reason: str) -> None:
+        part.decision, part.reason = Decision.NG.value, reason
+        self.tel.failsafe.labels(reason=reason).inc()
+        if reason == "deadline" and part.verdict is None:
+            self.tel.deadline_misses.inc()
+        self.counts["failsafe"] += 1
+        self._finish(part)
+
+    def _finish(self, part: LinePart) -> None:
+        part.t_decided = time.time()
+        self.counts["decided"] += 1
+        cls = part.verdict.top_class if part.verdict is not None and part.reason is None else (part.reason or "")
+        self.tel.decisions.labels(decision=part.decision, cls=cls).inc()
+        self.tel.latency.observe(part.t_decided - part.t_capture)
+        if part.verdict is not None and part.reason is None:
+            self.tel.ng_score.labels(cls=cls).observe(part.verdict.ng_score)
+        if part.cap.truth is not None and self.live is not None:
+            truly_ok = part.cap.truth == self.live.spec.ok_class
+            right = (part.decision == "OK") == truly_ok and part.decision != "UNCERTAIN"
+            self.tel.judged.labels(outcome="correct" if right else "wrong").inc()
+        if self.cfg.mode == "free-run":
+            self._write_q.put(("captured", part))
+        self._write_q.put(("decided", part))
+
+    # ------------------------------------------------------------------ results, signals, archive
+    def _writer(self) -> None:
+        """The database's one thread: group commits; signals go out after the decision is durable."""
+        assert self.store is not None
+        pending: List[Tuple[str, Any]] = []
+        ended = False
+        while not ended or pending:
+            if not ended:
+                try:
+                    pending.append(self._write_q.get(timeout=0.5 if not pending else 0.05))
+                    while len(pending) < 2048:
+                        pending.append(self._write_q.get_nowait())
+                except queue.Empty:
+                    pass
+            if any(kind == "end" for kind, _ in pending):
+                ended = True
+                pending = [e for e in pending if e[0] != "end"]
+            if not pending:
+                continue
+            try:
+                decided = self._apply(pending)
+            except InspectError as e:  # a full or broken disk: keep the events, alarm, try again
+                self._db_ok = False
+                self.tel.results_failures.inc()
+                log.error("results not written (%s); retrying", e)
+                if ended:
+                    log.critical("shutting down with %d result events unwritten", len(pending))
+                    return
+                time.sleep(0.5)
+                continue
+            self._db_ok = True
+            pending = []
+            for p in decided:
+                self._signal(p)
+
+    def _apply(self, events: List[Tuple[str, Any]]) -> List[LinePart]:
+        """One transaction for the events of one wake-up; the parts whose decision it made durable."""
+        assert self.store is not None
+        decided: List[LinePart] = []
+        with self.store.batch() as b:
+            for kind, x in events:
+                if kind == "captured":
+                    x.row = b.pending(self._row(x))
+                elif kind == "decided":
+                    b.update(x.row, **self._decision(x))
+                    decided.append(x)
+                elif kind == "signalled":
+                    part, output, ack, error, attempts = x
+                    part.waiting[output] = {"ack": ack} if error is None else {"error": error, "attempts": attempts}
+                    if all(v is not None for v in part.waiting.values()):
+                        b.complete(Completion(part.row, time.time(), part.waiting))
+                elif kind == "final":
+                    b.complete(Completion(x.row, None, None))
+                elif kind == "archived":
+                    b.archived(x[0].row, x[1])
+        self.counts["rows"] += sum(kind == "captured" for kind, _ in events)
+        return decided
+
+    def _row(self, p: LinePart) -> PartRow:
+        """A part's row at capture: pending, NG ``in-flight`` (fail-safe) until its decision is written."""
+        f = p.cap.frame
+        return PartRow(line=self.cfg.line, station=self.cfg.station, camera=self.cfg.camera, source_seq=p.cap.seq,
+                       run_id=self.run_id, serial=f.serial, lot=f.lot, ts=p.t_capture, decision=Decision.NG,
+                       reason="in-flight", truth=p.cap.truth, t_capture=p.t_capture, t_queued=p.t_queued,
+                       image_sha256=p.sha256)
+
+    @staticmethod
+    def _decision(p: LinePart) -> Dict[str, Any]:
+        v = p.verdict
+        fields: Dict[str, Any] = {"decision": p.decision, "reason": p.reason, "t_decided": p.t_decided}
+        if v is not None:
+            fields.update(top_class=v.top_class if p.reason is None else None, scores=v.scores, ng_score=v.ng_score,
+                          model_version=v.model_version, policy=v.policy.model_dump(), boxes=v.boxes,
+                          t_inferred=p.t_inferred)
+            if p.reason is not None:
+                fields["prior_decision"] = v.decision
+        return fields
+
+    def _signal(self, part: LinePart) -> None:
+        """Send the decision to every reject output (after its row holds the decision); no output: final now."""
+        reject = part.decision != Decision.OK.value
+        info = {"serial": part.cap.frame.serial, "frame_id": part.cap.frame.frame_id, "decision": part.decision,
+                "reason": part.reason}
+        if not self.sinks:
+            self._write_q.put(("final", part))
+        part.waiting = dict.fromkeys(self.outputs)
+        for s in self.sinks:
+            s.submit(SignalJob(key=part, reject=reject, part=info, deadline=part.deadline))
+        if self.archive is not None:
+            try:
+                self._archive_q.put_nowait((part, part.heatmap))
+            except queue.Full:
+                self.tel.archive_failures.labels(reason="queue-full").inc()
+
+    def _on_signal(self, output: str, job: SignalJob, ack: Optional[bool], error: Optional[str],
+                   attempts: int) -> None:
+        """A reject output's outcome (its worker's thread); the writer makes the row final when all are in."""
+        if error is None:
+            self.tel.signals.labels(output=output).inc()
+        else:
+            self.tel.signal_failures.labels(output=output).inc()
+            log.error("reject output %s: part %s not acknowledged after %d attempts: %s", output, job.part["serial"],
+                      attempts, error)
+        self._write_q.put(("signalled", (job.key, output, ack, error, attempts)))
+
+    def _archiver(self) -> None:
+        while not (self._done.is_set() and self._archive_q.empty()):
+            try:
+                part, heat = self._archive_q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            assert self.archive is not None
+            key = f"{self.run_id}-{part.cap.seq:08d}"
+            before = dict(self.archive.failures_by_reason)
+            path = self.archive.save(part.decision, key, part.cap.frame.image, heat, self._rng.random())
+            for reason, n in self.archive.failures_by_reason.items():
+                if n != before.get(reason, 0):
+                    self.tel.archive_failures.labels(reason=reason).inc(n - before.get(reason, 0))
+            self.tel.archive_free.set(self.archive.free_bytes())
+            if path is not None:
+                self._write_q.put(("archived", (part, path)))
+
+    # ------------------------------------------------------------------ hot-swap
+    def _watch(self) -> None:
+        cfg = self.cfg.model
+        if not cfg.watch_s:
+            return
+        assert self.live is not None
+        watcher = ModelWatcher(cfg, self.cfg.policy, self.live, self._refused)
+        while not self._stop.wait(cfg.watch_s):
+            new = watcher.poll()
+            if new is not None:
+                self._next_model = new
+                while self._next_model is not None and not self._stop.wait(0.05):
+                    pass
+
+    def _refused(self, why: str) -> None:
+        log.error("model %s", why)
+        self.tel.model_swaps.labels(result="refused").inc()
+
+    def _swap(self) -> None:
+        old, self.live, self._next_model = self.live, self._next_model, None
+        assert self.live is not None
+        self._show_model(self.live)
+        self.tel.model_swaps.labels(result="swapped").inc()
+        log.info("model swapped: %s -> %s", old.version[:12] if old else "-", self.live.version[:12])
+        if old is not None:
+            old.runner.close()
+
+    def _show_model(self, live: LiveModel) -> None:
+        self.tel.model.info({k: str(v) for k, v in live.describe().items()})
