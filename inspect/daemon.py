@@ -27,31 +27,26 @@ Torch-free, Python 3.8.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import queue
-import random
 import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from lineguard import LineguardError
-from lineguard.edge.verdict import Decision, Verdict, decide
+from lineguard.edge.verdict import Decision, decide
 
-from .archive import Archive
 from .base import Capture, EndOfSource, InspectError, Source
 from .cameras import open_camera
 from .config import LineConfig, SimSourceConfig, load_line_config
 from .models import LiveModel, ModelWatcher, load_live
+from .results import LinePart, Results
 from .simcam import SimSource
-from .sinks import SignalJob, SinkWorker, make_sink
-from .store import Completion, PartRow, ResultStore
 from .telemetry import Notifier, Telemetry, serve
 
 __all__ = ["Line", "LinePart", "open_source"]
@@ -65,26 +60,6 @@ def open_source(cfg: LineConfig) -> Source:
     if isinstance(cfg.source, SimSourceConfig):
         return SimSource(cfg.source, cfg.camera)
     return open_camera(cfg.source, cfg.camera)
-
-
-@dataclass
-class LinePart:
-    """A part in flight: its capture, its times (epoch seconds), its deadline (monotonic) and its outcome."""
-
-    cap: Capture
-    t_capture: float
-    deadline: float
-    t_queued: float = 0.0
-    frame: Optional[np.ndarray] = None  # prepared for the model
-    row: Optional[int] = None
-    verdict: Optional[Verdict] = None
-    decision: str = ""
-    reason: Optional[str] = None  # why it was rejected without (or against) the model's decision
-    t_inferred: float = 0.0
-    t_decided: float = 0.0
-    heatmap: Optional[np.ndarray] = None
-    sha256: Optional[str] = None  # of the frame's pixels (or the encoded bytes the source handed over)
-    waiting: Dict[str, Any] = field(default_factory=dict)  # reject output -> its acknowledgement
 
 
 class Line:
@@ -103,19 +78,14 @@ class Line:
         self._done = threading.Event()  # inference finished (queue drained)
         self._capturing = threading.Event()  # the capture thread runs
         self._infer_q: queue.Queue = queue.Queue(maxsize=cfg.queue if cfg.mode == "trigger" else 1)
-        self._write_q: queue.Queue = queue.Queue()
-        self._archive_q: queue.Queue = queue.Queue(maxsize=64)
         self._next_model: Optional[LiveModel] = None
         self._threads: List[threading.Thread] = []
         self.live: Optional[LiveModel] = None
         self.source: Optional[Source] = None
-        self.store: Optional[ResultStore] = None
-        self.archive: Optional[Archive] = None
-        self.sinks: List[SinkWorker] = []
-        self.counts: Dict[str, int] = {"handed_over": 0, "decided": 0, "failsafe": 0, "dropped": 0, "rows": 0}
+        self.results = Results(cfg, self.run_id, self.tel)
+        self.counts: Dict[str, int] = {"handed_over": 0, "decided": 0, "failsafe": 0, "dropped": 0}
         self.recovered = 0
-        self._db_ok = True
-        self._rng = random.Random(0)
+        self.failure: Optional[str] = None  # why a thread died, if one did
         self._est_infer = 0.0  # seconds, running estimate of one model call
         self._server: Any = None
 
@@ -123,17 +93,10 @@ class Line:
     def start(self) -> None:
         """Open everything, recover a killed run's pending rows, warm up, start the threads; READY=1."""
         cfg = self.cfg
-        self.store = ResultStore(cfg.db)
-        self.recovered = self.store.recover()
-        if self.recovered:
-            log.warning("%s: %d parts of a killed run had no final row: recorded as NG crash-recovered", cfg.db,
-                        self.recovered)
+        self.recovered = self.results.open()
         self.live = load_live(cfg.model, cfg.policy)
         self._show_model(self.live)
-        self.archive = Archive(cfg.archive) if cfg.archive is not None else None
-        self.sinks = [SinkWorker(make_sink(o), functools.partial(self._on_signal, f"{i}-{o.kind}"))
-                      for i, o in enumerate(cfg.outputs)]
-        self.outputs = [f"{i}-{o.kind}" for i, o in enumerate(cfg.outputs)]
+        self.results.start()
         if cfg.metrics.port:
             self._server = serve(self.tel, cfg.metrics.host, cfg.metrics.port, self.not_ready)
         self.source = open_source(cfg)
@@ -141,9 +104,8 @@ class Line:
         self._capturing.set()
         self.tel.up.set(1)
         self.notify.ready()  # warmed up, source open: the threads start deciding now
-        for name, target in (("writer", self._writer), ("inference", self._inference), ("capture", self._capture),
-                             ("archive", self._archiver), ("model-watch", self._watch)):
-            t = threading.Thread(target=target, name=f"lineguard-{name}", daemon=True)
+        for name, target in (("inference", self._inference), ("capture", self._capture), ("model-watch", self._watch)):
+            t = threading.Thread(target=self._guard, args=(name, target), name=f"lineguard-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         log.info("inspecting %s/%s/%s: model %s (%s), deadline %.0f ms, db %s", cfg.line, cfg.station, cfg.camera,
@@ -161,11 +123,22 @@ class Line:
                 pass
         finally:
             self.close()
+        if self.failure:
+            raise InspectError(self.failure)
         return dict(self.counts)
 
     def stop(self) -> None:
         """Stop taking frames; the queued ones are still decided (SIGTERM)."""
         self._stop.set()
+
+    def _guard(self, name: str, target: Any) -> None:
+        """Run a thread's loop; a bug that kills it stops the line (queued parts still drained) and fails the run."""
+        try:
+            target()
+        except Exception as e:
+            log.exception("the %s thread failed", name)
+            self.failure = f"the {name} thread failed: {type(e).__name__}: {e}"
+            self.stop()
 
     def not_ready(self) -> List[str]:
         why = []
@@ -173,7 +146,7 @@ class Line:
             why.append("no model loaded")
         if self.source is None or self.source.state.value not in ("running", "ended"):
             why.append(f"source {self.source.state.value if self.source else 'not opened'}")
-        if not self._db_ok:
+        if not self.results.ok:
             why.append(f"{self.cfg.db}: results not writable")
         return why
 
@@ -184,17 +157,10 @@ class Line:
         if self.source is not None:
             self.source.stop()
         for t in self._threads:
-            if t.name != "lineguard-writer":
-                t.join(self.cfg.drain_s + 5)
-        for s in self.sinks:
-            s.stop(drain_timeout=max(self.deadline_s, 1.0))
-        self._write_q.put(("end", None))
-        for t in self._threads:
             t.join(self.cfg.drain_s + 5)
+        self.results.close(self.deadline_s)
         if self.live is not None:
             self.live.runner.close()
-        if self.store is not None:
-            self.store.close()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -269,7 +235,7 @@ class Line:
         if self.cfg.mode == "free-run":
             self._replace(part)
             return
-        self._write_q.put(("captured", part))
+        self.results.put("captured", part)
         try:
             self._infer_q.put_nowait(part)
         except queue.Full:
@@ -410,130 +376,8 @@ class Line:
             right = (part.decision == "OK") == truly_ok and part.decision != "UNCERTAIN"
             self.tel.judged.labels(outcome="correct" if right else "wrong").inc()
         if self.cfg.mode == "free-run":
-            self._write_q.put(("captured", part))
-        self._write_q.put(("decided", part))
-
-    # ------------------------------------------------------------------ results, signals, archive
-    def _writer(self) -> None:
-        """The database's one thread: group commits; signals go out after the decision is durable."""
-        assert self.store is not None
-        pending: List[Tuple[str, Any]] = []
-        ended = False
-        while not ended or pending:
-            if not ended:
-                try:
-                    pending.append(self._write_q.get(timeout=0.5 if not pending else 0.05))
-                    while len(pending) < 2048:
-                        pending.append(self._write_q.get_nowait())
-                except queue.Empty:
-                    pass
-            if any(kind == "end" for kind, _ in pending):
-                ended = True
-                pending = [e for e in pending if e[0] != "end"]
-            if not pending:
-                continue
-            try:
-                decided = self._apply(pending)
-            except InspectError as e:  # a full or broken disk: keep the events, alarm, try again
-                self._db_ok = False
-                self.tel.results_failures.inc()
-                log.error("results not written (%s); retrying", e)
-                if ended:
-                    log.critical("shutting down with %d result events unwritten", len(pending))
-                    return
-                time.sleep(0.5)
-                continue
-            self._db_ok = True
-            pending = []
-            for p in decided:
-                self._signal(p)
-
-    def _apply(self, events: List[Tuple[str, Any]]) -> List[LinePart]:
-        """One transaction for the events of one wake-up; the parts whose decision it made durable."""
-        assert self.store is not None
-        decided: List[LinePart] = []
-        with self.store.batch() as b:
-            for kind, x in events:
-                if kind == "captured":
-                    x.row = b.pending(self._row(x))
-                elif kind == "decided":
-                    b.update(x.row, **self._decision(x))
-                    decided.append(x)
-                elif kind == "signalled":
-                    part, output, ack, error, attempts = x
-                    part.waiting[output] = {"ack": ack} if error is None else {"error": error, "attempts": attempts}
-                    if all(v is not None for v in part.waiting.values()):
-                        b.complete(Completion(part.row, time.time(), part.waiting))
-                elif kind == "final":
-                    b.complete(Completion(x.row, None, None))
-                elif kind == "archived":
-                    b.archived(x[0].row, x[1])
-        self.counts["rows"] += sum(kind == "captured" for kind, _ in events)
-        return decided
-
-    def _row(self, p: LinePart) -> PartRow:
-        """A part's row at capture: pending, NG ``in-flight`` (fail-safe) until its decision is written."""
-        f = p.cap.frame
-        return PartRow(line=self.cfg.line, station=self.cfg.station, camera=self.cfg.camera, source_seq=p.cap.seq,
-                       run_id=self.run_id, serial=f.serial, lot=f.lot, ts=p.t_capture, decision=Decision.NG,
-                       reason="in-flight", truth=p.cap.truth, t_capture=p.t_capture, t_queued=p.t_queued,
-                       image_sha256=p.sha256)
-
-    @staticmethod
-    def _decision(p: LinePart) -> Dict[str, Any]:
-        v = p.verdict
-        fields: Dict[str, Any] = {"decision": p.decision, "reason": p.reason, "t_decided": p.t_decided}
-        if v is not None:
-            fields.update(top_class=v.top_class if p.reason is None else None, scores=v.scores, ng_score=v.ng_score,
-                          model_version=v.model_version, policy=v.policy.model_dump(), boxes=v.boxes,
-                          t_inferred=p.t_inferred)
-            if p.reason is not None:
-                fields["prior_decision"] = v.decision
-        return fields
-
-    def _signal(self, part: LinePart) -> None:
-        """Send the decision to every reject output (after its row holds the decision); no output: final now."""
-        reject = part.decision != Decision.OK.value
-        info = {"serial": part.cap.frame.serial, "frame_id": part.cap.frame.frame_id, "decision": part.decision,
-                "reason": part.reason}
-        if not self.sinks:
-            self._write_q.put(("final", part))
-        part.waiting = dict.fromkeys(self.outputs)
-        for s in self.sinks:
-            s.submit(SignalJob(key=part, reject=reject, part=info, deadline=part.deadline))
-        if self.archive is not None:
-            try:
-                self._archive_q.put_nowait((part, part.heatmap))
-            except queue.Full:
-                self.tel.archive_failures.labels(reason="queue-full").inc()
-
-    def _on_signal(self, output: str, job: SignalJob, ack: Optional[bool], error: Optional[str],
-                   attempts: int) -> None:
-        """A reject output's outcome (its worker's thread); the writer makes the row final when all are in."""
-        if error is None:
-            self.tel.signals.labels(output=output).inc()
-        else:
-            self.tel.signal_failures.labels(output=output).inc()
-            log.error("reject output %s: part %s not acknowledged after %d attempts: %s", output, job.part["serial"],
-                      attempts, error)
-        self._write_q.put(("signalled", (job.key, output, ack, error, attempts)))
-
-    def _archiver(self) -> None:
-        while not (self._done.is_set() and self._archive_q.empty()):
-            try:
-                part, heat = self._archive_q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            assert self.archive is not None
-            key = f"{self.run_id}-{part.cap.seq:08d}"
-            before = dict(self.archive.failures_by_reason)
-            path = self.archive.save(part.decision, key, part.cap.frame.image, heat, self._rng.random())
-            for reason, n in self.archive.failures_by_reason.items():
-                if n != before.get(reason, 0):
-                    self.tel.archive_failures.labels(reason=reason).inc(n - before.get(reason, 0))
-            self.tel.archive_free.set(self.archive.free_bytes())
-            if path is not None:
-                self._write_q.put(("archived", (part, path)))
+            self.results.put("captured", part)
+        self.results.put("decided", part)
 
     # ------------------------------------------------------------------ hot-swap
     def _watch(self) -> None:
