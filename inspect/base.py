@@ -17,6 +17,7 @@ an empty image, so the part is decided (NG ``bad-frame``), never dropped.
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
@@ -112,6 +113,14 @@ class Source(ABC):
         seq = self._seq
         self._seq += 1
         return seq
+
+    def capture(self, image: np.ndarray, meta: Dict[str, str], timestamp: Optional[float] = None,
+                error: Optional[str] = None, encoded: Optional[bytes] = None) -> Capture:
+        """The next :class:`Capture` of this source (numbered), its frame stamped now unless ``timestamp``."""
+        seq = self.next_seq()
+        frame = Frame(image=image, frame_id=seq, timestamp=time.time() if timestamp is None else timestamp,
+                      source_id=self.source_id)
+        return Capture(frame=frame, seq=seq, error=error, encoded=encoded, meta=meta)
 
     def describe(self) -> Dict[str, object]:
         return {"kind": self.kind, "source_id": self.source_id, "state": self.state.value,

@@ -20,8 +20,9 @@ from lineguard.config import ConfigError, StrictModel, read_mapping, validated
 from lineguard.sim import SimulatorConfig
 
 from .archive import ArchiveConfig
-from .cameras import FolderSourceConfig, GenicamSourceConfig, StreamSourceConfig, VideoSourceConfig
+from .cameras import FolderSourceConfig, GenicamSourceConfig, VideoSourceConfig
 from .sinks import LogSinkConfig, SinkConfig
+from .stream import StreamSourceConfig
 
 __all__ = ["DeadlineConfig", "LineConfig", "MetricsConfig", "ModelConfig", "PolicyConfig", "SimSourceConfig",
            "example_config", "load_line_config"]

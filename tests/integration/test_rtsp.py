@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from lineguard.inspect.base import Capture, SourceState
-from lineguard.inspect.cameras import StreamSource, StreamSourceConfig
+from lineguard.inspect.stream import StreamSource, StreamSourceConfig
 
 pytestmark = pytest.mark.slow
 

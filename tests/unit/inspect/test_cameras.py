@@ -19,17 +19,15 @@ import pytest
 from lineguard.files import printable
 from lineguard.inspect.base import Capture, EndOfSource, InspectError, Source, SourceState
 from lineguard.inspect.cameras import (
-    FFMPEG_OPTIONS,
     FolderSource,
     FolderSourceConfig,
     GenicamSource,
     GenicamSourceConfig,
-    StreamSource,
-    StreamSourceConfig,
     VideoSource,
     VideoSourceConfig,
     open_camera,
 )
+from lineguard.inspect.stream import FFMPEG_OPTIONS, StreamSource, StreamSourceConfig
 
 
 def _png(value: int, size=(20, 30)) -> bytes:
