@@ -16,7 +16,6 @@ Torch-free, Python 3.8 (the line computer).
   trigger on Line1 by default.
 """
 
-
 from __future__ import annotations
 
 import fnmatch

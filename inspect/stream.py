@@ -3,14 +3,14 @@
     src = StreamSource(StreamSourceConfig(kind="rtsp", url="rtsp://10.0.0.5:554/stream1"), "camera-1")
     src.start(); cap = src.read(timeout=0.5); src.stop()
 
-RTSP (OpenCV's FFmpeg backend) or a USB camera. A daemon reader thread grabs frames
-  into a small queue, so ``read(timeout)`` never blocks longer than asked; a lost stream is RECONNECTING and is
-  re-opened with exponential backoff (``reconnects`` counts the successes). An RTSP open gets
-  ``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp|fflags;nobuffer`` unless the variable is set (then it holds
-  for every open); opens take turns, so a connect that hangs holds other opens of this process for ``timeout_s``.
-  ``nobuffer`` keeps the latency low but drops the packets FFmpeg probes when it opens (about 1.2 s of a 25 fps
-  H.264 stream in the RTSP test, counted in ``skipped``); ``rtsp_transport;tcp`` alone delivers them late, in a
-  burst, instead.
+RTSP (OpenCV's FFmpeg backend) or a USB camera. A daemon reader thread grabs frames into a small queue, so
+``read(timeout)`` never blocks longer than asked; a lost stream is RECONNECTING and is re-opened with exponential
+backoff (``reconnects`` counts the successes). An RTSP open gets
+``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp|fflags;nobuffer`` unless the variable is set (then it holds for
+every open); opens take turns, so a connect that hangs holds other opens of this process for ``timeout_s``.
+``nobuffer`` keeps the latency low but drops the packets FFmpeg probes when it opens (about 1.2 s of a 25 fps H.264
+stream in the RTSP test, counted in ``skipped``); ``rtsp_transport;tcp`` alone delivers them late, in a burst,
+instead.
 
 Frame accounting of a stream (``StreamSource.lost`` = ``dropped + skipped + outage``; every capture's ``meta``
 holds ``connection``, ``pos_msec`` and ``pos_frames`` as OpenCV reports them):

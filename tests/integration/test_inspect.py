@@ -339,3 +339,54 @@ def test_status_verb_counts_by_decision_and_truth(tmp_path: Path, models) -> Non
     assert t["parts"] == 40 and sum(t["by_decision"].values()) == 40 and t["truth_total"] == 40
     with ResultStore(cfg.db) as s:
         assert s.totals().parts == 40
+
+
+def test_reject_output_down_is_retried_counted_alarmed_and_every_part_still_recorded(tmp_path: Path, models,
+                                                                                      caplog) -> None:
+    plc = PlcSimulator(_free_port()).start()
+    cfg = _cfg(tmp_path, models["a"], source={"kind": "sim", "rate": 40, "pool": 4, "sim": {"size": 64}},
+               outputs=[{"kind": "modbus", "port": plc.port, "timeout_s": 0.05}], deadline={"ms": 150})
+    line = Line(cfg)
+    t = threading.Thread(target=line.run, kwargs={"install_signals": False})
+    t.start()
+    try:
+        _until(lambda: line.counts["decided"] >= 15)
+        plc.stop()  # the PLC goes away mid-run
+        _until(lambda: line.tel.signal_failures.labels(output="0-modbus")._value.get() >= 5)
+        plc.start()  # and comes back: the output reconnects
+        ok_before = line.tel.signals.labels(output="0-modbus")._value.get()
+        _until(lambda: line.tel.signals.labels(output="0-modbus")._value.get() >= ok_before + 5)
+    finally:
+        line.stop()
+        t.join(30)
+        plc.close()
+    rows = _rows(cfg.db)
+    _check_every_part_once(rows)
+    failed = [r for r in rows if "error" in json.loads(r["ack"])["0-modbus"]]
+    assert len(failed) >= 5 and all(json.loads(r["ack"])["0-modbus"]["attempts"] > 1 for r in failed)  # retried
+    assert rows[-1]["ack"] and json.loads(rows[-1]["ack"])["0-modbus"] == {"ack": rows[-1]["decision"] != "OK"}
+    assert "not acknowledged" in caplog.text
+
+
+def test_a_full_archive_disk_keeps_every_result_and_counts_the_failures(tmp_path: Path, models) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        cfg = _cfg(tmp_path, models["a"], source={"kind": "sim", "rate": 0, "parts": 60, "pool": 8,
+                                                  "sim": {"size": 128}},
+                   archive={"path": str(small), "ok_sample_rate": 1.0, "keep_free_bytes": 0, "resume_free_bytes": 1})
+        line = Line(cfg)
+        line.run(install_signals=False)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    rows = _rows(cfg.db)
+    assert len(rows) == 60
+    _check_every_part_once(rows)
+    assert all(r["reason"] is None for r in rows)
+    archived = [r for r in rows if r["archive_path"]]
+    assert 0 < len(archived) < 60
+    failures = line.tel.archive_failures.labels(reason="ENOSPC")._value.get()  # images and their heatmaps
+    assert failures >= 60 - len(archived) and failures == line.results.archive.failures_by_reason["ENOSPC"]

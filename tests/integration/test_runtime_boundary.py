@@ -3,8 +3,8 @@ imports and runs without torch, training or synth.
 
 The Jetson on the line has Python 3.8 and no torch; vermin checks the syntax (`make lint`). This imports
 every line-side module in a fresh interpreter where those imports fail, and runs the line-side verbs
-(`lineguard --help`, `data ...`, `eval`/`bench` with ONNX Runtime) there, end to end. It also covers
-inspect/, a namespace package that import-linter cannot scan.
+(`lineguard --help`, `data ...`, `eval`/`bench` with ONNX Runtime, `inspect run/config/status/bench`) there, end to
+end. It also covers inspect/, a namespace package that import-linter cannot scan.
 """
 
 from __future__ import annotations
@@ -99,6 +99,19 @@ def test_line_side_verbs_run_without_torch_training_synth(tmp_path: Path, random
     assert bench["rows"][0]["images_per_s"] > 0
     ev = _last_json(_verb(["eval", "--model", str(model), "--data", str(ds), "--backend", "ort", "--json", "-q"]))
     assert ev["backend"] == "ort" and ev["images"] > 0 and 0 <= ev["accuracy"] <= 1
+
+    assert "run" in _verb(["inspect", "--help"]).stdout
+    example = _verb(["inspect", "config", "--example"])
+    assert example.returncode == 0 and "outputs:" in example.stdout
+    db = tmp_path / "line.db"
+    run = _last_json(_verb(["inspect", "run", "--model", str(model), "--set", "source.parts=20", "--set",
+                            "source.sim.size=64", "--set", f"db={db}", "--set", "metrics.port=0", "--set",
+                            "outputs=[{kind: log}]", "--json", "-q"]))
+    assert run["handed_over"] == run["decided"] == 20 and run["totals"]["parts"] == 20
+    assert _last_json(_verb(["inspect", "status", "--db", str(db), "--json"]))["parts"] == 20
+    line_bench = _last_json(_verb(["inspect", "bench", "--model", str(model), "--parts", "30", "--out",
+                                   str(tmp_path / "ib"), "--json"]))
+    assert line_bench["decided"] == 30 and line_bench["runner_fps"] > 0
 
     res = _verb(["train", "--data", str(ds), "--out", str(tmp_path / "m2")])  # a development verb: one clear line
     assert res.returncode == 2 and "lineguard train needs" in res.stderr and "Traceback" not in res.stderr
