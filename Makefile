@@ -44,7 +44,14 @@ demo: setup
 		echo "INT8 refused, see $(DEMO)/model/model-int8.onnx.report.json; benchmarking without it"
 	$(BIN)/lineguard bench --model $(DEMO)/model --backend ort --backend ort-int8 --backend torch --batch 1 --batch 8 --rounds 3 \
 		--out $(DEMO)/bench.json
-	@echo "demo done: contact sheets in $(DEMO)/preview*.png, GAN samples in $(DEMO)/gan/samples; model, card, ONNX (and INT8 if kept) in $(DEMO)/model, bench.json in $(DEMO)"
+	# The line: the daemon decides simulated parts (new ones: seed 1) at 30 parts/s for 30 s with the demo model,
+	# signalling rejects to a stand-in PLC (pymodbus' server on 127.0.0.1:5020); then the results database's totals.
+	$(BIN)/python -m lineguard.inspect.plcsim --port 5020 & plc=$$!; sleep 3; \
+	$(BIN)/lineguard inspect run --model $(DEMO)/model --set source.seed=1 --set source.rate=30 --set source.parts=900 \
+		--set db=$(DEMO)/line/results.db --set 'archive={path: $(DEMO)/line/archive}' \
+		--set 'outputs=[{kind: modbus, port: 5020}]' --set metrics.port=0 --quiet; status=$$?; kill $$plc; wait $$plc; exit $$status
+	$(BIN)/lineguard inspect status --db $(DEMO)/line/results.db
+	@echo "demo done: contact sheets in $(DEMO)/preview*.png, GAN samples in $(DEMO)/gan/samples; model, card, ONNX (and INT8 if kept) in $(DEMO)/model, bench.json in $(DEMO); line results in $(DEMO)/line/results.db, images in $(DEMO)/line/archive"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -67,7 +67,7 @@ class ArchiveConfig(StrictModel):
 
 def overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     """``image`` (uint8 gray, BGR or BGRA) in BGR with ``heatmap`` ((h, w) in 0..1, resized to the image)
-    blended over it in colour (JET: blue 0 .. red 1)."""
+    blended over it in colour (JET: blue 0 .. red 1), each pixel weighted by its heat (at most ``HEATMAP_ALPHA``)."""
     heat = np.asarray(heatmap, np.float32)
     if heat.ndim != 2 or heat.size == 0:
         raise ValueError(f"a heatmap must be (h, w), got shape {heat.shape}")
@@ -77,7 +77,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     bgr = image if channels == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if channels == 1 else cv2.COLOR_BGRA2BGR)
     heat = cv2.resize(np.clip(heat, 0.0, 1.0), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
     colour = cv2.applyColorMap((heat * 255).round().astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.addWeighted(bgr, 1.0 - HEATMAP_ALPHA, colour, HEATMAP_ALPHA, 0.0)
+    alpha = (HEATMAP_ALPHA * heat)[..., None]  # the colour where the model sees a defect, the part elsewhere
+    return (bgr * (1.0 - alpha) + colour * alpha).round().astype(np.uint8)
 
 
 class Archive:
@@ -114,7 +115,7 @@ class Archive:
 
     def save(self, decision: str, key: str, image: np.ndarray, heatmap: Optional[np.ndarray],
              sample_draw: float, when: Optional[float] = None) -> Optional[str]:
-        """Archive one part's ``image`` (uint8 gray, BGR or BGRA) if :meth:`keeps` says so, with the
+        """Archive one part's ``image`` (uint8 gray, RGB as lineguard's frames, or BGRA) if :meth:`keeps` says so, with the
         ``heatmap`` overlay for NG and UNCERTAIN; ``key`` names the files (characters other than letters,
         digits, ``_.-`` become ``_``), ``when`` (epoch seconds, default now) picks the day folder. The path
         written, relative to the archive, or None (not kept, or failed: see ``failures_by_reason``)."""
@@ -125,6 +126,8 @@ class Archive:
             self._fail("bad-image", f"{key}: empty image")
             return None
         try:
+            if image.ndim == 3 and image.shape[2] == 3:  # lineguard's frames are RGB, OpenCV writes BGR
+                image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
             ok, encoded = cv2.imencode(self._ext, image)
             if not ok:
                 raise ValueError("not encodable")

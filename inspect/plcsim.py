@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import threading
-import time
 from typing import Any, List, Optional
 
 from .base import InspectError
@@ -93,16 +93,14 @@ class PlcSimulator:
 def main() -> None:
     ap = argparse.ArgumentParser(description="A stand-in PLC (Modbus TCP, 16 coils, unit 1).")
     ap.add_argument("--port", type=int, default=5020)
-    ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until interrupted)")
+    ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until SIGTERM or SIGINT)")
     args = ap.parse_args()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     with PlcSimulator(args.port) as plc:
         print(f"PLC simulator on 127.0.0.1:{args.port}", flush=True)
-        end = time.monotonic() + args.seconds if args.seconds else None
-        try:
-            while end is None or time.monotonic() < end:
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            pass
+        stop.wait(args.seconds or None)
         w = plc.writes()
         print(f"PLC simulator: {len(w)} reject-coil writes, {sum(w)} rejects", flush=True)
 
