@@ -115,8 +115,8 @@ class Archive:
 
     def save(self, decision: str, key: str, image: np.ndarray, heatmap: Optional[np.ndarray],
              sample_draw: float, when: Optional[float] = None) -> Optional[str]:
-        """Archive one part's ``image`` (uint8 gray, RGB as lineguard's frames, or BGRA) if :meth:`keeps` says so, with the
-        ``heatmap`` overlay for NG and UNCERTAIN; ``key`` names the files (characters other than letters,
+        """Archive one part's ``image`` (uint8 gray, RGB as lineguard's frames, or BGRA) if :meth:`keeps` says so,
+        with the ``heatmap`` overlay for NG and UNCERTAIN; ``key`` names the files (characters other than letters,
         digits, ``_.-`` become ``_``), ``when`` (epoch seconds, default now) picks the day folder. The path
         written, relative to the archive, or None (not kept, or failed: see ``failures_by_reason``)."""
         verdict = Decision(decision)
