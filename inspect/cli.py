@@ -10,6 +10,7 @@ Torch-free, Python 3.8.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -65,8 +66,9 @@ def run(
     from .daemon import Line
     from .store import ResultStore
 
-    base = {"model": {"path": str(model)}} if model is not None else None
-    cfg = load_line_config(config_path, overrides, base=base)
+    if model is not None:  # as an override, so that SIGHUP's reload keeps it (a JSON string is a YAML string)
+        overrides = [*overrides, f"model.path={json.dumps(str(model))}"]
+    cfg = load_line_config(config_path, overrides)
     log_to_console(quiet)
     line = Line(cfg, str(config_path) if config_path else None, tuple(overrides))
     counts = line.run()

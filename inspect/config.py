@@ -131,11 +131,10 @@ def _set(data: Dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_line_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
-                     base: Optional[Dict[str, Any]] = None) -> LineConfig:
-    """The config in ``path`` (optional) over ``base``, then ``overrides`` (``key.sub=value``); relative paths
+def load_line_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> LineConfig:
+    """The config in ``path`` (optional), then ``overrides`` (``key.sub=value``); relative paths
     in the file stay relative to the working directory. Anything unusable is one :class:`ConfigError` line."""
-    data: Dict[str, Any] = {"source": {"kind": "sim"}, **(base or {})}  # overrides of the default source apply
+    data: Dict[str, Any] = {"source": {"kind": "sim"}}  # overrides of the default source apply
     if path is not None:
         data.update(read_mapping(path, empty=True))
     for item in overrides:

@@ -167,8 +167,8 @@ class Line:
         self.notify.close()
 
     def reload(self) -> None:
-        """SIGHUP: read the config again; the decision policy and the deadline change at once, the rest needs a
-        restart (said in the log)."""
+        """SIGHUP: read the config again; the decision policy, the deadline, the batch and the drain time change at
+        once, the rest needs a restart (said in the log)."""
         if self.config_path is None:
             log.warning("SIGHUP: no config file to reload")
             return
@@ -181,11 +181,11 @@ class Line:
             return
         self.live.policy = policy
         self.deadline_s = new.deadline.seconds
-        changed = [k for k in ("source", "model", "outputs", "db", "archive", "mode", "metrics")
-                   if getattr(new, k) != getattr(self.cfg, k)]
-        self.cfg = new
-        log.info("SIGHUP: policy and deadline reloaded%s", f"; {', '.join(changed)} need a restart" if changed
-                 else "")
+        live = ("policy", "deadline", "batch", "drain_s")
+        changed = [k for k in LineConfig.model_fields if k not in live and getattr(new, k) != getattr(self.cfg, k)]
+        self.cfg = self.cfg.model_copy(update={k: getattr(new, k) for k in live})
+        log.info("SIGHUP: policy, deadline, batch and drain_s reloaded%s",
+                 f"; {', '.join(changed)} changed too and need a restart" if changed else "")
 
     # ------------------------------------------------------------------ capture
     def _capture(self) -> None:
@@ -387,6 +387,7 @@ class Line:
         assert self.live is not None
         watcher = ModelWatcher(cfg, self.cfg.policy, self.live, self._refused)
         while not self._stop.wait(cfg.watch_s):
+            watcher.overrides = self.cfg.policy  # SIGHUP may have changed them
             new = watcher.poll()
             if new is not None:
                 self._next_model = new

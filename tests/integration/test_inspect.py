@@ -390,3 +390,29 @@ def test_a_full_archive_disk_keeps_every_result_and_counts_the_failures(tmp_path
     assert 0 < len(archived) < 60
     failures = line.tel.archive_failures.labels(reason="ENOSPC")._value.get()  # images and their heatmaps
     assert failures >= 60 - len(archived) and failures == line.results.archive.failures_by_reason["ENOSPC"]
+
+
+def test_sighup_reloads_the_policy_and_the_rows_record_it(tmp_path: Path, models) -> None:
+    db, conf = tmp_path / "r.db", tmp_path / "line.yaml"
+    text = (f"model: {{path: {models['a']}, threads: 1, watch_s: 0}}\n"
+            "source: {kind: sim, rate: 100, pool: 4, sim: {size: 64}}\n"
+            f"db: {db}\nmetrics: {{port: 0}}\noutputs: []\n")
+    conf.write_text(text + "policy: {threshold: 0.3}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "lineguard", "inspect", "run", "--config", str(conf), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_rows(db, 20, proc)
+        conf.write_text(text + "policy: {threshold: 0.7, uncertain_band: 0.05}\n")
+        proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 30
+        while not any(json.loads(r["policy"] or "{}").get("threshold") == 0.7 for r in _rows(db)):
+            assert time.monotonic() < end and proc.poll() is None
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.kill()
+    policies = [json.loads(r["policy"]) for r in _rows(db) if r["policy"]]
+    first = next(i for i, p in enumerate(policies) if p["threshold"] == 0.7)
+    assert policies[0]["threshold"] == 0.3 and first > 0
+    assert all(p["threshold"] == 0.7 and p["uncertain_band"] == 0.05 for p in policies[first:])
