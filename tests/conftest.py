@@ -73,3 +73,26 @@ def random_model_dir():
         return out
 
     return make
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path: Path):
+    """``small_tmpfs(size)``: a tmpfs of ``size`` ("1m", "256k") mounted in a new folder, so a test can fill a real
+    disk (ENOSPC); unmounted after the test. Skips where mounting is not allowed (needs root / CAP_SYS_ADMIN)."""
+    import subprocess
+
+    mounted = []
+
+    def make(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs-{len(mounted)}"
+        mnt.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                             text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

@@ -368,20 +368,13 @@ def test_reject_output_down_is_retried_counted_alarmed_and_every_part_still_reco
     assert "not acknowledged" in caplog.text
 
 
-def test_a_full_archive_disk_keeps_every_result_and_counts_the_failures(tmp_path: Path, models) -> None:
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        cfg = _cfg(tmp_path, models["a"], source={"kind": "sim", "rate": 0, "parts": 60, "pool": 8,
-                                                  "sim": {"size": 128}},
-                   archive={"path": str(small), "ok_sample_rate": 1.0, "keep_free_bytes": 0, "resume_free_bytes": 1})
-        line = Line(cfg)
-        line.run(install_signals=False)
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
+def test_a_full_archive_disk_keeps_every_result_and_counts_the_failures(tmp_path: Path, models,
+                                                                          small_tmpfs) -> None:
+    small = small_tmpfs("256k")
+    cfg = _cfg(tmp_path, models["a"], source={"kind": "sim", "rate": 0, "parts": 60, "pool": 8, "sim": {"size": 128}},
+               archive={"path": str(small), "ok_sample_rate": 1.0, "keep_free_bytes": 0, "resume_free_bytes": 1})
+    line = Line(cfg)
+    line.run(install_signals=False)
     rows = _rows(cfg.db)
     assert len(rows) == 60
     _check_every_part_once(rows)
@@ -416,3 +409,34 @@ def test_sighup_reloads_the_policy_and_the_rows_record_it(tmp_path: Path, models
     first = next(i for i, p in enumerate(policies) if p["threshold"] == 0.7)
     assert policies[0]["threshold"] == 0.3 and first > 0
     assert all(p["threshold"] == 0.7 and p["uncertain_band"] == 0.05 for p in policies[first:])
+
+
+def test_free_run_inspects_the_latest_frame_and_counts_the_older_ones_dropped(tmp_path: Path, models,
+                                                                              monkeypatch) -> None:
+    import lineguard.inspect.daemon as daemon
+
+    real_load = daemon.load_live
+
+    def slow_load(*args: Any, **kwargs: Any):
+        live = real_load(*args, **kwargs)
+        predict = live.runner.predict
+
+        def slow(frames):
+            time.sleep(0.03)  # a model slower than the camera (100 frames/s)
+            return predict(frames)
+
+        live.runner.predict = slow
+        return live
+
+    monkeypatch.setattr(daemon, "load_live", slow_load)
+    cfg = _cfg(tmp_path, models["a"], mode="free-run",
+               source={"kind": "sim", "rate": 100, "parts": 150, "pool": 4, "sim": {"size": 64}})
+    line = Line(cfg)
+    counts = line.run(install_signals=False)
+    rows = _rows(cfg.db)
+    assert counts["handed_over"] == 150 and counts["dropped"] > 50
+    assert counts["dropped"] + len(rows) == 150  # every frame inspected or counted as superseded
+    assert line.tel.dropped.labels(reason="superseded")._value.get() == counts["dropped"]
+    seqs = [r["source_seq"] for r in rows]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and all(r["state"] == "final" for r in rows)
+    assert all(r["reason"] is None for r in rows)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import cv2
 import numpy as np
@@ -123,17 +122,9 @@ def test_retention_deletes_ok_then_uncertain_then_ng(tmp_path: Path, monkeypatch
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs (needs root / CAP_SYS_ADMIN; skipped otherwise)."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+def tmpfs(small_tmpfs) -> Path:
+    """A 2 MiB tmpfs."""
+    return small_tmpfs("2m")
 
 
 def test_a_real_full_disk_is_counted_and_leaves_no_file(tmpfs: Path) -> None:

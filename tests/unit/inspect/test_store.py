@@ -278,17 +278,9 @@ def test_a_closed_store_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (needs root / CAP_SYS_ADMIN; skipped otherwise)."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+def tmpfs(small_tmpfs) -> Path:
+    """A 1 MiB tmpfs."""
+    return small_tmpfs("1m")
 
 
 def fill(folder: Path) -> Path:
