@@ -78,10 +78,27 @@ def random_model_dir():
 @pytest.fixture()
 def small_tmpfs(tmp_path: Path):
     """``small_tmpfs(size)``: a tmpfs of ``size`` ("1m", "256k") mounted in a new folder, so a test can fill a real
-    disk (ENOSPC); unmounted after the test. Skips where mounting is not allowed (needs root / CAP_SYS_ADMIN)."""
+    disk (ENOSPC); unmounted after the test. Skips where mounting is not allowed (needs root / CAP_SYS_ADMIN).
+    ``small_tmpfs.fill(folder)`` writes ``folder/filler`` until its file system is full and returns it."""
+    import errno
     import subprocess
 
     mounted = []
+
+    def fill(folder: Path) -> Path:
+        filler = folder / "filler"
+        fd = os.open(str(filler), os.O_WRONLY | os.O_CREAT)
+        try:
+            for block in (1 << 16, 1 << 12, 1):
+                try:
+                    while True:
+                        os.write(fd, b"\0" * block)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+        finally:
+            os.close(fd)
+        return filler
 
     def make(size: str) -> Path:
         mnt = tmp_path / f"tmpfs-{len(mounted)}"
@@ -93,6 +110,7 @@ def small_tmpfs(tmp_path: Path):
         mounted.append(mnt)
         return mnt
 
+    make.fill = fill  # type: ignore[attr-defined]
     yield make
     for mnt in mounted:
         subprocess.run(["umount", "-l", str(mnt)], check=True)

@@ -3,8 +3,6 @@ UNCERTAIN before NG) and disk problems, a real full tmpfs included, that never r
 
 from __future__ import annotations
 
-import errno
-import os
 from pathlib import Path
 from typing import Any, List
 
@@ -121,28 +119,12 @@ def test_retention_deletes_ok_then_uncertain_then_ng(tmp_path: Path, monkeypatch
     assert len(scans) == 1 and a.deleted == 9 and a.failures == 0
 
 
-@pytest.fixture
-def tmpfs(small_tmpfs) -> Path:
-    """A 2 MiB tmpfs."""
-    return small_tmpfs("2m")
-
-
-def test_a_real_full_disk_is_counted_and_leaves_no_file(tmpfs: Path) -> None:
+def test_a_real_full_disk_is_counted_and_leaves_no_file(small_tmpfs) -> None:
+    tmpfs = small_tmpfs("2m")
     a = archive(tmpfs / "archive")
     heat = np.ones((4, 4), np.float32)
     assert a.save("NG", "before", image(200, 200), heat, 0.5, when=T0) is not None
-    filler = tmpfs / "filler"
-    fd = os.open(str(filler), os.O_WRONLY | os.O_CREAT)
-    try:
-        for block in (1 << 16, 1 << 12, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * block)
-            except OSError as e:
-                if e.errno != errno.ENOSPC:
-                    raise
-    finally:
-        os.close(fd)
+    filler = small_tmpfs.fill(tmpfs)
     assert a.save("NG", "full", image(200, 200, seed=1), heat, 0.5, when=T0) is None
     assert a.failures == 1 and a.failures_by_reason == {"ENOSPC": 1} and "No space left" in str(a.last_error)
     assert files(tmpfs / "archive") == ["2024-05-01/NG/before-heatmap.png", "2024-05-01/NG/before.png"]

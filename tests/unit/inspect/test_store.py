@@ -3,7 +3,6 @@ duplicate part, totals against the truth, and every database problem as one Insp
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sqlite3
@@ -277,34 +276,12 @@ def test_a_closed_store_is_an_error(tmp_path: Path) -> None:
         s.record(part(0))
 
 
-@pytest.fixture
-def tmpfs(small_tmpfs) -> Path:
-    """A 1 MiB tmpfs."""
-    return small_tmpfs("1m")
-
-
-def fill(folder: Path) -> Path:
-    """Write a file in ``folder`` until its file system is full."""
-    filler = folder / "filler"
-    fd = os.open(str(filler), os.O_WRONLY | os.O_CREAT)
-    try:
-        for block in (1 << 16, 1 << 12, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * block)
-            except OSError as e:
-                if e.errno != errno.ENOSPC:
-                    raise
-    finally:
-        os.close(fd)
-    return filler
-
-
-def test_a_full_disk_is_one_line_and_the_store_goes_on(tmpfs: Path) -> None:
+def test_a_full_disk_is_one_line_and_the_store_goes_on(small_tmpfs) -> None:
+    tmpfs = small_tmpfs("1m")
     path = tmpfs / "results.db"
     with ResultStore(path) as s:
         s.record(part(0))
-        filler = fill(tmpfs)
+        filler = small_tmpfs.fill(tmpfs)
         with pytest.raises(InspectError) as err:
             for seq in range(1, 200):  # the WAL has some room left: write until it is gone
                 s.pending(part(seq, serial="x" * 32768))
