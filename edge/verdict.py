@@ -158,17 +158,18 @@ def find_boxes(heat: np.ndarray, image_size: Tuple[int, int], policy: DecisionPo
     rounded outwards. Regions smaller than ``policy.min_box_area`` image pixels are dropped."""
     h, w = heat.shape
     big_h, big_w = image_size
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((heat >= policy.box_threshold).astype(np.uint8),
-                                                           connectivity=8)
-    peak = np.zeros(n)
-    np.maximum.at(peak, labels.ravel(), heat.ravel())
+    hot = heat >= policy.box_threshold
+    if not hot.any():  # most parts: no region, no labelling
+        return []
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(hot.astype(np.uint8), connectivity=8)
+    values, owners = heat[hot], labels[hot]
     boxes = []
     for j in range(1, n):  # 0: the background
         x, y, bw, bh, cells = (int(v) for v in stats[j, :5])
         area = round(cells * big_h * big_w / (h * w))
         if area >= policy.min_box_area:
             boxes.append(DefectBox(x0=x * big_w // w, y0=y * big_h // h, x1=-(-(x + bw) * big_w // w),
-                                   y1=-(-(y + bh) * big_h // h), score=float(peak[j]), area=area))
+                                   y1=-(-(y + bh) * big_h // h), score=float(values[owners == j].max()), area=area))
     return sorted(boxes, key=lambda b: -b.score)
 
 

@@ -33,10 +33,11 @@ import json
 import sqlite3
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Literal, NamedTuple, Optional, Sequence, Tuple, Union
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from lineguard.config import StrictModel
 from lineguard.edge.verdict import Decision, DefectBox, Verdict
@@ -393,6 +394,22 @@ class ResultStore:
 UPDATABLE = frozenset(COLUMNS) - {"id", "state", "camera", "source_seq", "run_id", "ts", "utc"}
 
 
+def _plain(v: Any) -> Any:
+    if isinstance(v, BaseModel):
+        return v.model_dump(mode="json")
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v.value if isinstance(v, Enum) else v
+
+
+def _column(name: str, value: Any) -> Any:
+    """A value as its column holds it: JSON text in the JSON columns, an enum's value, else as it is."""
+    value = _plain(value)
+    return json.dumps(value, separators=(",", ":")) if name in JSON_COLUMNS and value is not None else value
+
+
 class Batch:
     """The writes of one :meth:`ResultStore.batch` transaction."""
 
@@ -405,14 +422,12 @@ class Batch:
         return self._store._insert(self._conn, row, "pending")
 
     def update(self, id: int, **fields: Any) -> None:
-        """Set columns of the pending part ``id`` (its decision, scores, timings...)."""
+        """Set columns of the pending part ``id`` (its decision, scores, timings...): plain values, enums, or
+        pydantic models and lists of them in the JSON columns."""
         bad = set(fields) - UPDATABLE
         if bad:
             raise ValueError(f"not updatable: {sorted(bad)}")
-        values = PartRow.model_validate({"camera": "-", "source_seq": 0, "run_id": "-", "ts": 0.0,
-                                         "decision": fields.get("decision", "NG"), **fields}).model_dump(mode="json")
-        sets = {c: json.dumps(values[c], separators=(",", ":")) if c in JSON_COLUMNS and values[c] is not None
-                else values[c] for c in fields}
+        sets = {c: _column(c, v) for c, v in fields.items()}
         cur = self._conn.execute(f"UPDATE parts SET {', '.join(f'{c} = :{c}' for c in sets)} "
                                  "WHERE id = :id AND state = 'pending'", {**sets, "id": id})
         if cur.rowcount != 1:

@@ -290,3 +290,27 @@ def test_a_full_disk_is_one_line_and_the_store_goes_on(small_tmpfs) -> None:
         filler.unlink()
         s.pending(part(1000))
         assert len(s.rows()) == written + 1
+
+
+def test_a_batch_is_one_transaction_of_inserts_updates_completions_and_archive_paths(store: ResultStore) -> None:
+    """The daemon's writer: a part's row at capture (pending NG in-flight), its decision, then final."""
+    box = DefectBox(x0=1, y0=2, x1=3, y1=4, score=0.9, area=4)
+    with store.batch() as b:
+        a = b.pending(part(0, "NG", reason="in-flight"))
+        c = b.pending(part(1, "NG", reason="in-flight"))
+        b.update(a, decision=Decision.NG, reason=None, top_class="crack", boxes=[box], policy=DecisionPolicy(
+            threshold=0.4), t_decided=T0 + 1)
+    with store.batch() as b:
+        b.complete(Completion(a, T0 + 2, {"0-modbus": {"ack": True}}))
+        b.archived(a, "2024-05-01/NG/x.png")
+    first, second = store.rows()
+    assert (first.state, first.decision, first.reason, first.top_class) == ("final", Decision.NG, None, "crack")
+    assert first.boxes == [box] and first.policy["threshold"] == 0.4 and first.ack == {"0-modbus": {"ack": True}}
+    assert first.archive_path == "2024-05-01/NG/x.png" and first.t_signalled == T0 + 2
+    assert (second.id, second.state, second.reason) == (c, "pending", "in-flight")
+    with pytest.raises(InspectError, match="not pending"), store.batch() as b:  # nothing of a failed batch stays
+        b.update(c, decision="OK", reason=None)
+        b.complete(Completion(a, T0 + 3, None))
+    assert store.rows()[1].decision == Decision.NG and store.rows()[1].reason == "in-flight"
+    with pytest.raises(ValueError, match="not updatable"), store.batch() as b:
+        b.update(c, run_id="other")
