@@ -19,12 +19,13 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from pydantic import BaseModel
 
-from lineguard.edge.runners import Runner, load_runner
+from lineguard.edge.runners import Runner
 from lineguard.sim import SimulatorConfig
 
 from .archive import ArchiveConfig
-from .config import DeadlineConfig, LineConfig, MetricsConfig, ModelConfig, SimSourceConfig
+from .config import DeadlineConfig, LineConfig, MetricsConfig, ModelConfig, PolicyConfig, SimSourceConfig
 from .daemon import Line
+from .models import load_live
 from .store import ResultStore
 
 __all__ = ["InspectBenchReport", "rss_mb", "run_bench", "runner_best"]
@@ -88,7 +89,8 @@ def run_bench(model: Path, parts: int, rate: float = 0.0, backend: str = "auto",
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="lineguard-inspect-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     rss = {"start": rss_mb()}
-    with load_runner(model, backend if backend != "auto" else "auto", threads=threads) as runner:
+    model_cfg = ModelConfig(path=model, backend=backend, threads=threads, watch_s=0)
+    with load_live(model_cfg, PolicyConfig()).runner as runner:  # the model the loop will load
         lo, hi = runner.batch_range
         sizes = sorted({lo, min(hi, batch)} | {b for b in (2, 4, 8) if lo <= b <= min(hi, batch)})
         runner_fps, runner_batch = runner_best(runner, sizes)
@@ -97,7 +99,7 @@ def run_bench(model: Path, parts: int, rate: float = 0.0, backend: str = "auto",
     cfg = LineConfig(
         source=SimSourceConfig(rate=rate, parts=parts, pool=min(POOL, parts),
                                sim=SimulatorConfig(size=max(64, h), channels=channels)),
-        model=ModelConfig(path=model, backend=backend, threads=threads, watch_s=0), batch=batch,
+        model=model_cfg, batch=batch,
         deadline=DeadlineConfig(ms=deadline_ms), outputs=[], db=out / "results.db",
         archive=ArchiveConfig(path=out / "archive", ok_sample_rate=0.01), metrics=MetricsConfig(port=0))
     line = Line(cfg)

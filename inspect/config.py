@@ -44,7 +44,8 @@ SourceConfig = Union[SimSourceConfig, FolderSourceConfig, VideoSourceConfig, Str
 
 class ModelConfig(StrictModel):
     path: Path = Field(..., description="model folder or exported model file; watched for hot-swap")
-    backend: str = Field("auto", description="auto | ort | ort-int8 | trt")
+    backend: str = Field("auto", description="auto (the export's choice: INT8 where it kept one and found it "
+                                             "faster here) | ort | ort-int8 | trt")
     device: Optional[str] = Field(None, description="cpu | cuda[:N] | dla:N (default: the backend's)")
     key: Optional[str] = Field(None, description="which engine of a folder with several (trt)")
     threads: Optional[int] = Field(None, ge=1, description="ONNX Runtime threads (default: all cores)")
@@ -171,7 +172,7 @@ source:                      # where frames come from; one of:
 # source: {kind: genicam, cti: /opt/mvIMPACT/lib/producer.cti, trigger: true}
 model:
   path: runs/demo/model      # a model folder or file; a new export there is loaded, checked and swapped in
-  backend: auto              # auto | ort | ort-int8 | trt
+  backend: auto              # auto: the export's choice (INT8 where it was kept and faster here) | ort | ort-int8 | trt
   device: null               # cpu | cuda[:N] | dla:N
   key: null                  # which engine of several (trt)
   watch_s: 2.0               # how often to look for a new model; 0 = never

@@ -440,3 +440,22 @@ def test_free_run_inspects_the_latest_frame_and_counts_the_older_ones_dropped(tm
     seqs = [r["source_seq"] for r in rows]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and all(r["state"] == "final" for r in rows)
     assert all(r["reason"] is None for r in rows)
+
+
+def test_auto_takes_the_int8_model_only_where_the_export_kept_it_and_found_it_faster(tmp_path: Path, models) -> None:
+    from lineguard.inspect.config import ModelConfig
+    from lineguard.inspect.models import _backend
+
+    folder = tmp_path / "m"
+    shutil.copytree(models["a"], folder)
+    auto = ModelConfig(path=folder)
+    assert _backend(auto) == "ort"  # no INT8 export
+    shutil.copyfile(folder / "model.onnx", folder / "model-int8.onnx")
+    report = folder / "model-int8.onnx.report.json"
+    for faster, expected in (("fp32", "ort"), ("int8", "ort-int8")):
+        report.write_text(json.dumps({"faster": faster}))
+        assert _backend(auto) == expected
+    report.write_text("{not json")
+    assert _backend(auto) == "ort"
+    assert _backend(ModelConfig(path=folder, backend="ort")) == "ort"
+    assert _backend(ModelConfig(path=folder / "model-int8.onnx")) == "ort-int8"
