@@ -77,6 +77,7 @@ class Line:
         self._stop = threading.Event()  # stop capturing, drain, exit
         self._done = threading.Event()  # inference finished (queue drained)
         self._capturing = threading.Event()  # the capture thread runs
+        self._room = threading.Condition()  # the paced virtual camera waits on it for room in the queue
         self._infer_q: queue.Queue = queue.Queue(maxsize=cfg.queue if cfg.mode == "trigger" else 1)
         self._next_model: Optional[LiveModel] = None
         self._threads: List[threading.Thread] = []
@@ -256,8 +257,9 @@ class Line:
         """Wait until less than one micro-batch is queued (or stop): a camera triggered by the line's pace."""
         assert self.live is not None
         room = min(self.cfg.batch, self.live.runner.batch_range[1])
-        while self._infer_q.qsize() >= room and not self._stop.wait(0.001):
-            pass
+        with self._room:
+            while self._infer_q.qsize() >= room and not self._stop.is_set():
+                self._room.wait(0.1)
 
     def _replace(self, item: Any) -> None:
         """Free-run: the latest frame replaces one still waiting (counted as dropped)."""
@@ -312,6 +314,9 @@ class Line:
                     break
                 batch.append(item)
             self.tel.queue.set(self._infer_q.qsize())
+            if self._paced:
+                with self._room:
+                    self._room.notify()
             if drain_until is not None and time.monotonic() > drain_until:
                 for p in batch:
                     self._failsafe(p, "shutdown")
