@@ -31,8 +31,9 @@ from lineguard.edge.verdict import Decision, Verdict
 from .archive import Archive
 from .base import Capture, InspectError
 from .config import LineConfig
+from .schema import PartRow
 from .sinks import SignalJob, SinkWorker, make_sink
-from .store import Completion, PartRow, ResultStore
+from .store import Completion, ResultStore
 from .telemetry import Telemetry
 
 __all__ = ["LinePart", "Results"]

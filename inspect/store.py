@@ -16,15 +16,16 @@ leaves it pending; :meth:`ResultStore.recover` makes every pending row final NG 
 ``crash-recovered`` (fail-safe: the part may have passed unsignalled) and keeps the decision and reason the
 row had in ``prior_decision`` / ``prior_reason``. Each write is one transaction, committed with an fsync
 (``synchronous=FULL``); the batched variants (``pending_many``, ``complete_many``, ``record_many``) commit many
-parts at once, for slow disks.
+parts at once, for slow disks; :meth:`ResultStore.batch` puts any mix of them in one transaction (the daemon's
+writer: a part's row at capture, its decision, its completion, its archive path).
 
 One writer: the daemon calls a store from one thread (the connection is opened with
 ``check_same_thread=False`` so that thread need not be the one that opened it). Readers (reports) open their
 own store. Every database problem (not a database, a newer schema, an unwritable folder, a full disk, a lock
 held too long, a part recorded twice) is one :class:`InspectError` line naming the file.
 
-The schema is versioned by ``PRAGMA user_version``: :data:`MIGRATIONS` entry ``n`` takes a database from
-version ``n`` to ``n + 1`` in one transaction; a schema change is one more entry (never an edit of an old one).
+The schema (``schema.py``: the row, the table, :data:`~lineguard.inspect.schema.MIGRATIONS`) is versioned by
+``PRAGMA user_version``; each missing migration is applied in its own transaction when a store opens.
 """
 
 from __future__ import annotations
@@ -32,98 +33,16 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import contextmanager, suppress
-from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Literal, NamedTuple, Optional, Sequence, Tuple, Union
-
-from pydantic import BaseModel, Field
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Union
 
 from lineguard.config import StrictModel
-from lineguard.edge.verdict import Decision, DefectBox, Verdict
 from lineguard.files import printable
 from lineguard.inspect.base import InspectError
 
-__all__ = ["COLUMNS", "MIGRATIONS", "Batch", "Completion", "PartRow", "ResultStore", "StoreTotals", "utc_text"]
+from .schema import COLUMNS, INSERT, JSON_COLUMNS, MIGRATIONS, RECOVERED, UPDATABLE, PartRow, column_value, utc_text
 
-MIGRATIONS: List[Tuple[str, ...]] = [
-    (  # 1: the parts table
-        """CREATE TABLE parts (
-            id INTEGER PRIMARY KEY,
-            state TEXT NOT NULL CHECK (state IN ('pending', 'final')),
-            line TEXT, station TEXT, camera TEXT NOT NULL,
-            source_seq INTEGER NOT NULL, run_id TEXT NOT NULL,
-            serial TEXT, lot TEXT,
-            utc TEXT NOT NULL, ts REAL NOT NULL,
-            model_version TEXT, policy TEXT, scores TEXT NOT NULL, ng_score REAL,
-            decision TEXT NOT NULL CHECK (decision IN ('OK', 'NG', 'UNCERTAIN')),
-            top_class TEXT, reason TEXT, prior_decision TEXT, prior_reason TEXT, truth TEXT, boxes TEXT NOT NULL,
-            t_capture REAL, t_queued REAL, t_inferred REAL, t_decided REAL, t_signalled REAL,
-            ack TEXT, image_sha256 TEXT, archive_path TEXT)""",
-        "CREATE INDEX parts_ts ON parts (ts)",
-        "CREATE INDEX parts_decision ON parts (decision)",
-        "CREATE UNIQUE INDEX parts_source ON parts (run_id, camera, source_seq)",
-    ),
-]
-JSON_COLUMNS = ("policy", "scores", "boxes", "ack")
-RECOVERED = "crash-recovered"
-
-
-def utc_text(ts: float) -> str:
-    """Epoch seconds as ISO 8601 UTC with milliseconds: ``2024-05-01T12:00:00.123Z``."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class PartRow(StrictModel):
-    """One part's row. ``id`` and ``state`` are the store's (ignored on insert); ``utc`` defaults to ``ts``'s."""
-
-    id: Optional[int] = None
-    state: Optional[Literal["pending", "final"]] = None
-    line: Optional[str] = None
-    station: Optional[str] = None
-    camera: str
-    source_seq: int  # the source-side frame number, unique per (run_id, camera)
-    run_id: str  # one daemon run
-    serial: Optional[str] = None
-    lot: Optional[str] = None
-    ts: float  # the part's time (capture), epoch seconds
-    utc: Optional[str] = None  # ts as ISO 8601 UTC with ms
-    model_version: Optional[str] = None  # sha256 of the weights
-    policy: Optional[Dict[str, Any]] = None  # the decision settings used (DecisionPolicy as JSON)
-    scores: Dict[str, float] = Field(default_factory=dict)  # class -> probability
-    ng_score: Optional[float] = None
-    decision: Decision
-    top_class: Optional[str] = None
-    reason: Optional[str] = None  # None: the model's decision; else why it was overridden ('deadline', ...)
-    prior_decision: Optional[Decision] = None  # the decision recover() overrode
-    prior_reason: Optional[str] = None  # the reason recover() overrode
-    truth: Optional[str] = None  # the part's true class, where the source knows it
-    boxes: List[DefectBox] = Field(default_factory=list)
-    t_capture: Optional[float] = None  # epoch seconds
-    t_queued: Optional[float] = None
-    t_inferred: Optional[float] = None
-    t_decided: Optional[float] = None
-    t_signalled: Optional[float] = None
-    ack: Optional[Dict[str, Any]] = None  # reject output -> its read-back value, or the error
-    image_sha256: Optional[str] = None
-    archive_path: Optional[str] = None
-
-    @classmethod
-    def from_verdict(cls, verdict: Verdict, run_id: str, **fields: Any) -> PartRow:
-        """The row of a model decision: camera = ``source_id``, source_seq = ``frame_id``, ts = t_capture =
-        ``timestamp``, and the verdict's scores, policy, model version and boxes; ``fields`` add the rest
-        (line, station, truth, timings...) or override any of these."""
-        return cls(**{"camera": verdict.source_id, "source_seq": verdict.frame_id, "run_id": run_id,
-                      "serial": verdict.serial, "lot": verdict.lot, "ts": verdict.timestamp,
-                      "t_capture": verdict.timestamp, "model_version": verdict.model_version,
-                      "policy": verdict.policy.model_dump(), "scores": verdict.scores, "ng_score": verdict.ng_score,
-                      "decision": verdict.decision, "top_class": verdict.top_class, "boxes": verdict.boxes,
-                      **fields})
-
-
-COLUMNS = tuple(PartRow.model_fields)
-_INSERT = "INSERT INTO parts ({}) VALUES ({})".format(", ".join(COLUMNS[1:]), ", ".join(":" + c for c in COLUMNS[1:]))
-
+__all__ = ["Batch", "Completion", "ResultStore", "StoreTotals"]
 
 class Completion(NamedTuple):
     """A pending part's outcome for :meth:`ResultStore.complete_many`."""
@@ -253,7 +172,7 @@ class ResultStore:
             if values[c] is not None:
                 values[c] = json.dumps(values[c], separators=(",", ":"))
         try:
-            return int(conn.execute(_INSERT, values).lastrowid)
+            return int(conn.execute(INSERT, values).lastrowid)
         except sqlite3.IntegrityError as e:
             if "UNIQUE" not in str(e):
                 raise
@@ -391,25 +310,6 @@ class ResultStore:
         self.close()
 
 
-UPDATABLE = frozenset(COLUMNS) - {"id", "state", "camera", "source_seq", "run_id", "ts", "utc"}
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, BaseModel):
-        return v.model_dump(mode="json")
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v.value if isinstance(v, Enum) else v
-
-
-def _column(name: str, value: Any) -> Any:
-    """A value as its column holds it: JSON text in the JSON columns, an enum's value, else as it is."""
-    value = _plain(value)
-    return json.dumps(value, separators=(",", ":")) if name in JSON_COLUMNS and value is not None else value
-
-
 class Batch:
     """The writes of one :meth:`ResultStore.batch` transaction."""
 
@@ -427,7 +327,7 @@ class Batch:
         bad = set(fields) - UPDATABLE
         if bad:
             raise ValueError(f"not updatable: {sorted(bad)}")
-        sets = {c: _column(c, v) for c, v in fields.items()}
+        sets = {c: column_value(c, v) for c, v in fields.items()}
         cur = self._conn.execute(f"UPDATE parts SET {', '.join(f'{c} = :{c}' for c in sets)} "
                                  "WHERE id = :id AND state = 'pending'", {**sets, "id": id})
         if cur.rowcount != 1:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from .. import LineguardError
 from ..config import StrictModel, describe, dump_config, read_yaml
 from ..data.format import CLASSES_FILE, MANIFEST_FILE, REJECTS_FILE, ClassFile, Dataset, Record, numbered_id
-from ..files import atomic_path, atomic_write
+from ..files import TMP_SUFFIX, atomic_path, atomic_write
 from .compose import ComposeConfig
 from .near_copy import NearCopyConfig
 
@@ -115,6 +115,8 @@ def merge_shards(out: Union[str, Path], excluded_backgrounds: Optional[List[str]
         raise GenerateError(f"{out}: {len(missing)} of {total} chunks are not rendered yet (chunks "
                             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}); run the missing shards or "
                             f"rerun to resume")
+    for stale in out.rglob(f".*{TMP_SUFFIX}"):  # a killed run's half-written files: every chunk is done now
+        stale.unlink(missing_ok=True)
     counts = {c: 0 for c in s.classes.classes}
     rejected = 0
     with atomic_path(out / MANIFEST_FILE) as tmp, tmp.open("w", encoding="utf-8") as f:  # shards may race: own temp

@@ -318,6 +318,7 @@ def test_systemd_notify_ready_watchdog_from_the_frame_loop_and_stopping(tmp_path
 
         line.live.runner.predict = stuck  # the frame loop hangs inside the model
         time.sleep(0.3)
+        messages(0.05)  # pings sent before the loop got stuck, still in the socket
         assert "WATCHDOG=1" not in messages(0.6)  # a stalled loop stops the pings
         stall.set()
         assert "WATCHDOG=1" in messages(0.6)

@@ -18,7 +18,8 @@ import pytest
 from lineguard.edge.verdict import Decision, DecisionPolicy, DefectBox, Verdict
 from lineguard.inspect import store as store_mod
 from lineguard.inspect.base import InspectError
-from lineguard.inspect.store import COLUMNS, MIGRATIONS, Completion, PartRow, ResultStore, utc_text
+from lineguard.inspect.schema import COLUMNS, MIGRATIONS, PartRow, utc_text
+from lineguard.inspect.store import Completion, ResultStore
 
 T0 = 1714564800.0  # 2024-05-01T12:00:00Z
 
@@ -153,7 +154,8 @@ def test_no_duplicate_part(store: ResultStore) -> None:
 
 CRASHING_WRITER = """
 import sys, time
-from lineguard.inspect.store import PartRow, ResultStore
+from lineguard.inspect.schema import PartRow
+from lineguard.inspect.store import ResultStore
 s = ResultStore(sys.argv[1])
 def part(seq, decision, reason=None):
     return PartRow(camera="camera-1", source_seq=seq, run_id="run-1", ts=1714564800.0 + seq, decision=decision,
