@@ -347,7 +347,7 @@ def test_opcua_writes_and_reads_back_the_node(opcua_server: OpcUaServer) -> None
     finally:
         sink.close()
         sink.close()
-    sink = opcua_sink(opcua_server, node="ns=2;s=Line1.Count")  # an Int32 node: the server refuses a Boolean
+    sink = opcua_sink(opcua_server, node="ns=2;s=Line1.Count", timeout_s=3.0)  # Int32: a Boolean is refused
     try:
         with pytest.raises(SignalError, match="BadTypeMismatch"):
             sink.signal(True, PART, 1.0)
