@@ -107,8 +107,8 @@ def _show_totals(t: dict) -> None:
     from rich.table import Table
 
     table = Table("decision", "reason / class", "parts", title=f"{t.get('parts', 0)} parts")
-    for (decision, cls), n in sorted(((tuple(k.split("/", 1)) if isinstance(k, str) else tuple(k), v)
-                                     for k, v in t.get("by_class", {}).items())):
+    for key, n in sorted(t.get("by_class", {}).items()):  # "decision/class"
+        decision, cls = key.split("/", 1)
         table.add_row(decision, shown(cls), str(n))
     console.print(table)
     if t.get("truth_total"):

@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from lineguard import LineguardError
-from lineguard.edge.verdict import Decision, decide
+from lineguard.edge.verdict import Decision, DecisionPolicy, decide
 
 from .base import Capture, EndOfSource, InspectError, Source
 from .cameras import open_camera
@@ -176,7 +176,7 @@ class Line:
         try:
             new = load_line_config(self.config_path, self.overrides)
             assert self.live is not None
-            policy = self.live.policy.of(self.live.spec, **new.policy.model_dump())
+            policy = DecisionPolicy.of(self.live.spec, **new.policy.model_dump())
         except LineguardError as e:
             log.error("SIGHUP: %s; the running settings stay", e)
             return

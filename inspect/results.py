@@ -70,7 +70,6 @@ class Results:
         self.run_id = run_id
         self.tel = tel
         self.ok = True  # the last write succeeded
-        self.rows = 0
         self.store: Optional[ResultStore] = None
         self.archive = Archive(cfg.archive) if cfg.archive is not None else None
         self.outputs = [f"{i}-{o.kind}" for i, o in enumerate(cfg.outputs)]
@@ -178,7 +177,6 @@ class Results:
                     b.complete(Completion(x.row, None, None))
                 elif kind == "archived":
                     b.archived(x[0].row, x[1])
-        self.rows += sum(kind == "captured" for kind, _ in events)
         return decided
 
     def _row(self, p: LinePart) -> PartRow:
@@ -211,9 +209,10 @@ class Results:
         part.waiting = dict.fromkeys(self.outputs)
         for s in self.sinks:
             s.submit(SignalJob(key=part, reject=reject, part=info, deadline=part.deadline))
-        if self.archive is not None:
+        draw = self._rng.random()  # the OK sample is drawn here: only parts the archive keeps take a queue place
+        if self.archive is not None and self.archive.keeps(Decision(part.decision), draw):
             try:
-                self._archive_q.put_nowait((part, part.heatmap))
+                self._archive_q.put_nowait((part, draw))
             except queue.Full:
                 self.tel.archive_failures.labels(reason="queue-full").inc()
 
@@ -231,13 +230,13 @@ class Results:
     def _archiver(self) -> None:
         while not (self._archive_done.is_set() and self._archive_q.empty()):
             try:
-                part, heat = self._archive_q.get(timeout=0.2)
+                part, draw = self._archive_q.get(timeout=0.2)
             except queue.Empty:
                 continue
             assert self.archive is not None
             key = f"{self.run_id}-{part.cap.seq:08d}"
             before = dict(self.archive.failures_by_reason)
-            path = self.archive.save(part.decision, key, part.cap.frame.image, heat, self._rng.random())
+            path = self.archive.save(part.decision, key, part.cap.frame.image, part.heatmap, draw)
             for reason, n in self.archive.failures_by_reason.items():
                 if n != before.get(reason, 0):
                     self.tel.archive_failures.labels(reason=reason).inc(n - before.get(reason, 0))
