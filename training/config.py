@@ -31,6 +31,9 @@ class TrainConfig(StrictModel):
     warmup_epochs: float = Field(1.0, ge=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
     label_smoothing: float = Field(0.05, ge=0, lt=1)
+    frozen_stages: int = Field(
+        0, ge=0, description="the CNN's first N feature stages keep their pretrained weights (no gradients): "
+                             "2 stages (strides 2, 4) raise Lite0's training images/s 1.4x on our CPUs")
     heatmap_weight: float = Field(1.0, ge=0, description="weight of the mask-supervised heatmap loss")
     balance_power: float = Field(0.5, ge=0, le=1, description="class-balanced sampling: 1 = equal, 0 = natural")
     precision: Literal["auto", "fp32", "bf16"] = Field(

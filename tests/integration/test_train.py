@@ -31,7 +31,7 @@ from lineguard.sim import SimulatorConfig, simulate_dataset
 from lineguard.training.config import TrainConfig
 from lineguard.training.engine import CHECKPOINT, train
 from lineguard.training.model_dir import load_model_dir
-from lineguard.training.models import count_gmacs
+from lineguard.training.models import count_gmacs, create_model
 
 pytestmark = pytest.mark.slow
 
@@ -193,6 +193,20 @@ def quick_run(sim: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("quick") / "model"
     train(TrainConfig(**QUICK), sim, out, progress=False, max_steps=2)
     return out
+
+
+def test_frozen_stages_keep_their_initial_weights(sim: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(**{**QUICK, "frozen_stages": 2, "ema_decay": 0.0})
+    train(cfg, sim, tmp_path / "m", progress=False, max_steps=2)
+    trained = load_model_dir(tmp_path / "m").model.state_dict()
+    torch.manual_seed(cfg.seed)  # the trainer's initialisation
+    initial = create_model(cfg.arch, num_classes=len(trained["head.weight"]), in_chans=1, img_size=cfg.img_size,
+                           weights=None).state_dict()
+    stem = [k for k in trained if k.startswith("backbone.conv_stem.")]
+    later = [k for k in trained if k.startswith("backbone.blocks.3.") and k.endswith("weight")]
+    assert stem and later
+    assert all(torch.equal(trained[k], initial[k]) for k in stem)
+    assert not all(torch.equal(trained[k], initial[k]) for k in later)
 
 
 def test_model_dir_files_are_whole_and_share_one_mode(quick_run: Path) -> None:

@@ -178,6 +178,14 @@ class CnnStream(nn.Module):
     def forward(self, x: Tensor) -> List[Tensor]:
         return self.run(x)
 
+    def freeze(self, stages: int) -> None:
+        """No gradients for the parameters of the first ``stages`` feature stages (their BN statistics still
+        adapt): the backward pass stops before the high-resolution maps."""
+        if stages > len(self.segments):
+            raise ModelError(f"{self.model_name} has {len(self.segments)} feature stages, cannot freeze {stages}")
+        for name in (n for segment in self.segments[:stages] for n in segment):
+            self.get_submodule(name).requires_grad_(False)
+
 
 class HeatmapHead(nn.Module):
     """Stride-8 defect logits: 1x1 conv of the deep map upsampled by the constant ``scale``, plus a 1x1 conv of

@@ -128,6 +128,24 @@ def test_backward_gives_finite_grads_to_both_streams(name):
             assert grads[key].abs().sum() > 0, key
 
 
+@pytest.mark.parametrize("name", ["two_stream_lite0", "cnn_resnet18"])
+def test_frozen_stages_get_no_gradients_and_the_rest_does(name):
+    model = _model(name).train()
+    model.backbone.freeze(2)
+    out = model(_input())
+    (out["logits"].logsumexp(1).mean() + out["heatmap"].mean()).backward()
+    frozen = {f"backbone.{m}." for segment in model.backbone.segments[:2] for m in segment}
+    for n, p in model.named_parameters():
+        if any(n.startswith(f) for f in frozen):
+            assert not p.requires_grad and p.grad is None, n
+        else:
+            assert p.grad is not None, n
+    first_live = model.backbone.segments[2][0]
+    assert any(p.grad.abs().sum() > 0 for p in model.backbone.get_submodule(first_live).parameters())
+    with pytest.raises(ModelError, match="feature stages"):
+        model.backbone.freeze(len(model.backbone.segments) + 1)
+
+
 def test_unknown_model_is_a_model_error_with_suggestions():
     with pytest.raises(ModelError, match="did you mean 'two_stream_lite0'"):
         create_model("two_stream_lite", num_classes=2)
