@@ -63,7 +63,11 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/vermin --target=3.8- --violations --eval-annotations --no-tips $(LINE_SIDE)
 
+# Tests of the plant database run against a throw-away PostgreSQL cluster (.ci/postgres), started here when the
+# server is installed and LINEGUARD_TEST_POSTGRES is not set already (without either they skip, except under CI).
 test: lint
+	@if [ -z "$$LINEGUARD_TEST_POSTGRES" ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		eval "$$(.ci/postgres start)" && trap '.ci/postgres stop "$$LINEGUARD_PG_DIR"' EXIT; fi; \
 	$(BIN)/pytest
 
 clean:

@@ -20,6 +20,33 @@ def real_data() -> Path:
     return path
 
 
+@pytest.fixture()
+def pg_engine():
+    """A fresh database in the PostgreSQL cluster at LINEGUARD_TEST_POSTGRES (`.ci/postgres start`), dropped
+    after the test. Skips without it, except under CI=true, where it fails: CI never passes by skipping."""
+    url = os.environ.get("LINEGUARD_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("LINEGUARD_TEST_POSTGRES is not set under CI (.ci/run starts the cluster)")
+        pytest.skip("LINEGUARD_TEST_POSTGRES is not set (eval \"$(.ci/postgres start)\")")
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    name = f"lg_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine = sa.create_engine(sa.make_url(url).set(database=name))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def real_dataset(real_data: Path, tmp_path_factory: pytest.TempPathFactory):
     """The magnetic-tile set imported once per session (images referenced, not copied)."""

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from lineguard.inspect.qa import ShiftConfig, qa_figures
 from lineguard.inspect.schema import PartRow
 from lineguard.inspect.store import ResultStore
+from lineguard.inspect.tables import METADATA, PARTS
 
 
 def _ts(text: str) -> float:
@@ -117,3 +118,11 @@ def test_bad_shift_config_is_a_validation_error() -> None:
         ShiftConfig(shifts=[{"name": "x", "start": "25:00"}])
     with pytest.raises(ValidationError, match="time zone"):
         ShiftConfig(timezone="Mars/Olympus")
+
+
+def test_postgresql_gives_the_same_figures(engine: sa.Engine, pg_engine: sa.Engine) -> None:
+    METADATA.create_all(pg_engine)
+    with engine.connect() as src, pg_engine.begin() as dst:
+        dst.execute(PARTS.insert(), [dict(r._mapping) for r in src.execute(sa.select(PARTS))])
+    for by in ("shift", "lot"):
+        assert qa_figures(pg_engine, T0, T1, by=by, shifts=BERLIN) == qa_figures(engine, T0, T1, by=by, shifts=BERLIN)
