@@ -39,6 +39,16 @@ MIGRATIONS: List[Tuple[str, ...]] = [
         "CREATE INDEX parts_decision ON parts (decision)",
         "CREATE UNIQUE INDEX parts_source ON parts (run_id, camera, source_seq)",
     ),
+    (  # 2: a change sequence, the watermark of `lineguard sync`: every insert and update of a row gives it the next
+       # number (rows change after they are final: the archive path comes later), so a sync resumes exactly
+        "ALTER TABLE parts ADD COLUMN changed INTEGER",
+        "UPDATE parts SET changed = id",
+        "CREATE INDEX parts_changed ON parts (changed)",
+        """CREATE TRIGGER parts_changed_insert AFTER INSERT ON parts BEGIN
+            UPDATE parts SET changed = (SELECT COALESCE(MAX(changed), 0) + 1 FROM parts) WHERE id = NEW.id; END""",
+        """CREATE TRIGGER parts_changed_update AFTER UPDATE ON parts WHEN NEW.changed IS OLD.changed BEGIN
+            UPDATE parts SET changed = (SELECT MAX(changed) + 1 FROM parts) WHERE id = NEW.id; END""",
+    ),
 ]
 JSON_COLUMNS = ("policy", "scores", "boxes", "ack")
 RECOVERED = "crash-recovered"

@@ -37,9 +37,11 @@ PARTS = Table(
     _text("truth"), _text("boxes", False),
     _real("t_capture"), _real("t_queued"), _real("t_inferred"), _real("t_decided"), _real("t_signalled"),
     _text("ack"), _text("image_sha256"), _text("archive_path"),
+    Column("changed", Integer),  # the change sequence (migration 2; triggers keep it in the daemon's SQLite)
     CheckConstraint("state IN ('pending', 'final')", name="parts_state"),
     CheckConstraint("decision IN ('OK', 'NG', 'UNCERTAIN')", name="parts_decision_value"),
     Index("parts_ts", "ts"),
     Index("parts_decision", "decision"),
     Index("parts_source", "run_id", "camera", "source_seq", unique=True),
+    Index("parts_changed", "changed"),
 )

@@ -45,13 +45,13 @@ def one_line_naming(err: pytest.ExceptionInfo, path: Path) -> str:
 
 
 def test_schema_is_created_with_its_version_and_indexes(store: ResultStore) -> None:
-    assert store.schema_version == len(MIGRATIONS) == 1
+    assert store.schema_version == len(MIGRATIONS) == 2
     raw = sqlite3.connect(str(store.path))
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
-        assert {r[1] for r in raw.execute("PRAGMA table_info(parts)")} == set(COLUMNS)
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert {r[1] for r in raw.execute("PRAGMA table_info(parts)")} == {*COLUMNS, "changed"}
         indexes = {r[1]: r[2] for r in raw.execute("PRAGMA index_list(parts)")}
-        assert indexes == {"parts_ts": 0, "parts_decision": 0, "parts_source": 1}
+        assert indexes == {"parts_ts": 0, "parts_decision": 0, "parts_source": 1, "parts_changed": 0}
         assert [r[2] for r in raw.execute("PRAGMA index_info(parts_source)")] == ["run_id", "camera", "source_seq"]
     finally:
         raw.close()
@@ -67,13 +67,37 @@ def test_wal_and_synchronous_full_are_in_effect(store: ResultStore) -> None:
         raw.close()
 
 
-def test_a_v1_database_is_upgraded_by_a_new_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _changed(path: Path) -> dict:
+    raw = sqlite3.connect(str(path))
+    try:
+        return dict(raw.execute("SELECT id, changed FROM parts"))
+    finally:
+        raw.close()
+
+
+def test_every_insert_and_update_takes_the_next_change_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    path = tmp_path / "results.db"
+    monkeypatch.setattr(store_mod, "MIGRATIONS", MIGRATIONS[:1])
+    with ResultStore(path) as s:  # a version-1 database with two parts
+        s.record_many([part(0), part(1)])
+    monkeypatch.setattr(store_mod, "MIGRATIONS", MIGRATIONS)
+    with ResultStore(path) as s:  # migration 2 numbers the old rows by id
+        assert s.schema_version == 2 and _changed(path) == {1: 1, 2: 2}
+        a = s.pending(part(2, "NG"))
+        assert _changed(path)[a] == 3
+        s.complete(a, time.time(), {"modbus": True})
+        s.archived(1, "ok/1.png")
+        assert _changed(path) == {1: 5, 2: 2, 3: 4}  # the latest change has the highest number
+
+
+def test_a_database_is_upgraded_by_a_new_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "results.db"
     with ResultStore(path) as s:
         s.record(part(0))
     monkeypatch.setattr(store_mod, "MIGRATIONS", [*MIGRATIONS, ("ALTER TABLE parts ADD COLUMN operator TEXT",)])
     with ResultStore(path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == len(MIGRATIONS) + 1
         assert [r.source_seq for r in s.rows()] == [0]
         s.record(part(1))  # inserts name their columns: the new one stays NULL
     raw = sqlite3.connect(str(path))
@@ -90,10 +114,11 @@ def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest
                                                                 "SELECT * FROM nowhere")])
     with pytest.raises(InspectError) as err:
         ResultStore(path)
-    assert "migrating the schema to version 2: no such table: nowhere" in one_line_naming(err, path)
+    assert f"migrating the schema to version {len(MIGRATIONS) + 1}: no such table: nowhere" in one_line_naming(err,
+                                                                                                             path)
     raw = sqlite3.connect(str(path))
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert "operator" not in [r[1] for r in raw.execute("PRAGMA table_info(parts)")]
     finally:
         raw.close()
