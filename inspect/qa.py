@@ -162,11 +162,12 @@ def _percentiles(hist: List[Tuple[int, int]]) -> Dict[str, Optional[float]]:
 
 
 def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lot", "line", "camera"] = "shift",
-               shifts: Optional[ShiftConfig] = None) -> QaFigures:
-    """The figures of the parts with ``t0 <= ts < t1`` (see the module docstring)."""
+               shifts: Optional[ShiftConfig] = None, table: sa.Table = PARTS) -> QaFigures:
+    """The figures of the parts with ``t0 <= ts < t1`` in ``table`` (a line's :data:`PARTS` or the plant's
+    ``PLANT_PARTS``; see the module docstring)."""
     if by not in GROUPINGS:
         raise ValueError(f"--by must be one of {', '.join(GROUPINGS)}, got {by!r}")
-    p = PARTS.c
+    p = table.c
     where = sa.and_(p.state == "final", p.ts >= t0, p.ts < t1)
     not_ok = sa.func.sum(sa.case((p.decision != "OK", 1), else_=0))
     with engine.connect() as conn:
@@ -177,7 +178,7 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
             rows = conn.execute(sa.select(minute, sa.func.count(), not_ok).where(where).group_by(minute)).all()
             subgroups = _shift_subgroups(rows, (shifts or ShiftConfig()).windows(t0, t1))
         else:
-            col = p[by]
+            col = sa.func.nullif(p[by], "")  # the plant database stores an unset line or station as ''
             rows = conn.execute(sa.select(col, sa.func.count(), not_ok, sa.func.min(p.ts)).where(where)
                                 .group_by(col).order_by(sa.func.min(p.ts))).all()
             subgroups = [Subgroup(key="(none)" if k is None else str(k), parts=int(n), ng=int(d),

@@ -1,0 +1,172 @@
+"""``lineguard sync``: push a line's results (a daemon's SQLite file) into the plant's PostgreSQL database.
+Torch-free, Python 3.8.
+
+    report = sync_results("runs/line/results.db", "postgresql+psycopg://qa@plant-db/lineguard", batch=5000)
+
+Batches of final rows in the order of the line database's change sequence (schema 2: every insert and update
+takes the next number, so a row that changes after it was synced, e.g. when its archive path arrives, is sent
+again) are upserted on the plant key (line, station, camera, run, source frame) in one PostgreSQL transaction
+together with the watermark. A killed sync leaves whole batches; the next run resumes after the last one, and
+sending a row twice changes nothing. The line file is opened read-only, so the daemon keeps writing (WAL).
+Memory is one batch.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Union
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from lineguard.files import printable
+from lineguard.inspect.base import InspectError
+
+from .schema import utc_text
+from .tables import (
+    DATA_COLUMNS,
+    PARTS,
+    PLANT,
+    PLANT_KEY,
+    PLANT_PARTS,
+    PLANT_SCHEMA,
+    PLANT_VERSION,
+    SCHEMA_VERSION,
+    SYNC_STATE,
+)
+
+__all__ = ["SyncReport", "open_plant", "sync_results"]
+
+
+class SyncReport(BaseModel):
+    source: str
+    rows: int  # rows sent in this run
+    batches: int
+    watermark: int
+    seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def _where(url: sa.URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def open_plant(url: Union[str, sa.URL]) -> sa.Engine:
+    """An engine on the plant database, its schema created or checked: one line naming the database when it is
+    unreachable, refuses the login, or holds a schema of another version."""
+    try:
+        u = sa.make_url(url)
+    except sa.exc.ArgumentError as e:
+        raise InspectError(f"not a database URL: {printable(str(url))} ({e})") from None
+    if u.get_backend_name() != "postgresql":
+        raise InspectError(f"{_where(u)}: the plant database is PostgreSQL (postgresql+psycopg://...)")
+    if u.drivername == "postgresql":
+        u = u.set(drivername="postgresql+psycopg")
+    engine = sa.create_engine(u, connect_args={"connect_timeout": 10})
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7312001)"))  # one creator at a time
+            if not sa.inspect(conn).has_table(PLANT_SCHEMA.name):
+                PLANT.create_all(conn)
+                conn.execute(PLANT_SCHEMA.insert().values(version=PLANT_VERSION))
+            version = conn.execute(sa.select(sa.func.max(PLANT_SCHEMA.c.version))).scalar()
+    except sa.exc.OperationalError as e:
+        raise InspectError(f"{_where(u)}: cannot reach the plant database ({_reason(e)})") from None
+    if version != PLANT_VERSION:
+        newer = version is not None and version > PLANT_VERSION
+        raise InspectError(f"{_where(u)}: plant database schema version {version} is "
+                           f"{'newer' if newer else 'older'} than this lineguard's ({PLANT_VERSION})"
+                           + ("; use a newer lineguard" if newer else ""))
+    return engine
+
+
+def _reason(e: sa.exc.DBAPIError) -> str:
+    text = str(e.orig).strip().splitlines() if e.orig is not None else [str(e)]
+    return text[-1] if text else type(e).__name__
+
+
+def _line_db(path: Path) -> sa.Engine:
+    name = printable(str(path))
+    if not path.is_file():
+        raise InspectError(f"{name}: no such results database")
+    try:
+        raw = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)
+        try:
+            version = int(raw.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            raw.close()
+    except sqlite3.DatabaseError as e:
+        raise InspectError(f"{name}: not a results database ({e})") from None
+    if version != SCHEMA_VERSION:
+        hint = ("open it once with `lineguard inspect status --db` to migrate it" if version < SCHEMA_VERSION
+                else "use a newer lineguard")
+        raise InspectError(f"{name}: results database schema version {version}, this lineguard syncs version "
+                           f"{SCHEMA_VERSION}: {hint}")
+    uri = path.as_uri() + "?mode=ro"
+    return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
+
+
+def sync_results(db: Union[str, Path], url: Union[str, sa.URL], batch: int = 5000, source: Optional[str] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> SyncReport:
+    """Push the final rows of the line database ``db`` changed since the last sync; ``source`` names it in the
+    plant database (default host:absolute path); ``progress`` gets the rows sent after each batch."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    path = Path(db).resolve()
+    line = _line_db(path)
+    plant = open_plant(url)
+    source = source or f"{socket.gethostname()}:{path}"
+    t0, sent, batches = time.perf_counter(), 0, 0
+    p = PARTS.c
+    upsert = pg_insert(PLANT_PARTS)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=list(PLANT_KEY),
+        set_={c: upsert.excluded[c] for c in ("line_row_id", *DATA_COLUMNS) if c not in PLANT_KEY})
+    try:
+        with plant.connect() as conn:
+            with conn.begin():
+                mark = conn.execute(sa.select(SYNC_STATE.c.changed).where(SYNC_STATE.c.source == source)
+                                    ).scalar() or 0
+            while True:
+                with line.connect() as lc:
+                    rows = lc.execute(sa.select(PARTS).where(p.changed > mark, p.state == "final")
+                                      .order_by(p.changed).limit(batch)).mappings().all()
+                if not rows:
+                    break
+                mark = int(rows[-1]["changed"])
+                with conn.begin():
+                    conn.execute(upsert, [_plant_row(r) for r in rows])
+                    _save_mark(conn, source, mark, len(rows))
+                sent += len(rows)
+                batches += 1
+                if progress is not None:
+                    progress(sent)
+    except sa.exc.OperationalError as e:
+        where = printable(str(path)) if "sqlite" in str(type(e.orig)).lower() else _where(plant.url)
+        raise InspectError(f"{where}: sync stopped after {sent} rows ({_reason(e)}); rerun to resume") from None
+    finally:
+        line.dispose()
+        plant.dispose()
+    return SyncReport(source=source, rows=sent, batches=batches, watermark=mark, seconds=time.perf_counter() - t0)
+
+
+def _plant_row(row: Any) -> Dict[str, Any]:
+    out = {c: row[c] for c in DATA_COLUMNS}
+    out["line"], out["station"] = out["line"] or "", out["station"] or ""
+    out["line_row_id"] = row["id"]
+    return out
+
+
+def _save_mark(conn: sa.Connection, source: str, mark: int, rows: int) -> None:
+    stmt = pg_insert(SYNC_STATE).values(source=source, changed=mark, rows=rows, utc=utc_text(time.time()))
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[SYNC_STATE.c.source],
+        set_={"changed": stmt.excluded.changed, "rows": SYNC_STATE.c.rows + stmt.excluded.rows,
+              "utc": stmt.excluded.utc}))
