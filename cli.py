@@ -53,6 +53,7 @@ VERBS: Dict[str, Union[Verb, Group]] = {
         "bench": ("lineguard.inspect.cli:bench", "The whole loop on the virtual camera against the bare runner."),
         "status": ("lineguard.inspect.cli:status", "Totals by decision, reason and class from the results database."),
     }, "The line: run the inspection daemon, check its config, benchmark it, look at its results."),
+    "sync": ("lineguard.inspect.cli:sync", "Push a line's results into the plant's PostgreSQL database."),
 }
 
 

@@ -4,6 +4,7 @@
     lineguard inspect run --config line.yaml --set source.rate=30
     lineguard inspect bench --model runs/demo/model --parts 2000 --json
     lineguard inspect status --db results.db --hours 8
+    lineguard sync --db results.db --to postgresql://qa@plant-db/lineguard
 
 Torch-free, Python 3.8.
 """
@@ -101,6 +102,30 @@ def status(
     with ResultStore(db) as store:
         totals = store.totals(since=time.time() - hours * 3600 if hours else None)
     emit(totals, as_json, lambda t: _show_totals(t.model_dump()), quiet)
+
+
+def sync(
+    db: Path = typer.Option(Path("results.db"), "--db", help="The line's results database."),
+    to: str = typer.Option(..., "--to", help="The plant database: postgresql://user@host[:port]/name (the password "
+                                             "from PGPASSWORD or ~/.pgpass, or in the URL)."),
+    batch: int = typer.Option(5000, "--batch", min=1, help="Rows per transaction (the memory used)."),
+    source: Optional[str] = typer.Option(None, "--source", help="This database's name in the plant database "
+                                                                 "(default: host:absolute path)."),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Push the line's results changed since the last sync into the plant's PostgreSQL (idempotent, resumable)."""
+    from rich.progress import Progress
+
+    from ..console import err_console
+    from .sync import sync_results
+
+    with Progress(console=err_console, transient=True, disable=quiet or as_json) as bar:
+        task = bar.add_task("sync: rows sent", total=None)
+        rep = sync_results(db, to, batch=batch, source=source, progress=lambda n: bar.update(task, completed=n))
+    emit(rep, as_json, lambda r: console.print(
+        f"{r.rows} rows sent to the plant database in {r.batches} batches ({r.rows_per_s:.0f} rows/s); "
+        f"{shown(r.source)} synced up to change {r.watermark}"), quiet)
 
 
 def _show_totals(t: dict) -> None:

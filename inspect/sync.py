@@ -48,10 +48,7 @@ class SyncReport(BaseModel):
     batches: int
     watermark: int
     seconds: float
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
+    rows_per_s: float
 
 
 def _where(url: sa.URL) -> str:
@@ -154,7 +151,9 @@ def sync_results(db: Union[str, Path], url: Union[str, sa.URL], batch: int = 500
     finally:
         line.dispose()
         plant.dispose()
-    return SyncReport(source=source, rows=sent, batches=batches, watermark=mark, seconds=time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    return SyncReport(source=source, rows=sent, batches=batches, watermark=mark, seconds=seconds,
+                      rows_per_s=sent / seconds if seconds > 0 else 0.0)
 
 
 def _plant_row(row: Any) -> Dict[str, Any]:

@@ -112,6 +112,7 @@ def test_line_side_verbs_run_without_torch_training_synth(tmp_path: Path, random
     line_bench = _last_json(_verb(["inspect", "bench", "--model", str(model), "--parts", "30", "--out",
                                    str(tmp_path / "ib"), "--json"]))
     assert line_bench["decided"] == 30 and line_bench["runner_fps"] > 0
+    assert "--to" in _verb(["sync", "--help"]).stdout
 
     res = _verb(["train", "--data", str(ds), "--out", str(tmp_path / "m2")])  # a development verb: one clear line
     assert res.returncode == 2 and "lineguard train needs" in res.stderr and "Traceback" not in res.stderr

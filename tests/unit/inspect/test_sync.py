@@ -3,6 +3,7 @@ correct while the daemon writes, the same report figures as the line's SQLite, a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -180,3 +181,18 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, pg_engine: sa.
     _one_line(err, "schema version 99", "newer")
     with pg_engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(PLANT_PARTS)).scalar() == 0
+
+
+def test_the_cli_verb(tmp_path: Path, pg_engine: sa.Engine) -> None:
+    db = tmp_path / "results.db"
+    with ResultStore(db) as s:
+        s.record_many([part(i) for i in range(30)])
+    url = pg_engine.url.render_as_string(hide_password=False)
+    run = subprocess.run([sys.executable, "-m", "lineguard", "sync", "--db", str(db), "--to", url, "--batch", "8",
+                          "--json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    rep = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (rep["rows"], rep["batches"]) == (30, 4) and rep["rows_per_s"] > 0
+    bad = subprocess.run([sys.executable, "-m", "lineguard", "sync", "--db", str(db), "--to", "mysql://x@y/z"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "PostgreSQL" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
