@@ -17,7 +17,7 @@ LINE_SIDE := __init__.py __main__.py cli.py config.py console.py files.py metric
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[train,runtime,line,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[train,runtime,line,report,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

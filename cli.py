@@ -54,6 +54,7 @@ VERBS: Dict[str, Union[Verb, Group]] = {
         "status": ("lineguard.inspect.cli:status", "Totals by decision, reason and class from the results database."),
     }, "The line: run the inspection daemon, check its config, benchmark it, look at its results."),
     "sync": ("lineguard.inspect.cli:sync", "Push a line's results into the plant's PostgreSQL database."),
+    "report": ("lineguard.inspect.cli:report", "QA report of a period (HTML, PDF): yield, p-chart, Pareto, trace."),
 }
 
 

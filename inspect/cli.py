@@ -128,6 +128,46 @@ def sync(
         f"{shown(r.source)} synced up to change {r.watermark}"), quiet)
 
 
+def report(
+    db: str = typer.Option("results.db", "--db", help="A daemon's results file or a postgresql:// URL."),
+    since: Optional[str] = typer.Option(None, "--from", help="Start, ISO 8601 (no offset: the plant's zone); "
+                                                              "default 24 h before --to."),
+    until: Optional[str] = typer.Option(None, "--to", help="End (exclusive), ISO 8601; default now."),
+    by: str = typer.Option("shift", "--by", help="Subgroups: shift | lot | line | camera."),
+    out: Path = options.out(Path("report.html"), help="The HTML report."),
+    pdf: Optional[Path] = typer.Option(None, "--pdf", help="Also write the report as PDF here."),
+    shifts: Optional[Path] = typer.Option(None, "--shifts", help="YAML: timezone and shifts (name, start HH:MM)."),
+    archive: Optional[Path] = typer.Option(None, "--archive", help="The image archive, for example images."),
+    lot: Optional[str] = typer.Option(None, "--lot", help="Traceability table: this lot's parts."),
+    serial: Optional[str] = typer.Option(None, "--serial", help="Traceability table: this serial's parts."),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """The QA report of a period: yield, p-chart and rule breaks, Pareto, line health, models, examples, trace."""
+    from ..config import load_config
+    from .qa import GROUPINGS, ShiftConfig, parse_time, qa_figures
+    from .report import Evidence, render_html, write_html, write_pdf
+    from .sync import open_results
+
+    if by not in GROUPINGS:
+        raise typer.BadParameter(f"one of {', '.join(GROUPINGS)}", param_hint="--by")
+    cfg = load_config(ShiftConfig, shifts) if shifts is not None else ShiftConfig()
+    t1 = parse_time(until, cfg.timezone, "--to") if until else time.time()
+    t0 = parse_time(since, cfg.timezone, "--from") if since else t1 - 86400
+    engine, table = open_results(db)
+    try:
+        figures = qa_figures(engine, t0, t1, by=by, shifts=cfg, table=table)  # type: ignore[arg-type]
+        html = render_html(figures, Evidence.load(engine, t0, t1, table, archive=archive, lot=lot, serial=serial))
+    finally:
+        engine.dispose()
+    write_html(html, out)
+    if pdf is not None:
+        write_pdf(html, pdf)
+    emit(figures, as_json, lambda f: console.print(
+        f"{f.parts} parts, FPY {'-' if f.fpy is None else format(f.fpy, '.2%')}, {len(f.violations)} rule "
+        f"violations; report in {shown(out)}" + (f" and {shown(pdf)}" if pdf else "")), quiet)
+
+
 def _show_totals(t: dict) -> None:
     from rich.table import Table
 

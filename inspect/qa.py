@@ -29,11 +29,12 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from lineguard.config import StrictModel
+from lineguard.inspect.base import InspectError
 
 from .spc import p_chart, wilson
 from .tables import PARTS
 
-__all__ = ["GROUPINGS", "QaFigures", "Shift", "ShiftConfig", "Subgroup", "qa_figures"]
+__all__ = ["GROUPINGS", "QaFigures", "Shift", "ShiftConfig", "Subgroup", "parse_time", "qa_figures"]
 
 GROUPINGS = ("shift", "lot", "line", "camera")
 PERCENTILES = (50.0, 90.0, 99.0)
@@ -96,6 +97,17 @@ class ShiftConfig(StrictModel):
             if b > t0 and a < t1:
                 out.append((label, a, b))
         return out
+
+
+def parse_time(text: str, zone: str, what: str) -> float:
+    """ISO 8601 date or date-time as epoch seconds; without an offset it is local time in ``zone``."""
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InspectError(f"{what}: not an ISO 8601 time: {text!r} (e.g. 2026-12-07T06:00)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=tz.gettz(zone))
+    return when.timestamp()
 
 
 class Subgroup(BaseModel):
@@ -215,7 +227,8 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
 
 
 def _shift_subgroups(minutes: List[Any], windows: List[Tuple[str, float, float]]) -> List[Subgroup]:
-    """Per-minute (minute, parts, not OK) counts summed into the shift windows (every window, empty ones too)."""
+    """Per-minute (minute, parts, not OK) counts summed into the shift windows, from the first shift with parts to
+    the last."""
     starts = [a for _, a, _ in windows]
     parts, ng = [0] * len(windows), [0] * len(windows)
     for m, n, d in minutes:
@@ -223,5 +236,7 @@ def _shift_subgroups(minutes: List[Any], windows: List[Tuple[str, float, float]]
         if 0 <= i < len(windows):
             parts[i] += int(n)
             ng[i] += int(d)
-    return [Subgroup(key=label, parts=n, ng=d, fpy=1 - d / n if n else None, first_ts=a)
-            for (label, a, _), n, d in zip(windows, parts, ng)]
+    groups = [Subgroup(key=label, parts=n, ng=d, fpy=1 - d / n if n else None, first_ts=a)
+              for (label, a, _), n, d in zip(windows, parts, ng)]
+    used = [i for i, g in enumerate(groups) if g.parts]
+    return groups[used[0] : used[-1] + 1] if used else []  # empty shifts inside the period stay: a stopped line

@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -39,7 +39,7 @@ from .tables import (
     SYNC_STATE,
 )
 
-__all__ = ["SyncReport", "open_plant", "sync_results"]
+__all__ = ["SyncReport", "open_plant", "open_results", "sync_results"]
 
 
 class SyncReport(BaseModel):
@@ -84,6 +84,14 @@ def open_plant(url: Union[str, sa.URL]) -> sa.Engine:
     return engine
 
 
+def open_results(db: str) -> Tuple[sa.Engine, sa.Table]:
+    """A results database to read: a daemon's SQLite file (read-only) or the plant's PostgreSQL (a URL), and its
+    parts table."""
+    if "://" in db:
+        return open_plant(db), PLANT_PARTS
+    return _line_db(Path(db).resolve()), PARTS
+
+
 def _reason(e: sa.exc.DBAPIError) -> str:
     text = str(e.orig).strip().splitlines() if e.orig is not None else [str(e)]
     return text[-1] if text else type(e).__name__
@@ -104,7 +112,7 @@ def _line_db(path: Path) -> sa.Engine:
     if version != SCHEMA_VERSION:
         hint = ("open it once with `lineguard inspect status --db` to migrate it" if version < SCHEMA_VERSION
                 else "use a newer lineguard")
-        raise InspectError(f"{name}: results database schema version {version}, this lineguard syncs version "
+        raise InspectError(f"{name}: results database schema version {version}, this lineguard reads version "
                            f"{SCHEMA_VERSION}: {hint}")
     uri = path.as_uri() + "?mode=ro"
     return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
