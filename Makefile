@@ -56,7 +56,9 @@ demo: setup
 		--set db=$(DEMO)/line/results.db --set 'archive={path: $(DEMO)/line/archive}' \
 		--set 'outputs=[{kind: modbus, port: 5020}]' --set metrics.port=0 --quiet; status=$$?; kill $$plc; wait $$plc; exit $$status
 	$(BIN)/lineguard inspect status --db $(DEMO)/line/results.db
-	@echo "demo done: contact sheets in $(DEMO)/preview*.png, GAN samples in $(DEMO)/gan/samples; model, card, ONNX (and INT8 if kept) in $(DEMO)/model, bench.json in $(DEMO); line results in $(DEMO)/line/results.db, images in $(DEMO)/line/archive"
+	$(BIN)/lineguard report --db $(DEMO)/line/results.db --archive $(DEMO)/line/archive \
+		--out $(DEMO)/line/report.html --pdf $(DEMO)/line/report.pdf
+	@echo "demo done: contact sheets in $(DEMO)/preview*.png, GAN samples in $(DEMO)/gan/samples; model, card, ONNX (and INT8 if kept) in $(DEMO)/model, bench.json in $(DEMO); line results in $(DEMO)/line/results.db, images in $(DEMO)/line/archive, QA report in $(DEMO)/line/report.html and .pdf"
 
 lint: setup
 	$(BIN)/ruff check .
