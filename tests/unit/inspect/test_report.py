@@ -27,7 +27,7 @@ def _db(tmp_path: Path) -> Path:
     rows = []
     for i in range(600):
         ng = i % 9 == 0 or (i >= 500 and i % 3 == 0)  # the last lot's NG rate shifts upward
-        cls = ("scratch", "stain", "dent")[i % 3] if ng else "ok"
+        cls = ("scratch", "stain", "dent")[(i // 3) % 3] if ng else "ok"
         path = None
         if ng and i < 60:
             path = f"d/NG/p{i}.png"
@@ -57,6 +57,7 @@ def test_html_and_pdf_with_every_section(tmp_path: Path) -> None:
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     assert figures["parts"] == 600 and [g["key"] for g in figures["subgroups"]] == [f"lot{k}" for k in range(6)]
     assert [v["key"] for v in figures["violations"] if v["rule"] == 1] == ["lot5"]  # 33/100 against p-bar 89/600
+    assert [(r["class"], r["parts"]) for r in figures["pareto"]] == [("scratch", 67), ("dent", 11), ("stain", 11)]
     text = html.read_text()
     for section in ("Summary", "p-chart", "Yield and defect rate", "Pareto", "Line health", "Models and thresholds",
                     "Examples per defect class", "Traceability"):
