@@ -76,6 +76,8 @@ def open_plant(url: Union[str, sa.URL]) -> sa.Engine:
             version = conn.execute(sa.select(sa.func.max(PLANT_SCHEMA.c.version))).scalar()
     except sa.exc.OperationalError as e:
         raise InspectError(f"{_where(u)}: cannot reach the plant database ({_reason(e)})") from None
+    except sa.exc.DBAPIError as e:  # e.g. a role that may not create the tables
+        raise InspectError(f"{_where(u)}: cannot use the plant database ({_reason(e)})") from None
     if version != PLANT_VERSION:
         newer = version is not None and version > PLANT_VERSION
         raise InspectError(f"{_where(u)}: plant database schema version {version} is "
@@ -93,8 +95,12 @@ def open_results(db: str) -> Tuple[sa.Engine, sa.Table]:
 
 
 def _reason(e: sa.exc.DBAPIError) -> str:
-    text = str(e.orig).strip().splitlines() if e.orig is not None else [str(e)]
-    return text[-1] if text else type(e).__name__
+    """The server's own message where it sent one (psycopg's diagnostics), else the driver's last line."""
+    primary = getattr(getattr(e.orig, "diag", None), "message_primary", None)
+    if primary:
+        return " ".join(str(primary).split())
+    lines = [x for x in str(e.orig if e.orig is not None else e).splitlines() if x.strip()]
+    return " ".join(lines[-1].split()) if lines else type(e).__name__
 
 
 def _line_db(path: Path) -> sa.Engine:
@@ -153,7 +159,7 @@ def sync_results(db: Union[str, Path], url: Union[str, sa.URL], batch: int = 500
                 batches += 1
                 if progress is not None:
                     progress(sent)
-    except sa.exc.OperationalError as e:
+    except sa.exc.DBAPIError as e:
         where = printable(str(path)) if "sqlite" in str(type(e.orig)).lower() else _where(plant.url)
         raise InspectError(f"{where}: sync stopped after {sent} rows ({_reason(e)}); rerun to resume") from None
     finally:

@@ -155,6 +155,19 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, pg_engine: sa.
     with pytest.raises(InspectError) as err:
         sync_results(db, url.set(password="wrong"))
     assert "***" in _one_line(err, "password authentication failed") and "wrong" not in str(err.value)
+    role = f"ro_{pg_engine.url.database}"
+    with pg_engine.connect() as conn:  # a role that may log in but not create tables (PostgreSQL 15 default)
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'"))
+        conn.commit()
+    try:
+        with pytest.raises(InspectError) as err:
+            sync_results(db, url.set(username=role, password="pw"))
+        _one_line(err, "cannot use the plant database", "permission denied")
+    finally:
+        with pg_engine.connect() as conn:
+            conn.execute(sa.text(f"DROP OWNED BY {role}"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+            conn.commit()
     old = tmp_path / "old.db"
     import lineguard.inspect.store as store_mod
     saved = store_mod.MIGRATIONS
