@@ -137,6 +137,35 @@ class QaFigures(BaseModel):
     fail_safe: Dict[str, int]  # reason -> NG parts the daemon rejected without a model decision
     latency_ms: Dict[str, Optional[float]]  # capture->decision percentiles ("p50", ...) and max
     models: List[Dict[str, Any]]  # model version, policy, first and last part time, parts: in order of use
+    review: Optional[Review] = None  # against the operators' review, where parts were reviewed
+
+
+class Rate(BaseModel):
+    """``k`` of ``n``, the rate and its 95% Wilson interval (None without parts)."""
+
+    k: int
+    n: int
+    rate: Optional[float]
+    interval: Tuple[float, float]
+
+    @classmethod
+    def of(cls, k: int, n: int) -> Rate:
+        return cls(k=k, n=n, rate=k / n if n else None, interval=wilson(k, n))
+
+
+class Review(BaseModel):
+    """The decisions against the class operators saw: ``confusion[review class][decided]`` (decided: OK,
+    UNCERTAIN, or the NG class; fail-safe rejects as ``NG:<reason>``), escapes (defective parts passed, of the
+    defective parts reviewed) and false rejects (good parts stopped, of the good parts reviewed)."""
+
+    ok_class: str
+    reviewed: int
+    confusion: Dict[str, Dict[str, int]]
+    escape: Rate
+    false_reject: Rate
+
+
+QaFigures.model_rebuild()
 
 
 class _minute(FunctionElement):
@@ -205,6 +234,7 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
         hist = [(int(m), int(n)) for m, n in conn.execute(
             sa.select(ms, sa.func.count()).where(where, p.t_decided.is_not(None), p.t_capture.is_not(None))
             .group_by(ms).order_by(ms))]
+        review = _review(conn, p, where)
         models = [{"model_version": v, "policy": pol, "first_ts": float(a), "last_ts": float(b), "parts": int(n)}
                   for v, pol, a, b, n in conn.execute(
                       sa.select(p.model_version, p.policy, sa.func.min(p.ts), sa.func.max(p.ts), sa.func.count())
@@ -223,7 +253,37 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
         fpy_interval=wilson(ok, parts), subgroups=subgroups, pbar=chart.pbar, ucl=chart.ucl, lcl=chart.lcl,
         violations=[{"rule": v.rule, "text": v.text, "index": v.index, "key": subgroups[v.index].key,
                      "points": list(v.points)} for v in chart.violations],
-        pareto=pareto, fail_safe=fail_safe, latency_ms=_percentiles(hist), models=models)
+        pareto=pareto, fail_safe=fail_safe, latency_ms=_percentiles(hist), models=models, review=review)
+
+
+def _review(conn: sa.Connection, p: Any, where: Any) -> Optional[Review]:
+    """The review figures, or None when no part of the period was reviewed. The OK class is the top class of the
+    model's OK decisions (one class)."""
+    rows = conn.execute(sa.select(p.review, p.decision, p.top_class, p.reason, sa.func.count())
+                        .where(where, p.review.is_not(None))
+                        .group_by(p.review, p.decision, p.top_class, p.reason)).all()
+    if not rows:
+        return None
+    found = conn.execute(sa.select(p.top_class).where(p.decision == "OK", p.reason.is_(None),
+                                                      p.top_class.is_not(None)).distinct().limit(2)).scalars().all()
+    if len(found) != 1:
+        raise InspectError(f"reviewed parts, but the OK class is not known from the model's decisions ({found})")
+    ok = str(found[0])
+    confusion: Dict[str, Dict[str, int]] = {}
+    esc = [0, 0]
+    fr = [0, 0]
+    for label, decision, cls, reason, n in rows:
+        decided = decision if decision != "NG" else f"NG:{reason}" if reason else str(cls)
+        row = confusion.setdefault(str(label), {})
+        row[decided] = row.get(decided, 0) + int(n)
+        if label == ok:
+            fr[1] += int(n)
+            fr[0] += int(n) if decision != "OK" else 0
+        else:
+            esc[1] += int(n)
+            esc[0] += int(n) if decision == "OK" else 0
+    return Review(ok_class=ok, reviewed=esc[1] + fr[1], confusion=confusion, escape=Rate.of(*esc),
+                  false_reject=Rate.of(*fr))
 
 
 def _shift_subgroups(minutes: List[Any], windows: List[Tuple[str, float, float]]) -> List[Subgroup]:

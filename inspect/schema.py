@@ -49,6 +49,11 @@ MIGRATIONS: List[Tuple[str, ...]] = [
         """CREATE TRIGGER parts_changed_update AFTER UPDATE ON parts WHEN NEW.changed IS OLD.changed BEGIN
             UPDATE parts SET changed = (SELECT MAX(changed) + 1 FROM parts) WHERE id = NEW.id; END""",
     ),
+    (  # 3: the operator's review of a part: the class they saw, who, when (the QA report's confusion matrix)
+        "ALTER TABLE parts ADD COLUMN review TEXT",
+        "ALTER TABLE parts ADD COLUMN reviewer TEXT",
+        "ALTER TABLE parts ADD COLUMN review_ts REAL",
+    ),
 ]
 JSON_COLUMNS = ("policy", "scores", "boxes", "ack")
 RECOVERED = "crash-recovered"
@@ -92,6 +97,9 @@ class PartRow(StrictModel):
     ack: Optional[Dict[str, Any]] = None  # reject output -> its read-back value, or the error
     image_sha256: Optional[str] = None
     archive_path: Optional[str] = None
+    review: Optional[str] = None  # the class an operator saw on review
+    reviewer: Optional[str] = None
+    review_ts: Optional[float] = None  # epoch seconds
 
     @classmethod
     def from_verdict(cls, verdict: Verdict, run_id: str, **fields: Any) -> PartRow:

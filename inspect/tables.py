@@ -58,6 +58,7 @@ def _data_columns(plant: bool) -> list:
         _text("truth"), _text("boxes", False),
         _real("t_capture"), _real("t_queued"), _real("t_inferred"), _real("t_decided"), _real("t_signalled"),
         _text("ack"), _text("image_sha256"), _text("archive_path"),
+        _text("review"), _text("reviewer"), _real("review_ts"),
         CheckConstraint("state IN ('pending', 'final')"),
         CheckConstraint("decision IN ('OK', 'NG', 'UNCERTAIN')"),
     ]

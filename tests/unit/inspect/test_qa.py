@@ -31,8 +31,9 @@ def _rows() -> List[PartRow]:
         ("2026-03-29T03:55:00", "B", "m2", 0.4, ["OK"] * 5),  # 05:55 CEST: still the night shift
         ("2026-03-29T04:00:00", "C", "m2", 0.4, ["OK"] * 10),  # 06:00 CEST: the early shift
     ]
+    reviews = {(0, 0): "scratch", (0, 1): "scratch", (0, 2): "ok", (1, 0): "ok", (1, 1): "ok", (2, 4): "stain"}
     rows, seq = [], 0
-    for first, lot, model, thr, outcomes in plan:
+    for g, (first, lot, model, thr, outcomes) in enumerate(plan):
         for i, out in enumerate(outcomes):
             decision, _, cls = out.partition(":")
             reason = cls[1:] if cls.startswith("-") else None
@@ -40,7 +41,8 @@ def _rows() -> List[PartRow]:
             latency = 0.01 * (seq % 10 + 1)  # 10..100 ms, each 4 times
             rows.append(PartRow(camera="cam1", source_seq=seq, run_id="r1", lot=lot, ts=ts, t_capture=ts,
                                 t_decided=ts + latency, model_version=model, policy={"threshold": thr},
-                                decision=decision, top_class=None if reason else (cls or "ok"), reason=reason))
+                                decision=decision, top_class=None if reason else (cls or "ok"), reason=reason,
+                                review=reviews.get((g, i))))
             seq += 1
     return rows
 
@@ -92,6 +94,14 @@ def test_figures_by_shift(engine: sa.Engine) -> None:
         ("m1", 20, _ts("2026-03-28T06:00:00"), _ts("2026-03-28T14:09:00")),
         ("m2", 20, _ts("2026-03-28T23:00:00"), _ts("2026-03-29T04:09:00"))]
     assert '"threshold":0.4' in f.models[1]["policy"]
+    r = f.review
+    assert r is not None and r.ok_class == "ok" and r.reviewed == 6
+    assert r.confusion == {"scratch": {"scratch": 1, "OK": 1}, "ok": {"OK": 1, "scratch": 1, "NG:deadline": 1},
+                           "stain": {"UNCERTAIN": 1}}
+    # escapes: 1 of the 3 defective parts reviewed was passed; false rejects: 2 of the 3 good ones were stopped
+    assert (r.escape.k, r.escape.n, r.false_reject.k, r.false_reject.n) == (1, 3, 2, 3)
+    assert r.escape.interval == pytest.approx((0.0615, 0.7923), abs=1e-4)  # Wilson 95% of 1/3
+    assert r.false_reject.interval == pytest.approx((0.2077, 0.9385), abs=1e-4)
 
 
 def test_figures_by_lot_with_limits_per_subgroup_size(engine: sa.Engine) -> None:
@@ -108,7 +118,7 @@ def test_figures_by_lot_with_limits_per_subgroup_size(engine: sa.Engine) -> None
 
 def test_an_empty_period_has_no_parts_and_no_points(engine: sa.Engine) -> None:
     f = qa_figures(engine, _ts("2027-01-01T00:00:00"), _ts("2027-01-01T08:00:00"), shifts=BERLIN)
-    assert f.parts == 0 and f.fpy is None and f.pareto == [] and f.models == []
+    assert f.parts == 0 and f.fpy is None and f.pareto == [] and f.models == [] and f.review is None
     assert f.subgroups == [] and f.ucl == [] and f.violations == []
     assert f.latency_ms["p50"] is None
 

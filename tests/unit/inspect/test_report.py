@@ -20,13 +20,18 @@ from lineguard.inspect.store import ResultStore
 
 T0 = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 PIXELS = np.full((32, 32), 128, np.uint8)
+_REVIEW = {25: "scratch", 0: "ok"}  # operators saw a scratch on parts 25, 75, ...; every 10th part was fine
+
+
+def _ng(i: int) -> bool:
+    return i % 9 == 0 or (i >= 500 and i % 3 == 0)  # the last lot's NG rate shifts upward
 
 
 def _db(tmp_path: Path) -> Path:
     db, archive = tmp_path / "results.db", tmp_path / "archive"
     rows = []
     for i in range(600):
-        ng = i % 9 == 0 or (i >= 500 and i % 3 == 0)  # the last lot's NG rate shifts upward
+        ng = _ng(i)
         cls = ("scratch", "stain", "dent")[(i // 3) % 3] if ng else "ok"
         path = None
         if ng and i < 60:
@@ -37,7 +42,7 @@ def _db(tmp_path: Path) -> Path:
         rows.append(PartRow(camera="cam1", source_seq=i, run_id="r1", line="L1", lot=f"lot{i // 100}",
                             serial=f"S{i:05d}", ts=T0 + 60 * i, t_capture=T0 + 60 * i, t_decided=T0 + 60 * i + 0.03,
                             decision="NG" if ng else "OK", top_class=cls, model_version="m1" if i < 300 else "m2",
-                            archive_path=path))
+                            archive_path=path, review=_REVIEW.get(i % 50 if i % 50 == 25 else i % 10)))
     with ResultStore(db) as s:
         s.record_many(rows)
     return db
@@ -58,9 +63,13 @@ def test_html_and_pdf_with_every_section(tmp_path: Path) -> None:
     assert figures["parts"] == 600 and [g["key"] for g in figures["subgroups"]] == [f"lot{k}" for k in range(6)]
     assert [v["key"] for v in figures["violations"] if v["rule"] == 1] == ["lot5"]  # 33/100 against p-bar 89/600
     assert [(r["class"], r["parts"]) for r in figures["pareto"]] == [("scratch", 67), ("dent", 11), ("stain", 11)]
+    review = figures["review"]
+    assert review["reviewed"] == 72 and (review["escape"]["n"], review["false_reject"]["n"]) == (12, 60)
+    assert review["escape"]["k"] == sum(not _ng(i) for i in range(25, 600, 50))  # scratched parts passed
+    assert review["false_reject"]["k"] == sum(_ng(i) for i in range(0, 600, 10))  # good parts stopped
     text = html.read_text()
     for section in ("Summary", "p-chart", "Yield and defect rate", "Pareto", "Line health", "Models and thresholds",
-                    "Examples per defect class", "Traceability"):
+                    "Examples per defect class", "Traceability", "Against operator review", "Escape rate"):
         assert section in text, section
     assert text.count("<svg") == 2 and "data:image/png;base64," in text and 'id="search"' in text
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)  # nothing fetched from a network
@@ -88,12 +97,12 @@ def test_an_empty_period_is_a_report_that_says_so(tmp_path: Path) -> None:
 def test_bad_input_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import lineguard.inspect.store as store_mod
 
-    old = tmp_path / "old.db"
+    good, old = _db(tmp_path), tmp_path / "old.db"
     monkeypatch.setattr(store_mod, "MIGRATIONS", MIGRATIONS[:1])
     ResultStore(old).close()
     for args, words in ((["--db", str(old)], "schema version 1"),
                         (["--db", str(tmp_path / "none.db")], "no such results database"),
-                        (["--db", str(_db(tmp_path)), "--from", "yesterday"], "not an ISO 8601 time")):
+                        (["--db", str(good), "--from", "yesterday"], "not an ISO 8601 time")):
         run = _report(*args, "--out", str(tmp_path / "x.html"))
         assert run.returncode == 2 and words in run.stderr, run.stderr
         assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr

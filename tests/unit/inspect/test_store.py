@@ -45,10 +45,10 @@ def one_line_naming(err: pytest.ExceptionInfo, path: Path) -> str:
 
 
 def test_schema_is_created_with_its_version_and_indexes(store: ResultStore) -> None:
-    assert store.schema_version == len(MIGRATIONS) == 2
+    assert store.schema_version == len(MIGRATIONS) == 3
     raw = sqlite3.connect(str(store.path))
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
         assert {r[1] for r in raw.execute("PRAGMA table_info(parts)")} == {*COLUMNS, "changed"}
         indexes = {r[1]: r[2] for r in raw.execute("PRAGMA index_list(parts)")}
         assert indexes == {"parts_ts": 0, "parts_decision": 0, "parts_source": 1, "parts_changed": 0}
@@ -75,15 +75,18 @@ def _changed(path: Path) -> dict:
         raw.close()
 
 
-def test_every_insert_and_update_takes_the_next_change_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                              ) -> None:
+def test_every_insert_and_update_takes_the_next_change_number(tmp_path: Path) -> None:
     path = tmp_path / "results.db"
-    monkeypatch.setattr(store_mod, "MIGRATIONS", MIGRATIONS[:1])
-    with ResultStore(path) as s:  # a version-1 database with two parts
-        s.record_many([part(0), part(1)])
-    monkeypatch.setattr(store_mod, "MIGRATIONS", MIGRATIONS)
+    raw = sqlite3.connect(str(path))  # a version-1 database with two parts, as a version-1 daemon left it
+    for sql in MIGRATIONS[0]:
+        raw.execute(sql)
+    raw.executemany("INSERT INTO parts (state, camera, source_seq, run_id, utc, ts, scores, decision, boxes) "
+                    "VALUES ('final', 'cam', ?, 'old', '', 0, '{}', 'OK', '[]')", [(0,), (1,)])
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
     with ResultStore(path) as s:  # migration 2 numbers the old rows by id
-        assert s.schema_version == 2 and _changed(path) == {1: 1, 2: 2}
+        assert s.schema_version == len(MIGRATIONS) and _changed(path) == {1: 1, 2: 2}
         a = s.pending(part(2, "NG"))
         assert _changed(path)[a] == 3
         s.complete(a, time.time(), {"modbus": True})
