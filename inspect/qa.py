@@ -1,7 +1,8 @@
 """The QA report's figures from a results database (a daemon's SQLite file or the plant's PostgreSQL), aggregated
 in SQL: first-pass yield and NG rate per subgroup (shift, lot, line or camera), the p-chart and its rule
-breaks, the Pareto of defect classes, fail-safe rejects by reason, capture->decision latency percentiles and the
-model versions in force. Torch-free, Python 3.8.
+breaks, the Pareto of defect classes, fail-safe rejects by reason, reject signals not acknowledged,
+capture->decision latency percentiles, the model versions in force and, where operators reviewed parts, the
+confusion against their review. Torch-free, Python 3.8.
 
     engine = sqlalchemy.create_engine("sqlite:///results.db")      # or postgresql+psycopg://...
     figures = qa_figures(engine, t0, t1, by="shift", shifts=ShiftConfig())
@@ -135,6 +136,7 @@ class QaFigures(BaseModel):
     violations: List[Dict[str, Any]]  # rule, text, subgroup index, its key, the points that make it
     pareto: List[Dict[str, Any]]  # class, parts, cumulative share, in falling order
     fail_safe: Dict[str, int]  # reason -> NG parts the daemon rejected without a model decision
+    signal_failures: int  # parts whose reject signal some output did not acknowledge (an error in ``ack``)
     latency_ms: Dict[str, Optional[float]]  # capture->decision percentiles ("p50", ...) and max
     models: List[Dict[str, Any]]  # model version, policy, first and last part time, parts: in order of use
     review: Optional[Review] = None  # against the operators' review, where parts were reviewed
@@ -230,6 +232,7 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
         fail_safe = {str(r): int(n) for r, n in conn.execute(
             sa.select(p.reason, sa.func.count()).where(where, p.reason.is_not(None)).group_by(p.reason)
             .order_by(p.reason))}
+        signal_failures = int(conn.execute(sa.select(sa.func.count()).where(where, p.ack.like('%"error":%'))).scalar())
         ms = sa.cast(sa.func.round((p.t_decided - p.t_capture) * 1000), sa.Integer)
         hist = [(int(m), int(n)) for m, n in conn.execute(
             sa.select(ms, sa.func.count()).where(where, p.t_decided.is_not(None), p.t_capture.is_not(None))
@@ -253,7 +256,8 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
         fpy_interval=wilson(ok, parts), subgroups=subgroups, pbar=chart.pbar, ucl=chart.ucl, lcl=chart.lcl,
         violations=[{"rule": v.rule, "text": v.text, "index": v.index, "key": subgroups[v.index].key,
                      "points": list(v.points)} for v in chart.violations],
-        pareto=pareto, fail_safe=fail_safe, latency_ms=_percentiles(hist), models=models, review=review)
+        pareto=pareto, fail_safe=fail_safe, signal_failures=signal_failures, latency_ms=_percentiles(hist),
+        models=models, review=review)
 
 
 def _review(conn: sa.Connection, p: Any, where: Any) -> Optional[Review]:

@@ -42,7 +42,8 @@ def _rows() -> List[PartRow]:
             rows.append(PartRow(camera="cam1", source_seq=seq, run_id="r1", lot=lot, ts=ts, t_capture=ts,
                                 t_decided=ts + latency, model_version=model, policy={"threshold": thr},
                                 decision=decision, top_class=None if reason else (cls or "ok"), reason=reason,
-                                review=reviews.get((g, i))))
+                                review=reviews.get((g, i)),
+                                ack={"plc": {"error": "timed out", "attempts": 3}} if (g, i) == (1, 0) else None))
             seq += 1
     return rows
 
@@ -88,7 +89,7 @@ def test_figures_by_shift(engine: sa.Engine) -> None:
     assert f.pareto == [{"class": "stain", "parts": 3, "cumulative": pytest.approx(0.5)},
                         {"class": "scratch", "parts": 2, "cumulative": pytest.approx(5 / 6)},
                         {"class": "dent", "parts": 1, "cumulative": pytest.approx(1.0)}]
-    assert f.fail_safe == {"deadline": 1}
+    assert f.fail_safe == {"deadline": 1} and f.signal_failures == 1
     assert f.latency_ms == {"p50": 50.0, "p90": 90.0, "p99": 100.0, "max": 100.0}
     assert [(m["model_version"], m["parts"], m["first_ts"], m["last_ts"]) for m in f.models] == [
         ("m1", 20, _ts("2026-03-28T06:00:00"), _ts("2026-03-28T14:09:00")),
