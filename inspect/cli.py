@@ -145,8 +145,9 @@ def report(
 ) -> None:
     """The QA report of a period: yield, p-chart and rule breaks, Pareto, line health, models, examples, trace."""
     from ..config import load_config
+    from ..files import atomic_write
     from .qa import GROUPINGS, ShiftConfig, parse_time, qa_figures
-    from .report import Evidence, render_html, write_html, write_pdf
+    from .report import Evidence, render_html, write_pdf
     from .sync import open_results
 
     if by not in GROUPINGS:
@@ -154,13 +155,13 @@ def report(
     cfg = load_config(ShiftConfig, shifts) if shifts is not None else ShiftConfig()
     t1 = parse_time(until, cfg.timezone, "--to") if until else time.time()
     t0 = parse_time(since, cfg.timezone, "--from") if since else t1 - 86400
-    engine, table = open_results(db)
+    engine, table = open_results(db)  # reads only: a plant database without lineguard's tables is an error
     try:
         figures = qa_figures(engine, t0, t1, by=by, shifts=cfg, table=table)  # type: ignore[arg-type]
         html = render_html(figures, Evidence.load(engine, t0, t1, table, archive=archive, lot=lot, serial=serial))
     finally:
         engine.dispose()
-    write_html(html, out)
+    atomic_write(out, html.encode("utf-8"))
     if pdf is not None:
         write_pdf(html, pdf)
     emit(figures, as_json, lambda f: console.print(

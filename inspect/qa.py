@@ -119,29 +119,6 @@ class Subgroup(BaseModel):
     first_ts: Optional[float] = None
 
 
-class QaFigures(BaseModel):
-    """Every figure of one report (``--json`` prints this)."""
-
-    t0: float
-    t1: float
-    by: str
-    parts: int
-    by_decision: Dict[str, int]
-    fpy: Optional[float]
-    fpy_interval: Tuple[float, float]
-    subgroups: List[Subgroup]
-    pbar: float
-    ucl: List[Optional[float]]
-    lcl: List[Optional[float]]
-    violations: List[Dict[str, Any]]  # rule, text, subgroup index, its key, the points that make it
-    pareto: List[Dict[str, Any]]  # class, parts, cumulative share, in falling order
-    fail_safe: Dict[str, int]  # reason -> NG parts the daemon rejected without a model decision
-    signal_failures: int  # parts whose reject signal some output did not acknowledge (an error in ``ack``)
-    latency_ms: Dict[str, Optional[float]]  # capture->decision percentiles ("p50", ...) and max
-    models: List[Dict[str, Any]]  # model version, policy, first and last part time, parts: in order of use
-    review: Optional[Review] = None  # against the operators' review, where parts were reviewed
-
-
 class Rate(BaseModel):
     """``k`` of ``n``, the rate and its 95% Wilson interval (None without parts)."""
 
@@ -167,7 +144,27 @@ class Review(BaseModel):
     false_reject: Rate
 
 
-QaFigures.model_rebuild()
+class QaFigures(BaseModel):
+    """Every figure of one report (``--json`` prints this)."""
+
+    t0: float
+    t1: float
+    by: str
+    parts: int
+    by_decision: Dict[str, int]
+    fpy: Optional[float]
+    fpy_interval: Tuple[float, float]
+    subgroups: List[Subgroup]
+    pbar: float
+    ucl: List[Optional[float]]
+    lcl: List[Optional[float]]
+    violations: List[Dict[str, Any]]  # rule, text, subgroup index, its key, the points that make it
+    pareto: List[Dict[str, Any]]  # class, parts, cumulative share, in falling order
+    fail_safe: Dict[str, int]  # reason -> NG parts the daemon rejected without a model decision
+    signal_failures: int  # parts whose reject signal some output did not acknowledge (an error in ``ack``)
+    latency_ms: Dict[str, Optional[float]]  # capture->decision percentiles ("p50", ...) and max
+    models: List[Dict[str, Any]]  # model version, policy, first and last part time, parts: in order of use
+    review: Optional[Review] = None  # against the operators' review, where parts were reviewed
 
 
 class _minute(FunctionElement):

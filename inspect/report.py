@@ -44,18 +44,20 @@ class Evidence(BaseModel):
         where = [p.state == "final", p.ts >= t0, p.ts < t1]
         examples: Dict[str, List[Dict[str, Optional[str]]]] = {}
         with engine.connect() as conn:
-            if archive is not None:
-                rows = conn.execute(sa.select(p.top_class, p.archive_path, p.utc, p.serial, p.source_seq)
-                                    .where(*where, p.decision == "NG", p.reason.is_(None), p.archive_path.is_not(None))
-                                    .order_by(p.top_class, p.ts.desc()).limit(2000)).all()
-                for cls_, path, utc, serial_, seq in rows:
+            if archive is not None:  # the newest few per class (twice as many: a file may be gone from the archive)
+                newest = sa.func.row_number().over(partition_by=p.top_class, order_by=p.ts.desc()).label("n")
+                ranked = (sa.select(p.top_class, p.archive_path, p.utc, p.serial, p.source_seq, newest)
+                          .where(*where, p.decision == "NG", p.reason.is_(None), p.archive_path.is_not(None))
+                          .subquery())
+                rows = conn.execute(sa.select(ranked).where(ranked.c.n <= 2 * EXAMPLES_PER_CLASS)
+                                    .order_by(ranked.c.top_class, ranked.c.n)).all()
+                for cls_, path, utc, serial_, seq, _ in rows:
                     shown = examples.setdefault(str(cls_), [])
-                    if len(shown) < EXAMPLES_PER_CLASS:
-                        image = _data_uri(archive / path)
-                        if image is not None:
-                            heat = archive / path.replace(".png", "-heatmap.png")
-                            shown.append({"image": image, "heatmap": _data_uri(heat), "utc": utc,
-                                          "id": serial_ or f"frame {seq}"})
+                    image = _data_uri(archive / path) if len(shown) < EXAMPLES_PER_CLASS else None
+                    if image is not None:
+                        heat = archive / path.replace(".png", "-heatmap.png")
+                        shown.append({"image": image, "heatmap": _data_uri(heat), "utc": utc,
+                                      "id": serial_ or f"frame {seq}"})
             filters = list(where)
             if lot is not None:
                 filters.append(p.lot == lot)
@@ -143,10 +145,6 @@ def render_html(f: QaFigures, evidence: Evidence, title: str = "Inspection QA re
     env.filters["utc"] = lambda v: "-" if v is None else utc_text(v)[:19].replace("T", " ")
     return env.get_template(TEMPLATE).render(title=title, f=f, ev=evidence, charts=_charts(f),
                                              total_ng=sum(f.by_decision.get(d, 0) for d in ("NG", "UNCERTAIN")))
-
-
-def write_html(html: str, out: Path) -> None:
-    atomic_write(out, html.encode("utf-8"))
 
 
 def write_pdf(html: str, out: Path) -> None:

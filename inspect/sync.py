@@ -55,9 +55,9 @@ def _where(url: sa.URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def open_plant(url: Union[str, sa.URL]) -> sa.Engine:
-    """An engine on the plant database, its schema created or checked: one line naming the database when it is
-    unreachable, refuses the login, or holds a schema of another version."""
+def open_plant(url: Union[str, sa.URL], create: bool = True) -> sa.Engine:
+    """An engine on the plant database, its schema checked (and created where missing, with ``create``): one line
+    naming the database when it is unreachable, refuses the login, lacks the schema or holds another version."""
     try:
         u = sa.make_url(url)
     except sa.exc.ArgumentError as e:
@@ -71,6 +71,8 @@ def open_plant(url: Union[str, sa.URL]) -> sa.Engine:
         with engine.begin() as conn:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7312001)"))  # one creator at a time
             if not sa.inspect(conn).has_table(PLANT_SCHEMA.name):
+                if not create:
+                    raise InspectError(f"{_where(u)}: holds no lineguard results (`lineguard sync` creates them)")
                 PLANT.create_all(conn)
                 conn.execute(PLANT_SCHEMA.insert().values(version=PLANT_VERSION))
             version = conn.execute(sa.select(sa.func.max(PLANT_SCHEMA.c.version))).scalar()
@@ -90,7 +92,7 @@ def open_results(db: str) -> Tuple[sa.Engine, sa.Table]:
     """A results database to read: a daemon's SQLite file (read-only) or the plant's PostgreSQL (a URL), and its
     parts table."""
     if "://" in db:
-        return open_plant(db), PLANT_PARTS
+        return open_plant(db, create=False), PLANT_PARTS
     return _line_db(Path(db).resolve()), PARTS
 
 
@@ -160,7 +162,7 @@ def sync_results(db: Union[str, Path], url: Union[str, sa.URL], batch: int = 500
                 if progress is not None:
                     progress(sent)
     except sa.exc.DBAPIError as e:
-        where = printable(str(path)) if "sqlite" in str(type(e.orig)).lower() else _where(plant.url)
+        where = printable(str(path)) if isinstance(e.orig, sqlite3.Error) else _where(plant.url)
         raise InspectError(f"{where}: sync stopped after {sent} rows ({_reason(e)}); rerun to resume") from None
     finally:
         line.dispose()
