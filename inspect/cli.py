@@ -124,8 +124,9 @@ def sync(
         task = bar.add_task("sync: rows sent", total=None)
         rep = sync_results(db, to, batch=batch, source=source, progress=lambda n: bar.update(task, completed=n))
     emit(rep, as_json, lambda r: console.print(
-        f"{r.rows} rows sent to the plant database in {r.batches} batches ({r.rows_per_s:.0f} rows/s); "
-        f"{shown(r.source)} synced up to change {r.watermark}"), quiet)
+        f"{r.rows} rows and {r.events} camera events sent to the plant database in {r.batches} batches "
+        f"({r.rows_per_s:.0f} rows/s); {shown(r.source)} synced up to change {r.watermark}, event "
+        f"{r.events_watermark}"), quiet)
 
 
 def report(
@@ -155,10 +156,11 @@ def report(
     cfg = load_config(ShiftConfig, shifts) if shifts is not None else ShiftConfig()
     t1 = parse_time(until, cfg.timezone, "--to") if until else time.time()
     t0 = parse_time(since, cfg.timezone, "--from") if since else t1 - 86400
-    engine, table = open_results(db)  # reads only: a plant database without lineguard's tables is an error
+    engine, tables = open_results(db)  # reads only: a plant database without lineguard's tables is an error
     try:
-        figures = qa_figures(engine, t0, t1, by=by, shifts=cfg, table=table)  # type: ignore[arg-type]
-        html = render_html(figures, Evidence.load(engine, t0, t1, table, archive=archive, lot=lot, serial=serial))
+        figures = qa_figures(engine, t0, t1, by=by, shifts=cfg, tables=tables)  # type: ignore[arg-type]
+        html = render_html(figures, Evidence.load(engine, t0, t1, tables.parts, archive=archive, lot=lot,
+                                                  serial=serial))
     finally:
         engine.dispose()
     atomic_write(out, html.encode("utf-8"))

@@ -198,25 +198,32 @@ class Line:
             self._infer_q.put(_END) if self.cfg.mode == "trigger" else self._replace(_END)
 
     def _capture_loop(self, src: Source) -> None:
-        reconnects = lost = 0
-        while not self._stop.is_set():
-            if self._paced:  # the virtual camera at "as fast as the line takes them": triggered when there is room
-                self._when_room()
-            try:
-                cap = src.read(timeout=0.2)
-            except EndOfSource:
-                break
-            except Exception as e:  # a source that breaks is a stopped line, said once, never a hang
-                log.error("source %s failed: %s", self.cfg.camera, e)
-                break
-            if src.reconnects != reconnects:
-                self.tel.reconnects.inc(src.reconnects - reconnects)
-                reconnects = src.reconnects
-            if src.lost != lost:
-                self.tel.source_lost.inc(src.lost - lost)
-                lost = src.lost
-            if cap is not None:
-                self._hand_over(cap)
+        seen = {"reconnect": 0, "frames-lost": 0}
+        try:
+            while not self._stop.is_set():
+                if self._paced:  # the virtual camera at "as fast as the line takes them": triggered when there is room
+                    self._when_room()
+                try:
+                    cap = src.read(timeout=0.2)
+                except EndOfSource:
+                    break
+                except Exception as e:  # a source that breaks is a stopped line, said once, never a hang
+                    log.error("source %s failed: %s", self.cfg.camera, e)
+                    break
+                self._camera_events(src, seen)
+                if cap is not None:
+                    self._hand_over(cap)
+        finally:
+            self._camera_events(src, seen)
+
+    def _camera_events(self, src: Source, seen: Dict[str, int]) -> None:
+        """The source's reconnects and lost frames since ``seen``: counted in the metrics and recorded as events."""
+        for kind, now, metric in (("reconnect", src.reconnects, self.tel.reconnects),
+                                  ("frames-lost", src.lost, self.tel.source_lost)):
+            if now != seen[kind]:
+                metric.inc(now - seen[kind])
+                self.results.event(kind, now - seen[kind])
+                seen[kind] = now
 
     def _hand_over(self, cap: Capture) -> None:
         now, mono = time.time(), time.monotonic()

@@ -1,8 +1,8 @@
 """The QA report's figures from a results database (a daemon's SQLite file or the plant's PostgreSQL), aggregated
 in SQL: first-pass yield and NG rate per subgroup (shift, lot, line or camera), the p-chart and its rule
 breaks, the Pareto of defect classes, fail-safe rejects by reason, reject signals not acknowledged,
-capture->decision latency percentiles, the model versions in force and, where operators reviewed parts, the
-confusion against their review. Torch-free, Python 3.8.
+capture->decision latency percentiles, the model versions in force, camera reconnects and lost frames and, where
+operators reviewed parts, the confusion against their review. Torch-free, Python 3.8.
 
     engine = sqlalchemy.create_engine("sqlite:///results.db")      # or postgresql+psycopg://...
     figures = qa_figures(engine, t0, t1, by="shift", shifts=ShiftConfig())
@@ -32,10 +32,11 @@ from sqlalchemy.sql.functions import FunctionElement
 from lineguard.config import StrictModel
 from lineguard.inspect.base import InspectError
 
+from .schema import EVENT_KINDS
 from .spc import p_chart, wilson
-from .tables import PARTS
+from .tables import LINE_TABLES, Tables
 
-__all__ = ["GROUPINGS", "QaFigures", "Shift", "ShiftConfig", "Subgroup", "parse_time", "qa_figures"]
+__all__ = ["GROUPINGS", "CameraEvents", "QaFigures", "Shift", "ShiftConfig", "Subgroup", "parse_time", "qa_figures"]
 
 GROUPINGS = ("shift", "lot", "line", "camera")
 PERCENTILES = (50.0, 90.0, 99.0)
@@ -144,6 +145,14 @@ class Review(BaseModel):
     false_reject: Rate
 
 
+class CameraEvents(BaseModel):
+    """One camera's events in the period: kind (reconnect, frames-lost) -> count, and the last one's time."""
+
+    camera: str  # line/station/camera, as far as they are set
+    counts: Dict[str, int]
+    last_ts: float
+
+
 class QaFigures(BaseModel):
     """Every figure of one report (``--json`` prints this)."""
 
@@ -164,6 +173,7 @@ class QaFigures(BaseModel):
     signal_failures: int  # parts whose reject signal some output did not acknowledge (an error in ``ack``)
     latency_ms: Dict[str, Optional[float]]  # capture->decision percentiles ("p50", ...) and max
     models: List[Dict[str, Any]]  # model version, policy, first and last part time, parts: in order of use
+    cameras: List[CameraEvents]  # reconnects and lost frames per camera, by name
     review: Optional[Review] = None  # against the operators' review, where parts were reviewed
 
 
@@ -202,12 +212,12 @@ def _percentiles(hist: List[Tuple[int, int]]) -> Dict[str, Optional[float]]:
 
 
 def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lot", "line", "camera"] = "shift",
-               shifts: Optional[ShiftConfig] = None, table: sa.Table = PARTS) -> QaFigures:
-    """The figures of the parts with ``t0 <= ts < t1`` in ``table`` (a line's :data:`PARTS` or the plant's
-    ``PLANT_PARTS``; see the module docstring)."""
+               shifts: Optional[ShiftConfig] = None, tables: Tables = LINE_TABLES) -> QaFigures:
+    """The figures of the parts and camera events with ``t0 <= ts < t1`` in ``tables`` (a line's or the plant's;
+    see the module docstring)."""
     if by not in GROUPINGS:
         raise ValueError(f"--by must be one of {', '.join(GROUPINGS)}, got {by!r}")
-    p = table.c
+    p = tables.parts.c
     where = sa.and_(p.state == "final", p.ts >= t0, p.ts < t1)
     not_ok = sa.func.sum(sa.case((p.decision != "OK", 1), else_=0))
     with engine.connect() as conn:
@@ -240,6 +250,7 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
                       sa.select(p.model_version, p.policy, sa.func.min(p.ts), sa.func.max(p.ts), sa.func.count())
                       .where(where, p.model_version.is_not(None)).group_by(p.model_version, p.policy)
                       .order_by(sa.func.min(p.ts)))]
+        cameras = _camera_events(conn, tables.events.c, t0, t1)
     parts = sum(by_decision.values())
     ok = by_decision.get("OK", 0)
     chart = p_chart([g.ng for g in subgroups], [g.parts for g in subgroups])
@@ -254,7 +265,19 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
         violations=[{"rule": v.rule, "text": v.text, "index": v.index, "key": subgroups[v.index].key,
                      "points": list(v.points)} for v in chart.violations],
         pareto=pareto, fail_safe=fail_safe, signal_failures=signal_failures, latency_ms=_percentiles(hist),
-        models=models, review=review)
+        models=models, cameras=cameras, review=review)
+
+
+def _camera_events(conn: sa.Connection, e: Any, t0: float, t1: float) -> List[CameraEvents]:
+    out: Dict[str, CameraEvents] = {}
+    for line, station, camera, kind, n, last in conn.execute(
+            sa.select(e.line, e.station, e.camera, e.kind, sa.func.sum(e.count), sa.func.max(e.ts))
+            .where(e.ts >= t0, e.ts < t1).group_by(e.line, e.station, e.camera, e.kind)):
+        name = "/".join(x for x in (line, station, camera) if x)
+        found = out.setdefault(name, CameraEvents(camera=name, counts=dict.fromkeys(EVENT_KINDS, 0), last_ts=last))
+        found.counts[str(kind)] = int(n)
+        found.last_ts = max(found.last_ts, float(last))
+    return [out[k] for k in sorted(out)]
 
 
 def _review(conn: sa.Connection, p: Any, where: Any) -> Optional[Review]:

@@ -3,7 +3,7 @@ inline SVG, archive images as data URIs, no network fetch) and optionally a PDF 
 Torch-free, Python 3.8 (matplotlib, Jinja2 and WeasyPrint from the ``report`` extra).
 
     figures = qa_figures(engine, t0, t1, by="shift")                         # qa.py: the numbers, in SQL
-    html = render_html(figures, Evidence.load(engine, t0, t1, table, archive=Path("archive")))
+    html = render_html(figures, Evidence.load(engine, t0, t1, LINE_TABLES.parts, archive=Path("archive")))
     write_pdf(html, Path("report.pdf"))
 """
 

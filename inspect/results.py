@@ -5,6 +5,7 @@
     results.start()
     results.put("captured", part)           # its row, pending, NG "in-flight" (fail-safe) until decided
     results.put("decided", part)            # its decision; once durable, the reject outputs are told
+    results.event("reconnect", 1)           # a camera event, in the same group commits
     results.close()                         # flush; outputs drained within the deadline; archive finished
 
 Group commits: every wake-up of the writer is one transaction (one fsync with ``synchronous=FULL``). A part's
@@ -31,7 +32,7 @@ from lineguard.edge.verdict import Decision, Verdict
 from .archive import Archive
 from .base import Capture, InspectError
 from .config import LineConfig
-from .schema import PartRow
+from .schema import EventRow, PartRow
 from .sinks import SignalJob, SinkWorker, make_sink
 from .store import Completion, ResultStore
 from .telemetry import Telemetry
@@ -99,6 +100,11 @@ class Results:
 
     def put(self, kind: str, item: Any) -> None:
         self._q.put((kind, item))
+
+    def event(self, kind: str, count: int) -> None:
+        """Record a camera event of this run (``reconnect``, ``frames-lost``) now."""
+        self.put("event", EventRow(run_id=self.run_id, line=self.cfg.line, station=self.cfg.station,
+                                   camera=self.cfg.camera, ts=time.time(), kind=kind, count=count))
 
     def close(self, deadline_s: float) -> None:
         """After the frame loop: every decision written and sent, the outputs finish their jobs, the archive ends,
@@ -177,6 +183,8 @@ class Results:
                     b.complete(Completion(x.row, None, None))
                 elif kind == "archived":
                     b.archived(x[0].row, x[1])
+                elif kind == "event":
+                    b.event(x)
         return decided
 
     def _row(self, p: LinePart) -> PartRow:

@@ -1,6 +1,6 @@
-"""The results schema: one row per part (:class:`PartRow`), its SQL table and its versions (:data:`MIGRATIONS`),
-and how values are stored in its columns. The daemon's store (``store.py``) writes it; reports and the plant
-database read it. Torch-free, Python 3.8.
+"""The results schema: one row per part (:class:`PartRow`), one per camera event (:class:`EventRow`: a reconnect,
+frames lost), their SQL tables and versions (:data:`MIGRATIONS`), and how values are stored in the columns. The
+daemon's store (``store.py``) writes them; reports and the plant database read them. Torch-free, Python 3.8.
 
 :data:`MIGRATIONS` entry ``n`` takes a database from version ``n`` to ``n + 1`` (``PRAGMA user_version``); a
 schema change is one more entry, never an edit of an old one.
@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, get_args
 
 from pydantic import BaseModel, Field
 
 from lineguard.config import StrictModel
 from lineguard.edge.verdict import Decision, DefectBox, Verdict
 
-__all__ = ["COLUMNS", "INSERT", "JSON_COLUMNS", "MIGRATIONS", "RECOVERED", "UPDATABLE", "PartRow", "column_value",
-           "utc_text"]
+__all__ = ["COLUMNS", "EVENT_INSERT", "EVENT_KINDS", "INSERT", "JSON_COLUMNS", "MIGRATIONS", "RECOVERED", "UPDATABLE",
+           "EventKind", "EventRow", "PartRow", "column_value", "utc_text"]
 
 MIGRATIONS: List[Tuple[str, ...]] = [
     (  # 1: the parts table
@@ -53,6 +53,14 @@ MIGRATIONS: List[Tuple[str, ...]] = [
         "ALTER TABLE parts ADD COLUMN review TEXT",
         "ALTER TABLE parts ADD COLUMN reviewer TEXT",
         "ALTER TABLE parts ADD COLUMN review_ts REAL",
+    ),
+    (  # 4: what happened to a camera beside its parts (reconnects, frames it lost), for the QA report
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL, line TEXT, station TEXT, camera TEXT NOT NULL,
+            utc TEXT NOT NULL, ts REAL NOT NULL,
+            kind TEXT NOT NULL, count INTEGER NOT NULL CHECK (count > 0))""",
+        "CREATE INDEX events_ts ON events (ts)",
     ),
 ]
 JSON_COLUMNS = ("policy", "scores", "boxes", "ack")
@@ -116,9 +124,32 @@ class PartRow(StrictModel):
 
 COLUMNS = tuple(PartRow.model_fields)
 INSERT = "INSERT INTO parts ({}) VALUES ({})".format(", ".join(COLUMNS[1:]), ", ".join(":" + c for c in COLUMNS[1:]))
-
-
 UPDATABLE = frozenset(COLUMNS) - {"id", "state", "camera", "source_seq", "run_id", "ts", "utc"}
+
+EventKind = Literal["reconnect", "frames-lost"]
+EVENT_KINDS = get_args(EventKind)
+
+
+class EventRow(StrictModel):
+    """Something that happened to a camera: ``reconnect`` (``count`` re-connections after a loss) or
+    ``frames-lost`` (``count`` frames the source knows it missed). ``utc`` defaults to ``ts``'s."""
+
+    run_id: str
+    line: Optional[str] = None
+    station: Optional[str] = None
+    camera: str
+    ts: float
+    utc: Optional[str] = None
+    kind: EventKind
+    count: int = Field(1, ge=1)
+
+    def values(self) -> Dict[str, Any]:
+        """The row's column values, ``utc`` filled in."""
+        return {**self.model_dump(), "utc": self.utc or utc_text(self.ts)}
+
+
+EVENT_INSERT = "INSERT INTO events ({}) VALUES ({})".format(", ".join(EventRow.model_fields),
+                                                             ", ".join(":" + c for c in EventRow.model_fields))
 
 
 def _plain(v: Any) -> Any:

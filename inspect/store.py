@@ -17,7 +17,7 @@ leaves it pending; :meth:`ResultStore.recover` makes every pending row final NG 
 row had in ``prior_decision`` / ``prior_reason``. Each write is one transaction, committed with an fsync
 (``synchronous=FULL``); the batched variants (``pending_many``, ``complete_many``, ``record_many``) commit many
 parts at once, for slow disks; :meth:`ResultStore.batch` puts any mix of them in one transaction (the daemon's
-writer: a part's row at capture, its decision, its completion, its archive path).
+writer: a part's row at capture, its decision, its completion, its archive path, a camera's events).
 
 One writer: the daemon calls a store from one thread (the connection is opened with
 ``check_same_thread=False`` so that thread need not be the one that opened it). Readers (reports) open their
@@ -40,7 +40,19 @@ from lineguard.config import StrictModel
 from lineguard.files import printable
 from lineguard.inspect.base import InspectError
 
-from .schema import COLUMNS, INSERT, JSON_COLUMNS, MIGRATIONS, RECOVERED, UPDATABLE, PartRow, column_value, utc_text
+from .schema import (
+    COLUMNS,
+    EVENT_INSERT,
+    INSERT,
+    JSON_COLUMNS,
+    MIGRATIONS,
+    RECOVERED,
+    UPDATABLE,
+    EventRow,
+    PartRow,
+    column_value,
+    utc_text,
+)
 
 __all__ = ["Batch", "Completion", "ResultStore", "StoreTotals"]
 
@@ -342,6 +354,10 @@ class Batch:
              c.id))
         if cur.rowcount != 1:
             raise InspectError(f"{self._store._name}: part {c.id} is not pending")
+
+    def event(self, row: EventRow) -> None:
+        """Record a camera event (a reconnect, frames lost)."""
+        self._conn.execute(EVENT_INSERT, row.values())
 
     def archived(self, id: int, archive_path: str, image_sha256: Optional[str] = None) -> None:
         cur = self._conn.execute("UPDATE parts SET archive_path = ?, image_sha256 = COALESCE(?, image_sha256) "

@@ -6,9 +6,10 @@ Torch-free, Python 3.8.
 Batches of final rows in the order of the line database's change sequence (schema 2: every insert and update
 takes the next number, so a row that changes after it was synced, e.g. when its archive path arrives, is sent
 again) are upserted on the plant key (line, station, camera, run, source frame) in one PostgreSQL transaction
-together with the watermark. A killed sync leaves whole batches; the next run resumes after the last one, and
-sending a row twice changes nothing. The line file is opened read-only, so the daemon keeps writing (WAL).
-Memory is one batch.
+together with the watermark; the camera events (never changed once written) go along in the same transactions,
+in the order of their ids, with their own watermark. A killed sync leaves whole batches; the next run resumes
+after the last one, and sending a row twice changes nothing. The line file is opened read-only, so the daemon
+keeps writing (WAL). Memory is one batch.
 """
 
 from __future__ import annotations
@@ -29,14 +30,21 @@ from lineguard.inspect.base import InspectError
 from .schema import utc_text
 from .tables import (
     DATA_COLUMNS,
+    EVENT_COLUMNS,
+    EVENTS,
+    LINE_TABLES,
     PARTS,
-    PLANT,
+    PLANT_EVENT_KEY,
+    PLANT_EVENTS,
     PLANT_KEY,
+    PLANT_MIGRATIONS,
     PLANT_PARTS,
     PLANT_SCHEMA,
+    PLANT_TABLES,
     PLANT_VERSION,
     SCHEMA_VERSION,
     SYNC_STATE,
+    Tables,
 )
 
 __all__ = ["SyncReport", "open_plant", "open_results", "sync_results"]
@@ -44,9 +52,11 @@ __all__ = ["SyncReport", "open_plant", "open_results", "sync_results"]
 
 class SyncReport(BaseModel):
     source: str
-    rows: int  # rows sent in this run
+    rows: int  # part rows sent in this run
+    events: int  # camera events sent in this run
     batches: int
-    watermark: int
+    watermark: int  # the line database's parts change sequence, synced up to here
+    events_watermark: int  # its events, synced up to this id
     seconds: float
     rows_per_s: float
 
@@ -56,8 +66,9 @@ def _where(url: sa.URL) -> str:
 
 
 def open_plant(url: Union[str, sa.URL], create: bool = True) -> sa.Engine:
-    """An engine on the plant database, its schema checked (and created where missing, with ``create``): one line
-    naming the database when it is unreachable, refuses the login, lacks the schema or holds another version."""
+    """An engine on the plant database, its schema checked; with ``create``, built or upgraded where it is missing
+    or older (:data:`PLANT_MIGRATIONS`, all in one transaction). One line naming the database when it is
+    unreachable, refuses the login, lacks the schema or holds another version."""
     try:
         u = sa.make_url(url)
     except sa.exc.ArgumentError as e:
@@ -69,31 +80,35 @@ def open_plant(url: Union[str, sa.URL], create: bool = True) -> sa.Engine:
     engine = sa.create_engine(u, connect_args={"connect_timeout": 10})
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7312001)"))  # one creator at a time
-            if not sa.inspect(conn).has_table(PLANT_SCHEMA.name):
-                if not create:
-                    raise InspectError(f"{_where(u)}: holds no lineguard results (`lineguard sync` creates them)")
-                PLANT.create_all(conn)
-                conn.execute(PLANT_SCHEMA.insert().values(version=PLANT_VERSION))
-            version = conn.execute(sa.select(sa.func.max(PLANT_SCHEMA.c.version))).scalar()
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7312001)"))  # one migrator at a time
+            found = sa.inspect(conn).has_table(PLANT_SCHEMA.name)
+            version = conn.execute(sa.select(sa.func.max(PLANT_SCHEMA.c.version))).scalar() if found else 0
+            if create and version is not None and version < PLANT_VERSION:
+                for n in range(version, PLANT_VERSION):
+                    for sql in PLANT_MIGRATIONS[n]:
+                        conn.exec_driver_sql(sql)
+                    conn.execute(PLANT_SCHEMA.update().values(version=n + 1))
+                version = PLANT_VERSION
     except sa.exc.OperationalError as e:
         raise InspectError(f"{_where(u)}: cannot reach the plant database ({_reason(e)})") from None
     except sa.exc.DBAPIError as e:  # e.g. a role that may not create the tables
         raise InspectError(f"{_where(u)}: cannot use the plant database ({_reason(e)})") from None
+    if version == 0:
+        raise InspectError(f"{_where(u)}: holds no lineguard results (`lineguard sync` creates them)")
     if version != PLANT_VERSION:
         newer = version is not None and version > PLANT_VERSION
         raise InspectError(f"{_where(u)}: plant database schema version {version} is "
-                           f"{'newer' if newer else 'older'} than this lineguard's ({PLANT_VERSION})"
-                           + ("; use a newer lineguard" if newer else ""))
+                           f"{'newer' if newer else 'older'} than this lineguard's ({PLANT_VERSION}); "
+                           + ("use a newer lineguard" if newer else "`lineguard sync` upgrades it"))
     return engine
 
 
-def open_results(db: str) -> Tuple[sa.Engine, sa.Table]:
+def open_results(db: str) -> Tuple[sa.Engine, Tables]:
     """A results database to read: a daemon's SQLite file (read-only) or the plant's PostgreSQL (a URL), and its
-    parts table."""
+    tables."""
     if "://" in db:
-        return open_plant(db, create=False), PLANT_PARTS
-    return _line_db(Path(db).resolve()), PARTS
+        return open_plant(db, create=False), PLANT_TABLES
+    return _line_db(Path(db).resolve()), LINE_TABLES
 
 
 def _reason(e: sa.exc.DBAPIError) -> str:
@@ -128,36 +143,46 @@ def _line_db(path: Path) -> sa.Engine:
 
 def sync_results(db: Union[str, Path], url: Union[str, sa.URL], batch: int = 5000, source: Optional[str] = None,
                  progress: Optional[Callable[[int], None]] = None) -> SyncReport:
-    """Push the final rows of the line database ``db`` changed since the last sync; ``source`` names it in the
-    plant database (default host:absolute path); ``progress`` gets the rows sent after each batch."""
+    """Push the final rows of the line database ``db`` changed since the last sync, then its new camera events;
+    ``source`` names it in the plant database (default host:absolute path); ``progress`` gets the rows sent after
+    each batch."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     path = Path(db).resolve()
     line = _line_db(path)
     plant = open_plant(url)
     source = source or f"{socket.gethostname()}:{path}"
-    t0, sent, batches = time.perf_counter(), 0, 0
-    p = PARTS.c
+    t0, sent, events, batches = time.perf_counter(), 0, 0, 0
+    p, e = PARTS.c, EVENTS.c
     upsert = pg_insert(PLANT_PARTS)
     upsert = upsert.on_conflict_do_update(
         index_elements=list(PLANT_KEY),
         set_={c: upsert.excluded[c] for c in ("line_row_id", *DATA_COLUMNS) if c not in PLANT_KEY})
+    add_events = pg_insert(PLANT_EVENTS).on_conflict_do_nothing(index_elements=list(PLANT_EVENT_KEY))  # immutable
     try:
         with plant.connect() as conn:
             with conn.begin():
-                mark = conn.execute(sa.select(SYNC_STATE.c.changed).where(SYNC_STATE.c.source == source)
-                                    ).scalar() or 0
+                marks = conn.execute(sa.select(SYNC_STATE.c.changed, SYNC_STATE.c.events)
+                                     .where(SYNC_STATE.c.source == source)).first() or (0, 0)
+            mark, event_mark = int(marks[0]), int(marks[1])
             while True:
                 with line.connect() as lc:
                     rows = lc.execute(sa.select(PARTS).where(p.changed > mark, p.state == "final")
                                       .order_by(p.changed).limit(batch)).mappings().all()
-                if not rows:
+                    found = lc.execute(sa.select(EVENTS).where(e.id > event_mark).order_by(e.id).limit(batch)
+                                       ).mappings().all()
+                if not rows and not found:
                     break
-                mark = int(rows[-1]["changed"])
                 with conn.begin():
-                    conn.execute(upsert, [_plant_row(r) for r in rows])
-                    _save_mark(conn, source, mark, len(rows))
+                    if rows:
+                        mark = int(rows[-1]["changed"])
+                        conn.execute(upsert, [_plant_row(r, DATA_COLUMNS, "line_row_id") for r in rows])
+                    if found:
+                        event_mark = int(found[-1]["id"])
+                        conn.execute(add_events, [_plant_row(r, EVENT_COLUMNS, "line_event_id") for r in found])
+                    _save_marks(conn, source, mark, event_mark, len(rows))
                 sent += len(rows)
+                events += len(found)
                 batches += 1
                 if progress is not None:
                     progress(sent)
@@ -168,20 +193,21 @@ def sync_results(db: Union[str, Path], url: Union[str, sa.URL], batch: int = 500
         line.dispose()
         plant.dispose()
     seconds = time.perf_counter() - t0
-    return SyncReport(source=source, rows=sent, batches=batches, watermark=mark, seconds=seconds,
-                      rows_per_s=sent / seconds if seconds > 0 else 0.0)
+    return SyncReport(source=source, rows=sent, events=events, batches=batches, watermark=mark,
+                      events_watermark=event_mark, seconds=seconds, rows_per_s=sent / seconds if seconds > 0 else 0.0)
 
 
-def _plant_row(row: Any) -> Dict[str, Any]:
-    out = {c: row[c] for c in DATA_COLUMNS}
+def _plant_row(row: Any, columns: Tuple[str, ...], id_as: str) -> Dict[str, Any]:
+    out = {c: row[c] for c in columns}
     out["line"], out["station"] = out["line"] or "", out["station"] or ""
-    out["line_row_id"] = row["id"]
+    out[id_as] = row["id"]
     return out
 
 
-def _save_mark(conn: sa.Connection, source: str, mark: int, rows: int) -> None:
-    stmt = pg_insert(SYNC_STATE).values(source=source, changed=mark, rows=rows, utc=utc_text(time.time()))
+def _save_marks(conn: sa.Connection, source: str, changed: int, events: int, rows: int) -> None:
+    stmt = pg_insert(SYNC_STATE).values(source=source, changed=changed, events=events, rows=rows,
+                                        utc=utc_text(time.time()))
     conn.execute(stmt.on_conflict_do_update(
         index_elements=[SYNC_STATE.c.source],
-        set_={"changed": stmt.excluded.changed, "rows": SYNC_STATE.c.rows + stmt.excluded.rows,
-              "utc": stmt.excluded.utc}))
+        set_={"changed": stmt.excluded.changed, "events": stmt.excluded.events,
+              "rows": SYNC_STATE.c.rows + stmt.excluded.rows, "utc": stmt.excluded.utc}))

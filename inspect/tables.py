@@ -1,17 +1,22 @@
-"""The results table as SQLAlchemy Core: what the QA report and ``lineguard sync`` read and write, on a daemon's
+"""The results tables as SQLAlchemy Core: what the QA report and ``lineguard sync`` read and write, on a daemon's
 SQLite file and on the plant's PostgreSQL alike. Torch-free, Python 3.8.
 
-The daemon's store builds its SQLite table with the versioned SQL of ``schema.MIGRATIONS`` (the store stays
-free of SQLAlchemy); :data:`PARTS` declares the same columns for everything else, and a test holds the two
-equal. :data:`SCHEMA_VERSION` is the number of migrations both stand at.
+The daemon's store builds its SQLite tables with the versioned SQL of ``schema.MIGRATIONS`` (the store stays
+free of SQLAlchemy); :data:`PARTS` and :data:`EVENTS` declare the same columns for everything else, and a test
+holds them equal. :data:`SCHEMA_VERSION` is the number of migrations both stand at.
 
-The plant database (PostgreSQL, :data:`PLANT`) holds every line's parts in :data:`PLANT_PARTS`: the same data
-columns, its own id, the line's row id, and the key (line, station, camera, run, source frame) that makes
-``lineguard sync`` an idempotent upsert; :data:`SYNC_STATE` keeps each line database's watermark and
-:data:`PLANT_SCHEMA` the plant schema's version (:data:`PLANT_VERSION`).
+The plant database (PostgreSQL, :data:`PLANT`) holds every line's parts in :data:`PLANT_PARTS` and camera events
+in :data:`PLANT_EVENTS`: the same data columns, their own ids, the line's row ids, and the keys (line, station,
+camera, run, source frame / event) that make ``lineguard sync`` an idempotent upsert; :data:`SYNC_STATE` keeps
+each line database's watermarks and ``lineguard_schema`` the plant schema's version. :data:`PLANT_MIGRATIONS`
+builds and upgrades it (entry ``n`` takes version ``n`` to ``n + 1``; a change is one more entry, never an edit);
+a test holds the migrated schema equal to :data:`PLANT`. :class:`Tables` names the pair a report reads
+(:data:`LINE_TABLES` or :data:`PLANT_TABLES`).
 """
 
 from __future__ import annotations
+
+from typing import List, NamedTuple, Tuple
 
 from sqlalchemy import (
     BigInteger,
@@ -25,12 +30,14 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from .schema import MIGRATIONS
 
-__all__ = ["DATA_COLUMNS", "METADATA", "PARTS", "PLANT", "PLANT_KEY", "PLANT_PARTS", "PLANT_SCHEMA", "PLANT_VERSION",
-           "SCHEMA_VERSION", "SYNC_STATE"]
+__all__ = ["DATA_COLUMNS", "EVENTS", "EVENT_COLUMNS", "LINE_TABLES", "METADATA", "PARTS", "PLANT", "PLANT_EVENTS",
+           "PLANT_EVENT_KEY", "PLANT_KEY", "PLANT_MIGRATIONS", "PLANT_PARTS", "PLANT_SCHEMA", "PLANT_TABLES",
+           "PLANT_VERSION", "SCHEMA_VERSION", "SYNC_STATE", "Tables"]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 METADATA = MetaData()
@@ -76,8 +83,35 @@ PARTS = Table(
 )
 DATA_COLUMNS = tuple(c.name for c in PARTS.columns if c.name not in ("id", "changed"))
 
-# The plant database (PostgreSQL): every line's parts, keyed by where they were made and the daemon run's own key
-PLANT_VERSION = 1
+
+def _event_columns(plant: bool) -> list:
+    """The columns of a camera event (new objects each call); line and station as in :func:`_data_columns`."""
+    where = [Column(name, Text, nullable=False, server_default="") if plant else _text(name)
+             for name in ("line", "station")]
+    return [_text("run_id", False), *where, _text("camera", False), _text("utc", False), _real("ts", False),
+            _text("kind", False), Column("count", Integer, nullable=False), CheckConstraint("count > 0")]
+
+
+EVENTS = Table(
+    "events", METADATA,
+    Column("id", Integer, primary_key=True),
+    *_event_columns(plant=False),
+    Index("events_ts", "ts"),
+)
+EVENT_COLUMNS = tuple(c.name for c in EVENTS.columns if c.name != "id")
+
+
+class Tables(NamedTuple):
+    """The tables one results database holds: a line's (:data:`LINE_TABLES`) or the plant's (:data:`PLANT_TABLES`)."""
+
+    parts: Table
+    events: Table
+
+
+LINE_TABLES = Tables(PARTS, EVENTS)
+
+# The plant database (PostgreSQL): every line's parts and events, keyed by where they were made and the daemon
+# run's own keys
 PLANT = MetaData()
 PLANT_PARTS = Table(
     "parts", PLANT,
@@ -89,11 +123,58 @@ PLANT_PARTS = Table(
     Index("plant_parts_lot", "lot"),
 )
 PLANT_KEY = ("line", "station", "camera", "run_id", "source_seq")
+PLANT_EVENTS = Table(
+    "events", PLANT,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("line_event_id", BigInteger, nullable=False),  # the event's id in the line's database
+    *_event_columns(plant=True),
+    UniqueConstraint("line", "station", "camera", "run_id", "line_event_id", name="plant_events_key"),
+    Index("plant_events_ts", "ts"),
+)
+PLANT_EVENT_KEY = ("line", "station", "camera", "run_id", "line_event_id")
 SYNC_STATE = Table(
     "sync_state", PLANT,
     Column("source", Text, primary_key=True),  # one line database (host:path)
-    Column("changed", BigInteger, nullable=False),  # its change sequence, synced up to here
+    Column("changed", BigInteger, nullable=False),  # its parts' change sequence, synced up to here
     Column("rows", BigInteger, nullable=False),
     Column("utc", Text, nullable=False),
+    Column("events", BigInteger, nullable=False, server_default=text("0")),  # its events, synced up to this id
 )
 PLANT_SCHEMA = Table("lineguard_schema", PLANT, Column("version", Integer, nullable=False))
+PLANT_TABLES = Tables(PLANT_PARTS, PLANT_EVENTS)
+
+_DOUBLE = "DOUBLE PRECISION"
+PLANT_MIGRATIONS: List[Tuple[str, ...]] = [
+    (  # 1: parts, the sync watermarks, the version
+        "CREATE TABLE lineguard_schema (version INTEGER NOT NULL)",
+        "INSERT INTO lineguard_schema (version) VALUES (0)",
+        f"""CREATE TABLE parts (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, line_row_id BIGINT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'final')),
+            line TEXT DEFAULT '' NOT NULL, station TEXT DEFAULT '' NOT NULL, camera TEXT NOT NULL,
+            source_seq INTEGER NOT NULL, run_id TEXT NOT NULL, serial TEXT, lot TEXT,
+            utc TEXT NOT NULL, ts {_DOUBLE} NOT NULL,
+            model_version TEXT, policy TEXT, scores TEXT NOT NULL, ng_score {_DOUBLE},
+            decision TEXT NOT NULL CHECK (decision IN ('OK', 'NG', 'UNCERTAIN')),
+            top_class TEXT, reason TEXT, prior_decision TEXT, prior_reason TEXT, truth TEXT, boxes TEXT NOT NULL,
+            t_capture {_DOUBLE}, t_queued {_DOUBLE}, t_inferred {_DOUBLE}, t_decided {_DOUBLE},
+            t_signalled {_DOUBLE}, ack TEXT, image_sha256 TEXT, archive_path TEXT,
+            review TEXT, reviewer TEXT, review_ts {_DOUBLE},
+            CONSTRAINT plant_parts_key UNIQUE (line, station, camera, run_id, source_seq))""",
+        "CREATE INDEX plant_parts_ts ON parts (ts)",
+        "CREATE INDEX plant_parts_lot ON parts (lot)",
+        """CREATE TABLE sync_state (source TEXT PRIMARY KEY, changed BIGINT NOT NULL, rows BIGINT NOT NULL,
+            utc TEXT NOT NULL)""",
+    ),
+    (  # 2: camera events (reconnects, frames lost) and their watermark
+        f"""CREATE TABLE events (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, line_event_id BIGINT NOT NULL,
+            run_id TEXT NOT NULL, line TEXT DEFAULT '' NOT NULL, station TEXT DEFAULT '' NOT NULL,
+            camera TEXT NOT NULL, utc TEXT NOT NULL, ts {_DOUBLE} NOT NULL, kind TEXT NOT NULL,
+            count INTEGER NOT NULL CHECK (count > 0),
+            CONSTRAINT plant_events_key UNIQUE (line, station, camera, run_id, line_event_id))""",
+        "CREATE INDEX plant_events_ts ON events (ts)",
+        "ALTER TABLE sync_state ADD COLUMN events BIGINT NOT NULL DEFAULT 0",
+    ),
+]
+PLANT_VERSION = len(PLANT_MIGRATIONS)

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -226,3 +227,67 @@ def test_rtsp_stream_survives_a_server_restart(tmp_path: Path) -> None:
     assert abs(span - (len(caps) + src.lost)) <= 3
     print(f"camera frames {span}: handed over {len(caps)}, lost {src.lost} (dropped {src.dropped}, skipped "
           f"{src.skipped}, outage {src.outage}); outage gap {gap} vs accounted {leads['2'] + src.outage}")
+
+
+def test_the_daemon_records_the_reconnect_and_the_lost_frames_and_the_report_shows_them(
+        tmp_path: Path, split_sim, random_model_dir) -> None:
+    """The line daemon on the RTSP camera while its server dies and comes back: every frame handed over is a part,
+    the reconnect and the frames lost are events in the results database, equal to the source's own counts and
+    the metrics, and the QA figures count them for the camera."""
+    import sqlalchemy as sa
+
+    from lineguard.edge.torch2onnx import torch2onnx
+    from lineguard.inspect.config import LineConfig
+    from lineguard.inspect.daemon import Line
+    from lineguard.inspect.qa import qa_figures
+    from lineguard.inspect.store import ResultStore
+
+    python = _gst_python()
+    if python is None:
+        why = f"needs GStreamer's RTSP server for the system python3: apt-get install {PACKAGES}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why} (.ci/run installs it)")
+        pytest.skip(why)
+    model = random_model_dir(tmp_path / "model", split_sim(24, 64, 0, 0.2, 0.2), "cnn_lite0", 64)
+    torch2onnx(model)
+    script = tmp_path / "rtsp_camera.py"
+    script.write_text(SERVER)
+    port, t0 = _free_port(), time.time()
+    cfg = LineConfig.model_validate({
+        "line": "line-7", "camera": "cam-rtsp", "db": str(tmp_path / "r.db"), "outputs": [], "metrics": {"port": 0},
+        "model": {"path": str(model), "threads": 1}, "deadline": {"ms": 2000},
+        "source": {"kind": "rtsp", "url": f"rtsp://127.0.0.1:{port}/cam", "timeout_s": 2.0, "backoff_s": 0.2,
+                   "backoff_max_s": 0.8}})
+    servers = [Server(python, script, port, t0, tmp_path / "server-1.log")]
+    line = Line(cfg)
+    runner = threading.Thread(target=line.run, kwargs={"install_signals": False})
+    try:
+        runner.start()
+        assert _wait(lambda: line.counts["decided"] >= 10, 60), line.counts
+        servers[0].kill()
+        assert _wait(lambda: line.source is not None and line.source.state is SourceState.RECONNECTING, 10)
+        time.sleep(1.0)
+        servers.append(Server(python, script, port, t0, tmp_path / "server-2.log"))
+        assert _wait(lambda: line.source.reconnects == 1, 20)
+        decided = line.counts["decided"]
+        assert _wait(lambda: line.counts["decided"] >= decided + 10, 30), "parts after the reconnect"
+    finally:
+        line.stop()
+        runner.join(60)
+        for server in servers:
+            server.kill()
+    src = line.source.describe()
+    assert src["reconnects"] == 1 and src["lost"] > 0
+    with ResultStore(cfg.db) as store:
+        rows = store.rows()
+    assert [r.source_seq for r in rows] == list(range(src["handed_over"])) and all(r.state == "final" for r in rows)
+    engine = sa.create_engine(f"sqlite:///{cfg.db}")
+    with engine.connect() as conn:
+        events = conn.execute(sa.text("SELECT line, camera, kind, SUM(count) FROM events GROUP BY 1, 2, 3")).all()
+    assert sorted(events) == [("line-7", "cam-rtsp", "frames-lost", src["lost"]),
+                              ("line-7", "cam-rtsp", "reconnect", 1)]
+    assert line.tel.reconnects._value.get() == 1 and line.tel.source_lost._value.get() == src["lost"]
+    f = qa_figures(engine, t0 - 60, time.time() + 60, by="camera")
+    assert [(c.camera, c.counts) for c in f.cameras] == [
+        ("line-7/station-1/cam-rtsp", {"reconnect": 1, "frames-lost": src["lost"]})]
+    assert f.parts == len(rows)

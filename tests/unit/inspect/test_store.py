@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from pydantic import ValidationError
 
 from lineguard.edge.verdict import Decision, DecisionPolicy, DefectBox, Verdict
 from lineguard.inspect import store as store_mod
 from lineguard.inspect.base import InspectError
-from lineguard.inspect.schema import COLUMNS, MIGRATIONS, PartRow, utc_text
+from lineguard.inspect.schema import COLUMNS, MIGRATIONS, EventRow, PartRow, utc_text
 from lineguard.inspect.store import Completion, ResultStore
 
 T0 = 1714564800.0  # 2024-05-01T12:00:00Z
@@ -45,14 +46,15 @@ def one_line_naming(err: pytest.ExceptionInfo, path: Path) -> str:
 
 
 def test_schema_is_created_with_its_version_and_indexes(store: ResultStore) -> None:
-    assert store.schema_version == len(MIGRATIONS) == 3
+    assert store.schema_version == len(MIGRATIONS) == 4
     raw = sqlite3.connect(str(store.path))
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
         assert {r[1] for r in raw.execute("PRAGMA table_info(parts)")} == {*COLUMNS, "changed"}
         indexes = {r[1]: r[2] for r in raw.execute("PRAGMA index_list(parts)")}
         assert indexes == {"parts_ts": 0, "parts_decision": 0, "parts_source": 1, "parts_changed": 0}
         assert [r[2] for r in raw.execute("PRAGMA index_info(parts_source)")] == ["run_id", "camera", "source_seq"]
+        assert {r[1] for r in raw.execute("PRAGMA table_info(events)")} == {"id", *EventRow.model_fields}
     finally:
         raw.close()
 
@@ -344,3 +346,25 @@ def test_a_batch_is_one_transaction_of_inserts_updates_completions_and_archive_p
     assert store.rows()[1].decision == Decision.NG and store.rows()[1].reason == "in-flight"
     with pytest.raises(ValueError, match="not updatable"), store.batch() as b:
         b.update(c, run_id="other")
+
+
+def test_camera_events_are_recorded_with_the_batch_they_came_in(store: ResultStore) -> None:
+    with store.batch() as b:
+        b.pending(part(0, "NG", reason="in-flight"))
+        b.event(EventRow(run_id="run-1", line="line-1", camera="camera-1", ts=T0, kind="reconnect"))
+        b.event(EventRow(run_id="run-1", camera="camera-1", ts=T0 + 1, kind="frames-lost", count=37))
+    with pytest.raises(InspectError, match="not pending"), store.batch() as b:  # a failed batch keeps no event
+        b.event(EventRow(run_id="run-1", camera="camera-1", ts=T0 + 2, kind="reconnect"))
+        b.complete(Completion(999, None, None))
+    raw = sqlite3.connect(str(store.path))
+    try:
+        found = raw.execute("SELECT run_id, line, station, camera, utc, ts, kind, count FROM events ORDER BY id"
+                            ).fetchall()
+    finally:
+        raw.close()
+    assert found == [("run-1", "line-1", None, "camera-1", utc_text(T0), T0, "reconnect", 1),
+                     ("run-1", None, None, "camera-1", utc_text(T0 + 1), T0 + 1, "frames-lost", 37)]
+    with pytest.raises(ValidationError):
+        EventRow(run_id="r", camera="c", ts=T0, kind="reconnect", count=0)
+    with pytest.raises(ValidationError):
+        EventRow(run_id="r", camera="c", ts=T0, kind="power-cut")

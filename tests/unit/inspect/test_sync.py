@@ -18,10 +18,10 @@ import sqlalchemy as sa
 
 from lineguard.inspect.base import InspectError
 from lineguard.inspect.qa import qa_figures
-from lineguard.inspect.schema import MIGRATIONS, PartRow
+from lineguard.inspect.schema import MIGRATIONS, EventRow, PartRow
 from lineguard.inspect.store import ResultStore
 from lineguard.inspect.sync import open_plant, sync_results
-from lineguard.inspect.tables import PLANT_PARTS, PLANT_SCHEMA, SYNC_STATE
+from lineguard.inspect.tables import PLANT_EVENTS, PLANT_PARTS, PLANT_SCHEMA, PLANT_TABLES, SYNC_STATE
 
 T0 = 1_780_000_000.0
 
@@ -30,6 +30,16 @@ def part(seq: int, decision: str = "OK", run: str = "run-1", **kw) -> PartRow:
     return PartRow(camera="cam1", source_seq=seq, run_id=run, line="L1", ts=T0 + seq, t_capture=T0 + seq,
                    t_decided=T0 + seq + 0.02, decision=decision, top_class="scratch" if decision == "NG" else "ok",
                    model_version="m1", lot=f"lot{seq // 100}", **kw)
+
+
+def event(seq: int, kind: str = "reconnect", count: int = 1, run: str = "run-1") -> EventRow:
+    return EventRow(run_id=run, line="L1", camera="cam1", ts=T0 + seq + 0.5, kind=kind, count=count)
+
+
+def _plant_events(engine: sa.Engine) -> list:
+    e = PLANT_EVENTS.c
+    with engine.connect() as conn:
+        return conn.execute(sa.select(e.line_event_id, e.kind, e.count).order_by(e.line_event_id)).all()
 
 
 def _plant_rows(engine: sa.Engine) -> list:
@@ -43,19 +53,26 @@ def test_twice_is_once_pending_rows_wait_and_later_changes_arrive(tmp_path: Path
     with ResultStore(db) as s:
         s.record_many([part(i, "NG" if i % 7 == 0 else "OK") for i in range(250)])
         pending = s.pending(part(250, "NG"))
+        with s.batch() as b:
+            b.event(event(10))
+            b.event(event(11, "frames-lost", 40))
     first = sync_results(db, pg_engine.url, batch=100)
-    assert (first.rows, first.batches) == (250, 3)
+    assert (first.rows, first.events, first.batches) == (250, 2, 3)
     again = sync_results(db, pg_engine.url, batch=100)
-    assert again.rows == 0 and again.watermark == first.watermark
+    assert (again.rows, again.events) == (0, 0) and again.watermark == first.watermark
     rows = _plant_rows(pg_engine)
     assert [r[1] for r in rows] == list(range(250))  # once each; the pending part not yet
+    assert _plant_events(pg_engine) == [(1, "reconnect", 1), (2, "frames-lost", 40)]
     with ResultStore(db) as s:
         s.complete(pending, time.time(), {"modbus": True})
         s.archived(4, "ok/3.png")  # a row changed after it was synced (id 4: part 3)
+        with s.batch() as b:
+            b.event(event(250))
     third = sync_results(db, pg_engine.url, batch=100)
-    assert third.rows == 2
+    assert (third.rows, third.events, third.events_watermark) == (2, 1, 3)
     rows = _plant_rows(pg_engine)
     assert [r[1] for r in rows] == list(range(251)) and rows[3][2] == "ok/3.png"
+    assert [e[0] for e in _plant_events(pg_engine)] == [1, 2, 3]
     with pg_engine.connect() as conn:
         state = conn.execute(sa.select(SYNC_STATE.c.rows)).scalar()
     assert state == 252  # rows sent over the three runs
@@ -129,13 +146,30 @@ def test_the_report_from_postgresql_equals_the_one_from_sqlite(tmp_path: Path, p
         s.record_many([part(i, "NG" if i % 5 == 0 else "OK", reason="deadline" if i % 50 == 0 else None)
                        for i in range(1000)])
         s.record_many([part(i, run="run-2", station="S2") for i in range(200)])
+        with s.batch() as b:
+            for i in range(0, 1000, 300):
+                b.event(event(i))
+                b.event(event(i, "frames-lost", i + 1))
+            b.event(event(3000))  # outside the period
     sync_results(db, pg_engine.url)
     line = sa.create_engine(f"sqlite:///{db}")
-    for by in ("shift", "lot", "line", "camera"):
+    for by in ("lot", "line", "camera"):
         a = qa_figures(line, T0, T0 + 2000, by=by)
-        b = qa_figures(pg_engine, T0, T0 + 2000, by=by, table=PLANT_PARTS)
+        b = qa_figures(pg_engine, T0, T0 + 2000, by=by, tables=PLANT_TABLES)
         assert a == b, by
     assert a.parts == 1200
+    assert [(c.camera, c.counts) for c in a.cameras] == [("L1/cam1", {"reconnect": 4, "frames-lost": 1 + 301 + 601
+                                                                      + 901})]
+    # `lineguard report --json`, the command the quality engineer runs, prints the same figures from either
+    url = pg_engine.url.render_as_string(hide_password=False)
+    period = ["--from", "2026-05-28T20:26:40Z", "--to", "2026-05-28T21:00:00Z", "--by", "shift"]  # T0 .. T0 + 2000
+    printed = []
+    for source in (str(db), url):
+        run = subprocess.run([sys.executable, "-m", "lineguard", "report", "--db", source, *period, "--json",
+                              "--out", str(tmp_path / "r.html")], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        printed.append(json.loads(run.stdout))
+    assert printed[0] == printed[1] and printed[0]["parts"] == 1200 and printed[0]["t0"] == T0
 
 
 def _one_line(err: pytest.ExceptionInfo, *names: str) -> str:
@@ -205,7 +239,7 @@ def test_the_cli_verb(tmp_path: Path, pg_engine: sa.Engine) -> None:
                           "--json"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     rep = json.loads(run.stdout.strip().splitlines()[-1])
-    assert (rep["rows"], rep["batches"]) == (30, 4) and rep["rows_per_s"] > 0
+    assert (rep["rows"], rep["events"], rep["batches"]) == (30, 0, 4) and rep["rows_per_s"] > 0
     bad = subprocess.run([sys.executable, "-m", "lineguard", "sync", "--db", str(db), "--to", "mysql://x@y/z"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "PostgreSQL" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
