@@ -158,6 +158,7 @@ class QaFigures(BaseModel):
 
     t0: float
     t1: float
+    timezone: str  # the plant's (the shifts'), for showing times
     by: str
     parts: int
     by_decision: Dict[str, int]
@@ -217,6 +218,7 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
     see the module docstring)."""
     if by not in GROUPINGS:
         raise ValueError(f"--by must be one of {', '.join(GROUPINGS)}, got {by!r}")
+    shifts = shifts or ShiftConfig()
     p = tables.parts.c
     where = sa.and_(p.state == "final", p.ts >= t0, p.ts < t1)
     not_ok = sa.func.sum(sa.case((p.decision != "OK", 1), else_=0))
@@ -226,7 +228,7 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
         if by == "shift":
             minute = _minute(p.ts)
             rows = conn.execute(sa.select(minute, sa.func.count(), not_ok).where(where).group_by(minute)).all()
-            subgroups = _shift_subgroups(rows, (shifts or ShiftConfig()).windows(t0, t1))
+            subgroups = _shift_subgroups(rows, shifts.windows(t0, t1))
         else:
             col = sa.func.nullif(p[by], "")  # the plant database stores an unset line or station as ''
             rows = conn.execute(sa.select(col, sa.func.count(), not_ok, sa.func.min(p.ts)).where(where)
@@ -260,7 +262,8 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
         cum += int(n)
         pareto.append({"class": cls, "parts": int(n), "cumulative": cum / total_ng})
     return QaFigures(
-        t0=t0, t1=t1, by=by, parts=parts, by_decision=by_decision, fpy=ok / parts if parts else None,
+        t0=t0, t1=t1, timezone=shifts.timezone, by=by, parts=parts, by_decision=by_decision,
+        fpy=ok / parts if parts else None,
         fpy_interval=wilson(ok, parts), subgroups=subgroups, pbar=chart.pbar, ucl=chart.ucl, lcl=chart.lcl,
         violations=[{"rule": v.rule, "text": v.text, "index": v.index, "key": subgroups[v.index].key,
                      "points": list(v.points)} for v in chart.violations],

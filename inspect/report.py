@@ -10,11 +10,13 @@ Torch-free, Python 3.8 (matplotlib, Jinja2 and WeasyPrint from the ``report`` ex
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import sqlalchemy as sa
+from dateutil import tz
 from pydantic import BaseModel
 
 from lineguard.files import atomic_write
@@ -66,8 +68,8 @@ class Evidence(BaseModel):
             if lot is None and serial is None:
                 filters.append(p.decision != "OK")
             trace = [dict(r._mapping) for r in conn.execute(
-                sa.select(p.utc, p.line, p.station, p.camera, p.lot, p.serial, p.source_seq, p.decision, p.top_class,
-                          p.reason, p.ng_score, p.model_version, p.ack, p.archive_path)
+                sa.select(p.ts, p.line, p.station, p.camera, p.lot, p.serial, p.source_seq, p.decision, p.top_class,
+                          p.reason, p.ng_score, p.review, p.model_version, p.ack, p.archive_path)
                 .where(*filters).order_by(p.ts.desc()).limit(TRACE_ROWS))]
         what = " and ".join(f"{k} {v}" for k, v in (("lot", lot), ("serial", serial)) if v is not None)
         return cls(examples=examples, trace=trace,
@@ -143,6 +145,9 @@ def render_html(f: QaFigures, evidence: Evidence, title: str = "Inspection QA re
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     env.filters["pct"] = lambda v: "-" if v is None else f"{v:.2%}"
     env.filters["utc"] = lambda v: "-" if v is None else utc_text(v)[:19].replace("T", " ")
+    zone = tz.gettz(f.timezone)
+    env.filters["local"] = lambda v: "-" if v is None else dt.datetime.fromtimestamp(v, zone).strftime(
+        "%Y-%m-%d %H:%M:%S")
     return env.get_template(TEMPLATE).render(title=title, f=f, ev=evidence, charts=_charts(f),
                                              total_ng=sum(f.by_decision.get(d, 0) for d in ("NG", "UNCERTAIN")))
 
