@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.progress import track
 
-from lineguard.inspect.schema import INSERT, utc_text
+from lineguard.inspect.schema import EVENT_INSERT, INSERT, EventRow, utc_text
 from lineguard.inspect.store import ResultStore
 
 T0 = 1_780_000_000.0
@@ -27,14 +27,19 @@ CLASSES = ("scratch", "stain", "dent")
 
 
 def build(db: Path, parts: int, chunk: int = 50_000) -> None:
-    """``parts`` synthetic rows over 30 days at a steady rate: 5 lines' lots, NG ~6% with a drifting lot."""
+    """``parts`` synthetic rows over 30 days at a steady rate: 5 lines' lots, NG ~6% with a drifting lot; a camera
+    reconnect and some lost frames every 1,000 parts."""
     if db.exists():
+        ResultStore(db).close()  # an older schema is migrated
         with sqlite3.connect(db) as c:
             if c.execute("SELECT COUNT(*) FROM parts").fetchone()[0] == parts:
+                if not c.execute("SELECT COUNT(*) FROM events").fetchone()[0]:
+                    _events(c, parts)
                 return
         db.unlink()
     ResultStore(db).close()
     conn = sqlite3.connect(db)
+    _events(conn, parts)
     conn.execute("PRAGMA synchronous=OFF")
     step = 30 * 86400 / parts
     for start in track(range(0, parts, chunk), description="building rows"):
@@ -55,6 +60,15 @@ def build(db: Path, parts: int, chunk: int = 50_000) -> None:
         conn.executemany(INSERT, rows)
         conn.commit()
     conn.close()
+
+
+def _events(conn: sqlite3.Connection, parts: int) -> None:
+    step = 30 * 86400 / parts
+    rows = [EventRow(run_id="bench", line=f"L{i % 5}", station="S1", camera=f"cam{i % 2}", ts=T0 + i * step, kind=kind,
+                     count=1 if kind == "reconnect" else 1 + (i // 1000) % 50).values()
+            for i in range(0, parts, 1000) for kind in ("reconnect", "frames-lost")]
+    with conn:
+        conn.executemany(EVENT_INSERT, rows)
 
 
 WRAP = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
@@ -92,13 +106,16 @@ def main() -> None:
     period = ["--from", "2026-05-28T00:00Z", "--to", "2026-07-01T00:00Z"]
     out = {"parts": args.parts, "build_seconds": round(built, 1)}
     out["report_sqlite"] = timed([*lg, "report", "--db", str(db), *period, "--by", "lot",
-                                  "--out", str(args.work / "sqlite.html"), "--json"])
+                                  "--out", str(args.work / "sqlite.html"), "--pdf", str(args.work / "sqlite.pdf"),
+                                  "--json"])
     out["sync"] = timed([*lg, "sync", "--db", str(db), "--to", url, "--batch", "10000", "--json"])
     out["report_postgresql"] = timed([*lg, "report", "--db", url, *period, "--by", "lot",
-                                      "--out", str(args.work / "postgresql.html"), "--json"])
+                                      "--out", str(args.work / "postgresql.html"),
+                                      "--pdf", str(args.work / "postgresql.pdf"), "--json"])
     same = out["report_sqlite"]["result"] == out["report_postgresql"]["result"]
     for k in ("report_sqlite", "report_postgresql"):
-        out[k]["result"] = {"parts": out[k]["result"]["parts"], "subgroups": len(out[k]["result"]["subgroups"])}
+        out[k]["result"] = {"parts": out[k]["result"]["parts"], "subgroups": len(out[k]["result"]["subgroups"]),
+                            "camera_events": sum(sum(c["counts"].values()) for c in out[k]["result"]["cameras"])}
     out["same_figures"] = same
     text = json.dumps(out, indent=1)
     print(text)

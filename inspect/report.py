@@ -25,11 +25,12 @@ from lineguard.inspect.base import InspectError
 from .qa import QaFigures
 from .schema import utc_text
 
-__all__ = ["EXAMPLES_PER_CLASS", "TRACE_ROWS", "Evidence", "render_html", "write_pdf"]
+__all__ = ["EXAMPLES_PER_CLASS", "TRACE_ROWS", "Evidence", "render_html", "violation_runs", "write_pdf"]
 
 EXAMPLES_PER_CLASS = 3
 TRACE_ROWS = 500  # rows of the traceability table (the newest first; filter with --lot / --serial)
 TEMPLATE = "report.html.j2"
+MAX_TICKS = 25
 
 
 class Evidence(BaseModel):
@@ -116,8 +117,9 @@ def _charts(f: QaFigures) -> Dict[str, str]:
         if flagged:
             ax.plot(flagged, [p[i] for i in flagged], "o", ms=10, mfc="none", mec="#c0392b", mew=2,
                     label="Western Electric rule broken")
-        ax.set_xticks(x)
-        ax.set_xticklabels(keys, rotation=45, ha="right", fontsize=7)
+        step = -(-len(keys) // MAX_TICKS)  # every step-th subgroup named: at most MAX_TICKS labels
+        ax.set_xticks(x[::step])
+        ax.set_xticklabels(keys[::step], rotation=45, ha="right", fontsize=7)
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         ax.set_ylabel("NG rate")
         ax.legend(fontsize=7, loc="upper left")
@@ -137,6 +139,28 @@ def _charts(f: QaFigures) -> Dict[str, str]:
     return charts
 
 
+def violation_runs(f: QaFigures) -> List[Dict[str, Any]]:
+    """The rule violations as the report lists them: the flags of one rule on consecutive subgroups are one run (a
+    process that stays shifted breaks rule 4 at every point), with the subgroups that make it; in order of the
+    first flag."""
+    runs: List[Dict[str, Any]] = []
+    for v in sorted(f.violations, key=lambda v: (v["rule"], v["index"])):
+        last = runs[-1] if runs else None
+        if last is not None and last["rule"] == v["rule"] and last["end"] == v["index"] - 1:
+            last["end"] = v["index"]
+            last["points"].update(v["points"])
+        else:
+            runs.append({"rule": v["rule"], "text": v["text"], "start": v["index"], "end": v["index"],
+                         "points": set(v["points"])})
+    keys = [g.key for g in f.subgroups]
+
+    def span(idx: List[int]) -> str:
+        return ", ".join(keys[i] for i in idx) if len(idx) <= 4 else f"{keys[idx[0]]} .. {keys[idx[-1]]} ({len(idx)})"
+
+    return [{"rule": r["rule"], "text": r["text"], "flagged": span(list(range(r["start"], r["end"] + 1))),
+             "points": span(sorted(r["points"]))} for r in sorted(runs, key=lambda r: (r["start"], r["rule"]))]
+
+
 def render_html(f: QaFigures, evidence: Evidence, title: str = "Inspection QA report") -> str:
     """The report as one HTML document (no external resources)."""
     import jinja2
@@ -148,7 +172,8 @@ def render_html(f: QaFigures, evidence: Evidence, title: str = "Inspection QA re
     zone = tz.gettz(f.timezone)
     env.filters["local"] = lambda v: "-" if v is None else dt.datetime.fromtimestamp(v, zone).strftime(
         "%Y-%m-%d %H:%M:%S")
-    return env.get_template(TEMPLATE).render(title=title, f=f, ev=evidence, charts=_charts(f),
+    return env.get_template(TEMPLATE).render(title=title, f=f, ev=evidence, charts=_charts(f), runs=violation_runs(f),
+                                             flagged={v["index"] for v in f.violations},
                                              total_ng=sum(f.by_decision.get(d, 0) for d in ("NG", "UNCERTAIN")))
 
 

@@ -107,3 +107,24 @@ def test_bad_input_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert run.returncode == 2 and words in run.stderr, run.stderr
         assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
     assert not (tmp_path / "x.html").exists()
+
+
+def test_the_rule_list_shows_a_run_of_flags_as_one_row() -> None:
+    """A lot that stays shifted breaks rule 4 at every point from the eighth on: one row, not one per lot."""
+    from lineguard.inspect.qa import QaFigures, Subgroup
+    from lineguard.inspect.report import violation_runs
+    from lineguard.inspect.spc import p_chart
+
+    ng = [20] * 12 + [90] + [20] * 3  # 12 lots below the centre, one beyond 3 sigma, 3 more below
+    chart = p_chart(ng, [1000] * len(ng))
+    keys = [f"lot{i:02d}" for i in range(len(ng))]
+    f = QaFigures.model_construct(
+        subgroups=[Subgroup(key=k, parts=1000, ng=d, fpy=1 - d / 1000) for k, d in zip(keys, ng)],
+        violations=[{"rule": v.rule, "text": v.text, "index": v.index, "key": keys[v.index], "points": list(v.points)}
+                    for v in chart.violations])
+    assert [v.index for v in chart.violations if v.rule == 4] == [7, 8, 9, 10, 11]
+    assert violation_runs(f) == [
+        {"rule": 4, "text": "8 points in a row on one side of the centre line", "flagged": "lot07 .. lot11 (5)",
+         "points": "lot00 .. lot11 (12)"},
+        {"rule": 1, "text": "one point beyond 3 sigma", "flagged": "lot12", "points": "lot12"},
+    ]
