@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -139,6 +140,18 @@ def _charts(f: QaFigures) -> Dict[str, str]:
     return charts
 
 
+def _signal(ack: Optional[str]) -> str:
+    """A row's reject-signal outcome (``ack``: output -> {"ack": value} or {"error": ..., "attempts": n}) in words."""
+    if not ack:
+        return ""
+    try:
+        outputs = json.loads(ack)
+        return "; ".join(f"{name} acknowledged" if "error" not in v else f"{name} FAILED ({v['error']})"
+                         for name, v in outputs.items())
+    except (ValueError, AttributeError, TypeError):
+        return ack
+
+
 def violation_runs(f: QaFigures) -> List[Dict[str, Any]]:
     """The rule violations as the report lists them: the flags of one rule on consecutive subgroups are one run (a
     process that stays shifted breaks rule 4 at every point), with the subgroups that make it; in order of the
@@ -169,6 +182,7 @@ def render_html(f: QaFigures, evidence: Evidence, title: str = "Inspection QA re
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     env.filters["pct"] = lambda v: "-" if v is None else f"{v:.2%}"
     env.filters["utc"] = lambda v: "-" if v is None else utc_text(v)[:19].replace("T", " ")
+    env.filters["signal"] = _signal
     zone = tz.gettz(f.timezone)
     env.filters["local"] = lambda v: "-" if v is None else dt.datetime.fromtimestamp(v, zone).strftime(
         "%Y-%m-%d %H:%M:%S")
