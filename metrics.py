@@ -15,8 +15,11 @@ __all__ = ["accuracy", "auroc", "classification_metrics", "confusion", "cross_en
            "false_reject_rate", "iou", "macro_f1", "mean_iou", "ng_scores", "per_class", "pick_threshold"]
 
 
-def ng_scores(probs: np.ndarray, ok_index: int) -> np.ndarray:
-    """The OK/NG score of each image: 1 - p(OK). NG when score >= threshold."""
+def ng_scores(probs: np.ndarray, ok_index: Optional[int]) -> np.ndarray:
+    """The OK/NG score of each image: 1 - p(OK). NG when score >= threshold. A defect-type model (no OK class,
+    ``ok_index`` None) has p(OK) = 0: every image scores 1."""
+    if ok_index is None:
+        return np.ones(len(probs), dtype=probs.dtype)
     return 1.0 - probs[:, ok_index]
 
 
@@ -104,26 +107,29 @@ def mean_iou(ious: np.ndarray, selected: np.ndarray) -> Optional[float]:
     return float(ious[selected].mean()) if selected.any() else None
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: List[str], ok_class: str,
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: List[str], ok_class: Optional[str],
                            threshold: float = 0.5, called_ng: Optional[np.ndarray] = None) -> Dict:
     """All figures of one split. ``probs`` N x C, ``labels`` N class indices; ``called_ng`` the images the
-    decision rule stopped (default: 1 - p(OK) >= ``threshold``)."""
-    ok = classes.index(ok_class)
+    decision rule stopped (default: 1 - p(OK) >= ``threshold``). Without an OK class (a defect-type model) the
+    OK/NG figures (AUROC, threshold, escape and false-reject rates) are None: not applicable."""
     pred = probs.argmax(1)
     conf = confusion(labels, pred, len(classes))
     p, r, f, support = per_class(conf)
-    scores = ng_scores(probs, ok)
-    is_ng = labels != ok
-    called = scores >= threshold if called_ng is None else np.asarray(called_ng, bool)
-    return {
+    out = {
         "images": len(labels),
+        "task": "ok-ng" if ok_class is not None else "defect-type",
         "accuracy": accuracy(labels, pred),
         "macro_f1": macro_f1(conf),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                           "support": int(support[i])} for i, c in enumerate(classes)},
-        "ok_ng_auroc": auroc(scores, is_ng),
-        "threshold": float(threshold),
-        "escape_rate": escape_rate(is_ng, called),
-        "false_reject_rate": false_reject_rate(is_ng, called),
+        "ok_ng_auroc": None, "threshold": None, "escape_rate": None, "false_reject_rate": None,
         "confusion": conf.tolist(),
     }
+    if ok_class is not None:
+        ok = classes.index(ok_class)
+        scores = ng_scores(probs, ok)
+        is_ng = labels != ok
+        called = scores >= threshold if called_ng is None else np.asarray(called_ng, bool)
+        out.update(ok_ng_auroc=auroc(scores, is_ng), threshold=float(threshold),
+                   escape_rate=escape_rate(is_ng, called), false_reject_rate=false_reject_rate(is_ng, called))
+    return out

@@ -19,7 +19,7 @@ MAX_PIXELS_OPTION = typer.Option(MAX_PIXELS, "--max-pixels", min=1,
                                  help="Images with more pixels are refused without decoding.")
 
 
-def _class_table(title: str, rows: dict, ok_class: str) -> Table:
+def _class_table(title: str, rows: dict, ok_class: Optional[str]) -> Table:
     t = Table(title=title)
     t.add_column("class")
     t.add_column("images", justify="right")
@@ -42,7 +42,8 @@ def import_(
     out: Path = typer.Option(..., "--out", "-o", help="Data set folder to write."),
     fmt: str = typer.Option("auto", "--format", "-f",
                             help="auto|magnetic-tile|voc|yolo|imagefolder|mvtec"),
-    ok_class: Optional[str] = typer.Option(None, "--ok-class", help="Name of the defect-free class."),
+    ok_class: Optional[str] = typer.Option(
+        None, "--ok-class", help="Name of the defect-free class; none: a defect-type set (every image defective)."),
     copy: bool = typer.Option(False, "--copy", help="Copy images into the data set instead of referencing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a data set already in --out."),
     allow_outside: bool = typer.Option(False, "--allow-outside",

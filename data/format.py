@@ -111,12 +111,14 @@ class Reject(_Row):
 
 
 class ClassFile(_Row):
-    """``classes.yaml``: class names in index order and the name of the OK (defect-free) class."""
+    """``classes.yaml``: class names in index order and the name of the OK (defect-free) class; without one
+    (``ok_class`` absent or null) the set is a defect-type set: every image is defective, its models tell the
+    defect's type and give no OK/NG figures."""
 
     format: Literal["lineguard-dataset"] = "lineguard-dataset"
     version: int = FORMAT_VERSION
     classes: List[str]
-    ok_class: str
+    ok_class: Optional[str] = None
 
     @field_validator("classes")
     @classmethod
@@ -127,7 +129,7 @@ class ClassFile(_Row):
 
     @model_validator(mode="after")
     def _ok_named(self) -> ClassFile:
-        if self.ok_class not in self.classes:
+        if self.ok_class is not None and self.ok_class not in self.classes:
             raise ValueError(f"ok_class '{self.ok_class}' is not one of the classes {self.classes}")
         if self.version != FORMAT_VERSION:
             raise ValueError(f"format version {self.version}, this lineguard reads version {FORMAT_VERSION}")
@@ -136,6 +138,11 @@ class ClassFile(_Row):
     @property
     def defect_classes(self) -> List[str]:
         return [c for c in self.classes if c != self.ok_class]
+
+    @property
+    def ok_index(self) -> Optional[int]:
+        """The OK class's index, None in a defect-type set."""
+        return None if self.ok_class is None else self.classes.index(self.ok_class)
 
     def index(self, name: str) -> int:
         return self.classes.index(name)

@@ -76,7 +76,7 @@ class ModelSpec(StrictModel):
     version: int = SPEC_VERSION
     arch: Dict[str, Any]  # create_model(**arch) rebuilds the network
     classes: List[str]
-    ok_class: str
+    ok_class: Optional[str] = None  # None: a defect-type model (no OK/NG decision; see ``decides_ok_ng``)
     preprocess: Preprocess
     threshold: float = 0.5  # NG when 1 - p(OK) >= threshold
     uncertain_band: float = 0.0  # UNCERTAIN when threshold - band <= 1 - p(OK) < threshold + band
@@ -85,7 +85,7 @@ class ModelSpec(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
-        if self.ok_class not in self.classes:
+        if self.ok_class is not None and self.ok_class not in self.classes:
             raise ValueError(f"ok_class '{self.ok_class}' is not one of {self.classes}")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"class names must be unique: {self.classes}")
@@ -114,8 +114,15 @@ class ModelSpec(StrictModel):
         return self
 
     @property
-    def ok_index(self) -> int:
-        return self.classes.index(self.ok_class)
+    def ok_index(self) -> Optional[int]:
+        """The OK class's index; None for a defect-type model."""
+        return None if self.ok_class is None else self.classes.index(self.ok_class)
+
+    @property
+    def decides_ok_ng(self) -> bool:
+        """Whether the model has an OK class: a defect-type model (trained on defective parts only) tells the
+        defect's type, and its runners call every part NG (p(OK) = 0)."""
+        return self.ok_class is not None
 
     @property
     def defect_classes(self) -> List[str]:

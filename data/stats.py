@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 from pydantic import BaseModel
@@ -18,7 +18,7 @@ __all__ = ["DatasetStats", "dataset_stats"]
 class DatasetStats(BaseModel):
     root: str
     images: int
-    ok_class: str
+    ok_class: Optional[str]  # None: a defect-type set
     classes: Dict[str, int]
     masks: Dict[str, int]  # class -> images with a mask
     splits: Dict[str, Dict[str, int]]  # split (or "none") -> class -> images

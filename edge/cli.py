@@ -140,5 +140,7 @@ def evaluate(
               device=device)
     emit(rep, as_json, lambda m: console.print(
         f"{m.split} ({m.backend}): {m.images} images, accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, "
-        f"AUROC {m.ok_ng_auroc}, threshold {m.threshold:.4f}: escape {m.escape_rate:.4f}, false reject "
-        f"{m.false_reject_rate:.4f}; heatmap IoU {m.heatmap_iou}; latency {m.latency.p50_ms:.1f} ms"), quiet)
+        + ("OK/NG figures not applicable (a defect-type model)" if m.task == "defect-type" else
+           f"AUROC {m.ok_ng_auroc}, threshold {m.threshold:.4f}: escape {m.escape_rate:.4f}, false reject "
+           f"{m.false_reject_rate:.4f}")
+        + f"; heatmap IoU {m.heatmap_iou}; latency {m.latency.p50_ms:.1f} ms"), quiet)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import cv2
 import numpy as np
 from pydantic import BaseModel
 
 from lineguard.data.format import Dataset, DatasetError
-from lineguard.data.modelspec import ModelSpec
+from lineguard.data.modelspec import SPEC_FILE, ModelSpec
 from lineguard.data.progress import track
 from lineguard.metrics import classification_metrics, cross_entropy, iou, mean_iou, ng_scores, pick_threshold
 
@@ -54,13 +54,14 @@ class EvalReport(BaseModel):
     UNCERTAIN): ``escape_rate`` = NG images passed as OK, ``false_reject_rate`` = OK images not passed."""
 
     images: int
+    task: Literal["ok-ng", "defect-type"]  # defect-type: a model without an OK class; its OK/NG figures are None
     accuracy: float
     macro_f1: float
     per_class: Dict[str, ClassFigures]
     ok_ng_auroc: Optional[float]
-    threshold: float
-    escape_rate: float
-    false_reject_rate: float
+    threshold: Optional[float]
+    escape_rate: Optional[float]
+    false_reject_rate: Optional[float]
     confusion: List[List[int]]  # row = true class, column = predicted
     loss: float  # mean cross-entropy
     heatmap_iou: Optional[float]  # see :func:`heatmap_iou`; None without NG images that have a mask
@@ -111,6 +112,9 @@ def _threshold(runner: Runner, ds: Dataset, target_escape: Optional[float], prog
     spec = runner.spec
     if target_escape is None:
         return spec.threshold
+    if spec.ok_index is None:
+        raise DatasetError(f"{runner.spec.arch['name']}: a defect-type model (no OK class) has no escape rate to "
+                           "target; leave out --target-escape")
     val = load_frames(ds, spec, split="val")
     probs = _predict(runner, val.frames, "val", progress).probs
     return pick_threshold(ng_scores(probs, spec.ok_index), val.labels != spec.ok_index, target_escape)
@@ -126,13 +130,18 @@ def evaluate(model: Union[str, Path], data: Union[str, Path], split: str = "test
         spec = runner.spec
         if ds.classes.classes != spec.classes:
             raise DatasetError(f"{data}: classes {ds.classes.classes} differ from the model's {spec.classes}")
+        if ds.classes.ok_class != spec.ok_class:
+            where = Path(model) / SPEC_FILE if Path(model).is_dir() else Path(model)
+            raise DatasetError(f"{where}: the model's OK class {spec.ok_class} differs from the data's "
+                               f"{ds.classes.ok_class} in {data} (None: a defect-type model or set)")
         policy = DecisionPolicy.of(spec, threshold=_threshold(runner, ds, target_escape, progress))
         test = load_frames(ds, spec, split=split, masks=True)
         scores = _predict(runner, test.frames, split, progress)
         latency = _latency(runner, test.frames[:1])
         name = runner.backend
     assert test.masks is not None  # masks=True
-    iou_of = heatmap_iou(scores.heatmap, test.masks, test.has_mask & (test.labels != spec.ok_index))
+    ng = test.has_mask if spec.ok_index is None else test.has_mask & (test.labels != spec.ok_index)
+    iou_of = heatmap_iou(scores.heatmap, test.masks, ng)
     return EvalReport(**figures(scores.probs, test.labels, spec, policy), loss=cross_entropy(scores.probs, test.labels),
                       heatmap_iou=iou_of, split=split, model=str(model), data=str(data), target_escape=target_escape,
                       latency=latency, backend=name)

@@ -56,7 +56,8 @@ class FrameModel(nn.Module):
         x = frames.permute(0, 3, 1, 2).float() * self.scale + self.shift
         out = self.model(x)
         probs = out["logits"].float().softmax(1)
-        return probs, 1.0 - probs[:, self.ok_index], out["heatmap"].float().sigmoid()
+        ng = torch.ones_like(probs[:, 0]) if self.ok_index is None else 1.0 - probs[:, self.ok_index]  # p(OK) = 0
+        return probs, ng, out["heatmap"].float().sigmoid()
 
 
 def frame_model(model_dir: Union[str, Path]) -> Tuple[FrameModel, ModelSpec]:

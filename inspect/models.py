@@ -74,6 +74,10 @@ def load_live(cfg: ModelConfig, overrides: PolicyConfig, warmup: int = 3) -> Liv
     except OSError as e:
         raise InspectError(f"{cfg.path}: {e.strerror or e}") from None
     try:
+        if not runner.spec.decides_ok_ng:
+            raise InspectError(f"{file}: a defect-type model (classes {runner.spec.classes}, no OK class) cannot "
+                               "decide OK/NG on a line; train it with an OK class (or run it as a later typing "
+                               "stage)")
         policy = DecisionPolicy.of(runner.spec, **overrides.model_dump())
         frames = np.zeros((runner.batch_range[1], *runner.input_shape), np.uint8)
         for _ in range(warmup):

@@ -213,8 +213,9 @@ class PerlinSource(PatchSource):
             return cls(names, None, size, channels)
         ok = [r for r in _split_records(ds, split) if r.label == ds.classes.ok_class]
         if not ok:
-            raise SourceError(f"{ds.root}: split '{split}' has no image of the OK class "
-                              f"'{ds.classes.ok_class}' to take textures from (use texture='procedural')")
+            which = "has no OK class" if ds.classes.ok_class is None else f"has no image of the OK class " \
+                                                                             f"'{ds.classes.ok_class}'"
+            raise SourceError(f"{ds.root}: split '{split}' {which} to take textures from (use texture='procedural')")
         picked = [ok[k] for k in sorted({int(k) for k in np.linspace(0, len(ok) - 1, min(max_textures, len(ok)))})]
         textures = []
         for r in picked:

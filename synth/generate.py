@@ -191,6 +191,9 @@ def _run(job: Job, chunks: List[int], workers: int, progress: bool, keep: bool) 
 def _load_backgrounds(ds: Dataset, size: int, compositor: Compositor, progress: bool
                       ) -> Tuple[List[Background], List[str]]:
     ok = [r for r in ds.split("train") if r.label == ds.classes.ok_class]
+    if ds.classes.ok_class is None:
+        raise GenerateError(f"{ds.root}: a defect-type set (no OK class) has no defect-free image to paste defects "
+                            "on; generate onto a set with OK images")
     if not ok:
         raise GenerateError(f"{ds.root}: no image of the OK class '{ds.classes.ok_class}' in the train split "
                             f"to paste defects on (run `lineguard data split`?)")

@@ -23,6 +23,7 @@ class TrainReport(BaseModel):
     arch: str
     best_epoch: int
     epochs_run: int
+    stop_reason: Optional[str]  # why training ended (all epochs, time budget, early stop, max_steps)
     train_minutes: float
     train_images_per_s: float
     gmacs: float
@@ -76,8 +77,9 @@ def train(
 
 def _show_train(r: TrainReport) -> None:
     shown = r.test or r.val
-    console.print(f"{r.model}: {r.arch}, best epoch {r.best_epoch}/{r.epochs_run}, {r.train_minutes:.1f} min; "
-                  f"accuracy {shown['accuracy']:.4f}, macro-F1 {shown['macro_f1']:.4f}, AUROC {shown['ok_ng_auroc']}")
+    console.print(f"{r.model}: {r.arch}, best epoch {r.best_epoch}/{r.epochs_run} ({r.stop_reason}), "
+                  f"{r.train_minutes:.1f} min; accuracy {shown['accuracy']:.4f}, macro-F1 {shown['macro_f1']:.4f}, "
+                  f"AUROC {shown['ok_ng_auroc']}")
 
 
 def synth_score(

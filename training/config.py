@@ -40,7 +40,9 @@ class TrainConfig(StrictModel):
         "auto", description="auto: bf16 only where the hardware computes it natively (see resolved_precision)")
     channels_last: bool = Field(True, description="NHWC tensors: 1.8x the training images/s of Lite0 on our CPUs")
     ema_decay: float = Field(0.998, ge=0, lt=1, description="0 disables the weight EMA")
-    patience: int = Field(8, ge=1, description="epochs without val macro-F1 gain before stopping")
+    patience: int = Field(8, ge=1, description="epochs without val gain (macro-F1, then val loss) before stopping")
+    min_train_share: float = Field(
+        0.5, ge=0, le=1, description="no early stop before this share of the planned epochs (or budget) has run")
     max_minutes: Optional[float] = Field(
         None, gt=0, description="time budget; after epoch 1 the cosine is fitted to the epochs that fit")
     seed: int = 0

@@ -57,7 +57,8 @@ log.setLevel(logging.INFO)  # the epoch lines: shown wherever a handler is set u
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "lineguard-train", 1  # files without them (older runs) resume too
 CHECKPOINT_KEYS = ("model", "ema", "optimizer", "scheduler", "state")
-RESUMABLE = ("epochs", "max_minutes", "workers", "threads", "device")  # the settings a resume may change
+# the settings a resume may change
+RESUMABLE = ("epochs", "max_minutes", "patience", "min_train_share", "workers", "threads", "device")
 BEST = "best.safetensors"
 SYNTHETIC_CACHE_MAX = 20_000  # synthetic sets up to this many images are decoded once into memory
 
@@ -111,9 +112,31 @@ class TrainState:
     seconds: float = 0.0
     history: Optional[List[Dict]] = None
     planned_epochs: Optional[int] = None  # with max_minutes: the epochs that fit the budget, fixed after epoch 1
+    stop_reason: Optional[str] = None  # why the run ended (stored in metrics.json)
 
     def epochs(self, cfg: TrainConfig) -> int:
         return min(cfg.epochs, self.planned_epochs or cfg.epochs)
+
+    def observe(self, macro_f1: float, val_loss: float) -> bool:
+        """The val figures of the epoch just run: True (and it becomes the best) when its macro-F1 is higher, or
+        equal with a lower val loss, so a saturated metric (1.0 on a small val split) still lets a falling loss
+        count as progress."""
+        if (macro_f1, -val_loss) > (self.best_f1, -self.best_loss):
+            self.best_f1, self.best_loss, self.best_epoch = macro_f1, val_loss, self.epoch
+            return True
+        return False
+
+    def why_stop(self, cfg: TrainConfig) -> Optional[str]:
+        """Why to stop now, or None: the time budget spent, or ``patience`` epochs without progress once
+        ``min_train_share`` of the planned epochs have run (an early plateau on a small val split is no reason)."""
+        planned = self.epochs(cfg)
+        if cfg.max_minutes is not None and self.seconds / 60 >= cfg.max_minutes:
+            return f"time budget of {cfg.max_minutes:g} min spent after {self.epoch}/{planned} epochs"
+        stale = self.epoch - self.best_epoch
+        if stale >= cfg.patience and self.epoch >= cfg.min_train_share * planned:
+            return (f"early stop after {self.epoch}/{planned} epochs: no val gain (macro-F1, then val loss) for "
+                    f"{stale} epochs since epoch {self.best_epoch}")
+        return None
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict]:
@@ -202,9 +225,13 @@ class Trainer:
         self.ds = Dataset.load(self.data)
         train_recs, val_recs = self.ds.split("train"), self.ds.split("val")
         check_training_split(self.ds, train_recs, val_recs)
+        if cfg.target_escape is not None and self.ds.classes.ok_class is None:
+            raise LineguardError(f"{self.data}: a defect-type set (no OK class) has no escape rate to target; "
+                                 "leave out --target-escape")
         if (self.out / CHECKPOINT).exists() and not self.resume:
             raise LineguardError(f"{self.out}: holds a training run already; pass --resume to continue it")
         ck, self.state = _load_checkpoint(self.out / CHECKPOINT, cfg) if self.resume else (None, TrainState(history=[]))
+        self.state.stop_reason = None  # a resumed run ends for its own reason
         self._build_model()
         self._build_data(train_recs, val_recs)
         self._build_optimiser(ck)
@@ -327,15 +354,14 @@ class Trainer:
         (macro-F1, then val loss). True when this epoch is the best."""
         state, classes = self.state, self.ds.classes
         judged = self.ema.module if self.ema is not None else self.model
-        pred = predict(judged, self.val_set, classes.index(classes.ok_class))
+        pred = predict(judged, self.val_set, classes.ok_index)
         m = classification_metrics(pred.probs, pred.labels, classes.classes, classes.ok_class)
         state.history.append({
             "epoch": state.epoch, "train_loss": train_loss, "val_loss": pred.loss, "val_accuracy": m["accuracy"],
             "val_macro_f1": m["macro_f1"], "val_auroc": m["ok_ng_auroc"], "lr": self.sched.get_last_lr()[0],
             "images_per_s": images_per_s, "seconds": state.seconds})
-        better = (m["macro_f1"], -pred.loss) > (state.best_f1, -state.best_loss)
+        better = state.observe(m["macro_f1"], pred.loss)
         if better:
-            state.best_f1, state.best_loss, state.best_epoch = m["macro_f1"], pred.loss, state.epoch
             save_weights(judged.state_dict(), self.out / BEST)
         log.info("epoch %d: train loss %.4f, val loss %.4f, acc %.4f, macro-F1 %.4f, %.1f img/s%s", state.epoch,
                  train_loss, pred.loss, m["accuracy"], m["macro_f1"], images_per_s, " *" if better else "")
@@ -348,12 +374,12 @@ class Trainer:
         save_checkpoint(self.out / CHECKPOINT, state, self.cfg, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
 
     def should_stop(self) -> bool:
-        """Rank 0: no val gain for ``patience`` epochs (logged), or the time budget spent."""
-        cfg, state = self.cfg, self.state
-        if state.epoch - state.best_epoch >= cfg.patience:
-            log.info("early stop: no val macro-F1 gain for %d epochs", cfg.patience)
-            return True
-        return cfg.max_minutes is not None and state.seconds / 60 >= cfg.max_minutes
+        """Rank 0: :meth:`TrainState.why_stop`, the reason logged and kept."""
+        why = self.state.why_stop(self.cfg)
+        if why is not None:
+            self.state.stop_reason = why
+            log.info("%s", why)
+        return why is not None
 
     def finish(self) -> Dict:
         """After the last epoch: rank 0 loads the best weights and writes the model directory; its summary
@@ -377,11 +403,15 @@ class Trainer:
         stop = False
         while not self.done and not stop:
             train_loss, images_per_s, stop = self.run_epoch()
+            if stop:
+                self.state.stop_reason = f"max_steps {self.max_steps} reached in epoch {self.state.epoch}"
             if self.dist.main:
                 self.validate(train_loss, images_per_s)
-                self.checkpoint()
                 stop = self.should_stop() or stop
+                self.checkpoint()
             stop = self.dist.broadcast_flag(stop)
+        if self.state.stop_reason is None:
+            self.state.stop_reason = f"all {self.state.epoch} planned epochs run"
         return self.finish()
 
 

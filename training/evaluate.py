@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -32,10 +32,11 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, dataset: DefectDataset, ok_index: int, batch_size: int = 64,
+def predict(model: torch.nn.Module, dataset: DefectDataset, ok_index: Optional[int], batch_size: int = 64,
             progress: bool = False) -> Predictions:
     """Probabilities and per-image heatmap IoU (``lineguard.metrics.iou`` of sigmoid(heatmap) > 0.5, upsampled
-    bilinearly to the input size, with the mask)."""
+    bilinearly to the input size, with the mask); the IoU counts NG images with a mask (every image with a mask
+    in a defect-type set, ``ok_index`` None)."""
     model.eval()
     device = next(model.parameters()).device  # the batches go where the model is; the figures come back
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
@@ -47,7 +48,8 @@ def predict(model: torch.nn.Module, dataset: DefectDataset, ok_index: int, batch
         heat = F.interpolate(out["heatmap"].float().cpu(), size=batch["mask"].shape[-2:], mode="bilinear",
                              align_corners=False).sigmoid() > 0.5
         ious.append(iou(heat.numpy(), batch["mask"].numpy() > 0.5))
-        counted.append((batch["has_mask"] & (batch["label"] != ok_index)).numpy())
+        has = batch["has_mask"]
+        counted.append((has if ok_index is None else has & (batch["label"] != ok_index)).numpy())
         probs.append(logits.softmax(1).numpy())
         labels.append(batch["label"].numpy())
     if not probs:
@@ -72,7 +74,7 @@ def measure_latency(model: torch.nn.Module, channels: int, size: tuple, runs: in
             "threads": torch.get_num_threads()}
 
 
-def split_metrics(pred: Predictions, classes: List[str], ok_class: str, threshold: float) -> Dict:
+def split_metrics(pred: Predictions, classes: List[str], ok_class: Optional[str], threshold: float) -> Dict:
     """``classification_metrics`` with the loss and the heatmap IoU (None without NG images with a mask)."""
     m = classification_metrics(pred.probs, pred.labels, classes, ok_class, threshold)
     m["loss"] = pred.loss

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import matplotlib
 
@@ -62,15 +62,16 @@ def plot_confusion(confusion: List[List[int]], classes: List[str], path: Path, t
     _save(fig, path)
 
 
-def plot_pr(probs: np.ndarray, labels: np.ndarray, classes: List[str], ok_class: str, path: Path) -> None:
-    """One-vs-rest precision/recall per class, and the OK/NG curve (NG score = 1 - p(OK))."""
+def plot_pr(probs: np.ndarray, labels: np.ndarray, classes: List[str], ok_class: Optional[str], path: Path) -> None:
+    """One-vs-rest precision/recall per class, and the OK/NG curve (NG score = 1 - p(OK)) where there is an OK
+    class."""
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for i, c in enumerate(classes):
         if (labels == i).any():
             p, r, _ = precision_recall_curve(labels == i, probs[:, i])
             ax.plot(r, p, label=c, alpha=0.8)
-    ok = classes.index(ok_class)
-    if 0 < (labels != ok).sum() < len(labels):
+    ok = None if ok_class is None else classes.index(ok_class)
+    if ok is not None and 0 < (labels != ok).sum() < len(labels):
         p, r, _ = precision_recall_curve(labels != ok, 1 - probs[:, ok])
         ax.plot(r, p, "k--", lw=2, label="NG vs OK")
     ax.set_xlabel("recall")

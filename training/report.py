@@ -44,7 +44,7 @@ def finish_model_dir(out: Path, model: torch.nn.Module, spec: ModelSpec, ds: Dat
     plot_curves(state.history, out / "curves.png")
     size = spec.preprocess.size
     metrics.update(
-        model=spec.arch["name"], best_epoch=state.best_epoch, epochs_run=state.epoch,
+        model=spec.arch["name"], best_epoch=state.best_epoch, epochs_run=state.epoch, stop_reason=state.stop_reason,
         train_minutes=state.seconds / 60, train_images_per_s=_mean_rate(state.history),
         gmacs=count_gmacs(model, size), params_m=sum(p.numel() for p in model.parameters()) / 1e6,
         precision=cfg.resolved_precision(), latency=measure_latency(model, spec.preprocess.channels, size),
@@ -91,7 +91,7 @@ def _card(spec: ModelSpec, cfg: TrainConfig, m: Dict) -> str:
 Input {spec.preprocess.size[1]}x{spec.preprocess.size[0]}, {spec.preprocess.channels} channel(s), \
 mean {spec.preprocess.mean}, std {spec.preprocess.std}; weights from `{cfg.weights}`; \
 {m['params_m']:.2f} M parameters, {m['gmacs']:.2f} GMACs.
-Classes {spec.classes}, OK class `{spec.ok_class}`; NG when 1 - p(OK) >= {spec.threshold:.4f}.
+{_decides(spec)}
 
 ## Data (provenance: {m['data']['origins']})
 
@@ -101,14 +101,13 @@ Classes {spec.classes}, OK class `{spec.ok_class}`; NG when 1 - p(OK) >= {spec.t
 {_synthetic_line(m['data'].get('synthetic'))}
 ## Results on the {shown} split ({r['images']} images)
 
-Accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, OK/NG AUROC {auroc}, escape rate \
-{r['escape_rate']:.4f}, false-reject rate {r['false_reject_rate']:.4f}, heatmap IoU {iou}.
+Accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, {_ok_ng_figures(r, auroc)}, heatmap IoU {iou}.
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|
 {rows}
 
-Training: {m['epochs_run']} epochs (best {m['best_epoch']}), {m['train_minutes']:.1f} min, \
+Training: {m['epochs_run']} epochs (best {m['best_epoch']}; {m['stop_reason']}), {m['train_minutes']:.1f} min, \
 {m['train_images_per_s']:.1f} images/s, {m['precision']}. PyTorch latency (batch 1, this machine): \
 {m['latency']['p50_ms']:.1f} ms median.
 
@@ -118,9 +117,28 @@ Training: {m['epochs_run']} epochs (best {m['best_epoch']}), {m['train_minutes']
   New products, lenses or lighting need new validation data before this model decides on a line.
 - Small test classes give wide error bars: a class with 10 test images moves 10 points per image.
 - The heatmap is trained only where masks exist; treat it as a pointer, not a measurement.
-- The threshold was chosen on the val split{' for a target escape rate of ' + str(cfg.target_escape)
-                                            if cfg.target_escape else ' (default 0.5)'}.
-"""
+{_threshold_line(spec, cfg)}"""
+
+
+def _threshold_line(spec: ModelSpec, cfg: TrainConfig) -> str:
+    if spec.ok_class is None:
+        return "- A defect-type model: run it after an OK/NG decision, on the parts already rejected.\n"
+    how = f" for a target escape rate of {cfg.target_escape}" if cfg.target_escape else " (default 0.5)"
+    return f"- The threshold was chosen on the val split{how}.\n"
+
+
+def _decides(spec: ModelSpec) -> str:
+    if spec.ok_class is None:
+        return (f"Classes {spec.classes}: a defect-type model (trained on defective parts only, no OK class). It "
+                "tells a defect's type; it cannot decide OK/NG, and the line daemon refuses it as a decider.")
+    return f"Classes {spec.classes}, OK class `{spec.ok_class}`; NG when 1 - p(OK) >= {spec.threshold:.4f}."
+
+
+def _ok_ng_figures(r: Dict, auroc: str) -> str:
+    if r["escape_rate"] is None:
+        return "OK/NG figures not applicable (no OK class)"
+    return (f"OK/NG AUROC {auroc}, escape rate {r['escape_rate']:.4f}, false-reject rate "
+            f"{r['false_reject_rate']:.4f}")
 
 
 def _synthetic_line(syn) -> str:

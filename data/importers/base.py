@@ -39,12 +39,14 @@ from .candidates import Scan, import_candidates
 
 __all__ = [
     "IMPORTERS",
+    "NO_OK",
     "ImportReport",
     "Importer",
     "detect_format",
     "import_dataset",
     "is_image_name",
     "list_images",
+    "object_ok_class",
     "path_ids",
     "pick_ok_class",
     "register_importer",
@@ -52,6 +54,14 @@ __all__ = [
 
 REPORT_FILE = "import-report.json"
 OK_CLASS_NAMES = ("ok", "good", "free", "normal", "pass", "defect_free", "no_defect")
+NO_OK = "none"  # --ok-class none: a defect-type set, no OK class
+DEFAULT_OK = "ok"  # the class of images without objects in the object formats (VOC, YOLO)
+
+
+def object_ok_class(ok_class: Optional[str]) -> Optional[str]:
+    """The OK class of an object format: images without objects are OK (``ok`` unless named), none in a
+    defect-type set."""
+    return None if ok_class == NO_OK else ok_class or DEFAULT_OK
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ class ImportReport(BaseModel):
     out: Annotated[str, AfterValidator(utf8_text)]
     images: int
     classes: Dict[str, int]
-    ok_class: str
+    ok_class: Optional[str]  # None: a defect-type set
     masks: int
     rejected: int
     rejects: List[Reject]
@@ -111,15 +121,19 @@ def path_ids(paths: List[Path], root: Path) -> List[str]:
             for r in rels]
 
 
-def pick_ok_class(names: List[str], ok_class: Optional[str], src: Path) -> str:
-    """The OK class: the one asked for, else the one whose name says defect-free."""
+def pick_ok_class(names: List[str], ok_class: Optional[str], src: Path) -> Optional[str]:
+    """The OK class: the one asked for (None for ``--ok-class none``: a defect-type set), else the one whose name
+    says defect-free."""
+    if ok_class == NO_OK and NO_OK not in names:
+        return None
     if ok_class is not None:
         if ok_class not in names:
             raise DatasetError(f"{src}: --ok-class '{ok_class}' is not among the classes {names}")
         return ok_class
     found = [n for n in names if n.lower() in OK_CLASS_NAMES]
     if len(found) != 1:
-        raise DatasetError(f"{src}: cannot tell which class is OK among {names}; pass --ok-class NAME")
+        raise DatasetError(f"{src}: cannot tell which class is OK among {names}; pass --ok-class NAME, or "
+                           f"--ok-class {NO_OK} for a defect-type set (every image defective)")
     return found[0]
 
 

@@ -40,7 +40,7 @@ class Candidate:
 
     id: str
     image: Path
-    label: str
+    label: Optional[str]  # None: no object on it, in a defect-type set (rejected)
     mask: Optional[Path] = None
     shapes: List[Shape] = field(default_factory=list)
     normalized: bool = False  # shapes in 0..1 of the image size (YOLO)
@@ -49,7 +49,7 @@ class Candidate:
 @dataclass
 class Scan:
     classes: List[str]  # index order, the OK class included
-    ok_class: str
+    ok_class: Optional[str]  # None: a defect-type set
     candidates: List[Candidate]
     rejects: List[Reject] = field(default_factory=list)
 
@@ -86,7 +86,7 @@ def _span(lo: np.ndarray, hi: np.ndarray) -> str:
     return f"({lo[0]:.4g}, {lo[1]:.4g})-({hi[0]:.4g}, {hi[1]:.4g})"
 
 
-def _image_label(c: Candidate, boxes: List[Box], ok_class: str) -> str:
+def _image_label(c: Candidate, boxes: List[Box], ok_class: Optional[str]) -> Optional[str]:
     """The label of an image with shapes: the class covering the largest area (OK if none)."""
     if not c.shapes:
         return c.label
@@ -196,6 +196,8 @@ class _Importer:
             for p in problems:
                 self.warn(c.image, p)
             label, boxes = _image_label(c, found, self.scan.ok_class), found or None
+        if label is None:
+            raise _Rejected(c.image, "no defect marked, and a defect-type set (--ok-class none) has no OK class")
         if label not in self.ds.classes.classes:
             raise _Rejected(c.image, f"label '{label}' is not a known class ({', '.join(self.ds.classes.classes)})")
         if drawn is not None:  # written only for a kept record: no orphan mask files

@@ -55,5 +55,5 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
     for name, imgs in found:
         for img, rec_id in zip(imgs, path_ids(imgs, src)):
             candidates.append(Candidate(id=rec_id, image=img, label=name))
-    classes = [*sorted(n for n in names if n != ok), ok]
+    classes = [*sorted(n for n in names if n != ok), *([ok] if ok is not None else [])]
     return Scan(classes=classes, ok_class=ok, candidates=candidates, rejects=rejects)

@@ -33,5 +33,5 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
         for img in imgs:
             candidates.append(Candidate(id=f"{name}/{img.stem}", image=img, label=name,
                                         mask=img.with_suffix(".png")))
-    classes = [*sorted(n for n in names if n != ok), ok]
+    classes = [*sorted(n for n in names if n != ok), *([ok] if ok is not None else [])]
     return Scan(classes=classes, ok_class=ok, candidates=candidates, rejects=rejects)

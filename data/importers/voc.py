@@ -3,8 +3,8 @@
 Each ``<object>`` gives a class ``<name>`` and a ``<bndbox>`` (xmin ymin xmax ymax, 1-based and
 inclusive: pixel columns xmin-1 .. xmax-1); boxes are rendered into a mask by
 :func:`import_dataset`. An XML without objects is an OK image. Classes are the object names found,
-sorted, then the OK class (``--ok-class`` or ``ok``). Segmentation folders and ``ImageSets`` are not
-read (lineguard makes its own splits).
+sorted, then the OK class (``--ok-class`` or ``ok``; with ``--ok-class none`` there is none and an image without
+objects is rejected). Segmentation folders and ``ImageSets`` are not read (lineguard makes its own splits).
 
 Annotation files are parsed with :mod:`xml.etree.ElementTree`: they are trusted local files (the
 standard library parser does not guard against hostile XML such as entity expansion).
@@ -22,10 +22,8 @@ import numpy as np
 from ...files import FileError, read_regular
 from ..format import DatasetError, Reject
 from ..imaging import IMAGE_SUFFIXES
-from .base import list_images, register_importer
+from .base import list_images, object_ok_class, register_importer
 from .candidates import Candidate, Scan, Shape
-
-DEFAULT_OK = "ok"
 
 
 class _BadXml(ValueError):
@@ -101,7 +99,7 @@ def _objects(root: ET.Element) -> List[Shape]:
 
 @register_importer("voc", version="1", detect=detect, layout="Annotations/*.xml + JPEGImages/ or images/ (any case)")
 def scan(src: Path, ok_class: Optional[str]) -> Scan:
-    ok = ok_class or DEFAULT_OK
+    ok = object_ok_class(ok_class)
     ann, images = _layout(src)
     if ann is None or images is None:
         have = ", ".join(sorted(p.name + "/" for p in src.iterdir() if p.is_dir())) or "no folders"
@@ -137,9 +135,9 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
         if img not in used:
             rejects.append(Reject(path=str(img), reason="no annotation (no Annotations/*.xml names it)"))
     names = sorted({s.label for _, _, shapes in found for s in shapes})
-    if ok in names:
+    if ok is not None and ok in names:
         raise DatasetError(f"{src}: '{ok}' is an object class in the annotations; pass --ok-class with "
                            f"another name for images without objects")
     candidates = [Candidate(id=rec_id, image=img, label=shapes[0].label if shapes else ok, shapes=shapes)
                   for rec_id, img, shapes in found]
-    return Scan(classes=[*names, ok], ok_class=ok, candidates=candidates, rejects=rejects)
+    return Scan(classes=[*names, ok] if ok else names, ok_class=ok, candidates=candidates, rejects=rejects)

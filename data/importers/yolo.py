@@ -30,10 +30,9 @@ import numpy as np
 from ...config import read_yaml
 from ...files import FileError, printable, read_regular, resolved
 from ..format import DatasetError, Reject
-from .base import is_image_name, path_ids, register_importer
+from .base import is_image_name, object_ok_class, path_ids, register_importer
 from .candidates import Candidate, Scan, Shape
 
-DEFAULT_OK = "ok"
 YAML_NAMES = ("data.yaml", "data.yml")
 SPLIT_KEYS = ("train", "val", "test")
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux: a longer list-file line names no file
@@ -178,7 +177,7 @@ def _split_entries(data: dict, root: Path, base: Path, yfile: Path
     return out, rejects
 
 
-def _candidate(image: Path, rec_id: str, names: Dict[int, str], ok: str) -> Union[Candidate, Reject]:
+def _candidate(image: Path, rec_id: str, names: Dict[int, str], ok: Optional[str]) -> Union[Candidate, Reject]:
     """The candidate for ``image`` with its label file read, or the reject saying why not."""
     try:
         label_file = _label_path(image)
@@ -206,8 +205,8 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
     if not isinstance(data, dict):
         raise DatasetError(f"{yfile}: expected a mapping with 'names' and image folders")
     names = _class_names(data, yfile)
-    ok = ok_class or DEFAULT_OK
-    if ok in names.values():
+    ok = object_ok_class(ok_class)
+    if ok is not None and ok in names.values():
         raise DatasetError(f"{yfile}: '{ok}' is a labelled class; pass --ok-class with another name for "
                            f"images without labels")
     base = yfile.parent
@@ -243,5 +242,5 @@ def scan(src: Path, ok_class: Optional[str]) -> Scan:
             for image, rec_id in zip(images, ids):
                 found = _candidate(image, f"{split}/{rec_id}" if split else rec_id, names, ok)
                 (candidates if isinstance(found, Candidate) else rejects).append(found)
-    classes = [names[k] for k in sorted(names)] + [ok]
+    classes = [names[k] for k in sorted(names)] + ([ok] if ok else [])
     return Scan(classes=classes, ok_class=ok, candidates=candidates, rejects=rejects)

@@ -104,8 +104,10 @@ def _ok_patches(ds: Dataset, records: List[Record], sides: List[int], cfg: GanCo
     """Random squares of OK images, their sides drawn from those of the defect crops (same scale)."""
     ok = [r for r in records if r.label == ds.classes.ok_class]
     if not ok:
-        raise LineguardError(f"{ds.root}: pretrain_ok_kimg is {cfg.pretrain_ok_kimg} but the training records hold "
-                             f"no '{ds.classes.ok_class}' image; set pretrain_ok_kimg: 0")
+        held = "a defect-type set (no OK class)" if ds.classes.ok_class is None else \
+            f"no '{ds.classes.ok_class}' image in the training records"
+        raise LineguardError(f"{ds.root}: pretrain_ok_kimg is {cfg.pretrain_ok_kimg} but there is {held}; set "
+                             "pretrain_ok_kimg: 0")
     rng = np.random.default_rng(cfg.seed)
     out = []
     for i in rng.permutation(len(ok))[:OK_IMAGES_MAX]:

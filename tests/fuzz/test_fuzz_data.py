@@ -848,7 +848,8 @@ def _text(t: Any) -> Callable[[Ctx, Path], Any]:
 CLASSES_CASES: List[tuple] = [
     ("a-list", _text("- dent\n- ok\n")),
     ("zero-byte", _text("")),
-    ("ok-class-missing", _text("format: lineguard-dataset\nversion: 1\nclasses: [dent, scratch, ok]\n")),
+    ("ok-class-a-list", _text("format: lineguard-dataset\nversion: 1\nclasses: [dent, scratch, ok]\n"
+                              "ok_class: [ok]\n")),  # (no ok_class at all is a defect-type set: valid)
     ("ok-class-unknown", _text("format: lineguard-dataset\nversion: 1\nclasses: [dent, scratch, ok]\n"
                                "ok_class: good\n")),
     ("version-2", _text("format: lineguard-dataset\nversion: 2\nclasses: [dent, scratch, ok]\nok_class: ok\n")),

@@ -65,7 +65,8 @@ def test_train_writes_model_dir_and_eval_reads_it(sim: Path, tmp_path: Path, cap
     assert "epoch 1" not in capsys.readouterr().out
     # the model directory holds the best epoch's weights: its val figures are that epoch's
     best = max(history, key=lambda h: (h["val_macro_f1"], -h["val_loss"]))
-    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["best_epoch"] == best["epoch"] and metrics["stop_reason"] == "all 3 planned epochs run"
+    assert "all 3 planned epochs run" in (out / "MODEL_CARD.md").read_text()
     assert metrics["val"]["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
     assert metrics["val"]["macro_f1"] == pytest.approx(best["val_macro_f1"])
     test = metrics["test"]

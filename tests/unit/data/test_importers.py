@@ -220,6 +220,19 @@ def test_voc_ok_class_named_like_an_object_class_is_refused(tmp_path: Path) -> N
     assert rep.ok_class == "clean" and rep.classes["clean"] == 1
 
 
+def test_ok_class_none_makes_a_defect_type_set(tmp_path: Path) -> None:
+    """--ok-class none: no OK class; a VOC image without objects has no label then and is rejected, saying why;
+    the same for YOLO; an image folder's classes are all defect classes."""
+    rep = import_dataset(make_voc(tmp_path), tmp_path / "voc-set", ok_class="none", progress=False)
+    assert rep.ok_class is None and rep.classes == {"dent": 1, "scratch": 1}
+    assert "a defect-type set (--ok-class none) has no OK class" in " ".join(_reasons(rep).values())
+    ds = Dataset.load(tmp_path / "voc-set")
+    assert ds.classes.ok_class is None and ds.classes.ok_index is None and sorted(r.id for r in ds.records) == [
+        "d1", "d2"]
+    rep = import_dataset(make_yolo_detect(tmp_path), tmp_path / "yolo-set", ok_class="none", progress=False)
+    assert rep.ok_class is None and rep.classes == {"scratch": 1, "dent": 2}
+
+
 # --------------------------------------------------------------------------- YOLO
 
 def test_yolo_detect_import(tmp_path: Path) -> None:
