@@ -137,6 +137,12 @@ def stats(root: Path = typer.Argument(..., help="Data set folder."),
         console.print(f"sources {r.sources}; origins {shown(r.origins)}")
         console.print(f"width {r.width}, height {r.height}; pixel mean {r.pixel_mean:.3f} "
                       f"std {r.pixel_std:.3f} (over {r.sampled} images)")
+        a = r.input
+        thin = "" if a.defect_px is None else (f" (thinnest defects {a.defect_px['p5']:.1f} px, "
+                                               f"{a.thinnest_at_size:.1f} px at that size)")
+        console.print(f"input size: --img-size {a.size[0]}x{a.size[1]} --fit {a.fit}{thin}")
+        if a.warning:
+            console.print(f"[yellow]warning:[/] {shown(a.warning)}", highlight=False)
 
     emit(rep, as_json, human, quiet)
 

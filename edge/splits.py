@@ -17,8 +17,9 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 
 from lineguard.data.format import Dataset, DatasetError, Record
-from lineguard.data.imaging import ImageFileError, binarize_mask, read_image, resize_mask
+from lineguard.data.imaging import ImageFileError, binarize_mask, read_image
 from lineguard.data.modelspec import ModelSpec
+from lineguard.data.preprocess import Preprocess
 
 __all__ = ["Frames", "check_disjoint", "dataset_frames", "load_frames"]
 
@@ -71,13 +72,13 @@ def _read(ds: Dataset, r: Record, rel: str, want: Optional[str]) -> np.ndarray:
     return img
 
 
-def _mask(ds: Dataset, r: Record, rel: str, image_shape: Tuple[int, ...], size: Tuple[int, int]) -> np.ndarray:
-    """Record ``r``'s mask file ``rel`` at the input ``size``: the image's resize rule on 0/255, then >= 128."""
+def _mask(ds: Dataset, r: Record, rel: str, image_shape: Tuple[int, ...], pre: Preprocess) -> np.ndarray:
+    """Record ``r``'s mask file ``rel`` where ``pre`` puts its image (``Preprocess.resize_mask``)."""
     m = _read(ds, r, rel, r.mask_sha256)
     if m.shape[:2] != image_shape[:2]:
         raise DatasetError(f"{ds.path(rel)} (record {r.id}): mask is {m.shape[1]}x{m.shape[0]} px, "
                            f"the image {image_shape[1]}x{image_shape[0]}")
-    return resize_mask(binarize_mask(m), size)
+    return pre.resize_mask(binarize_mask(m))
 
 
 def load_frames(data: Union[str, Path, Dataset], spec: ModelSpec, split: Optional[str] = "test",
@@ -102,7 +103,7 @@ def load_frames(data: Union[str, Path, Dataset], spec: ModelSpec, split: Optiona
         frames[i] = px[..., None] if px.ndim == 2 else px
         labels[i] = index[r.label]
         if got_masks is not None and r.mask is not None:
-            got_masks[i] = _mask(ds, r, r.mask, img.shape, (h, w))
+            got_masks[i] = _mask(ds, r, r.mask, img.shape, spec.preprocess)
     return Frames(frames, labels, records, ds.root, split, got_masks)
 
 

@@ -191,5 +191,6 @@ def decide(frames: Sequence[Frame], scores: Scores, spec: ModelSpec, policy: Opt
             decision=decision, top_class=spec.ok_class if decision is Decision.OK else spec.classes[top[i]],
             scores={c: float(p) for c, p in zip(spec.classes, scores.probs[i])},
             ng_score=float(scores.ng_score[i]), policy=policy, model_version=model_version,
-            boxes=find_boxes(scores.heatmap[i, 0], f.image.shape[:2], policy), timings=dict(timings or {})))
+            boxes=find_boxes(spec.preprocess.unfit(scores.heatmap[i, 0], f.image.shape[:2]), f.image.shape[:2],
+                             policy), timings=dict(timings or {})))
     return out

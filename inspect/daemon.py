@@ -359,7 +359,8 @@ class Line:
         self.tel.batch.observe(len(ready))
         now, mono = time.time(), time.monotonic()
         for p, v, heat in zip(ready, verdicts, scores.heatmap):
-            p.verdict, p.t_inferred, p.heatmap = v, now, heat[0]
+            p.verdict, p.t_inferred = v, now
+            p.heatmap = live.spec.preprocess.unfit(heat[0], p.cap.frame.image.shape[:2])  # over the image only
             if mono > p.deadline:
                 self.tel.deadline_misses.inc()
                 self._failsafe(p, "deadline")

@@ -20,7 +20,6 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..config import StrictModel
-from ..data.imaging import resize_mask
 from ..data.preprocess import Preprocess
 
 __all__ = ["AugmentConfig", "augment_item", "build_transform"]
@@ -72,14 +71,14 @@ def _image_to_size(pre: Preprocess, img: np.ndarray, **_: Any) -> np.ndarray:
 
 
 def _mask_to_size(pre: Preprocess, m: np.ndarray, **_: Any) -> np.ndarray:
-    return m if m.shape[:2] == tuple(pre.size) else resize_mask(m, pre.size).astype(np.uint8)
+    return m if m.shape[:2] == tuple(pre.size) else pre.resize_mask(m).astype(np.uint8)
 
 
 def _geometry(cfg: AugmentConfig, size: Tuple[int, int]) -> List[A.BasicTransform]:
     """Flips, 90-degree turns, affine and crop: image and mask alike (mask nearest neighbour)."""
     h, w = size
     ts: List[A.BasicTransform] = [A.HorizontalFlip(p=cfg.hflip_p), A.VerticalFlip(p=cfg.vflip_p)]
-    if cfg.rot90_p > 0:
+    if cfg.rot90_p > 0 and h == w:  # a quarter turn of a non-square input changes its shape
         ts.append(A.RandomRotate90(p=cfg.rot90_p))
     if cfg.affine_p > 0:
         ts.append(A.Affine(translate_percent=(-cfg.shift, cfg.shift), scale=cfg.scale,
@@ -108,8 +107,8 @@ def _photometry(cfg: AugmentConfig) -> List[A.BasicTransform]:
 def build_transform(cfg: AugmentConfig, pre: Preprocess) -> A.Compose:
     """The augmentation as one Compose over ``image`` (uint8, HxW or HxWx3) and ``mask`` (uint8 0/1).
 
-    Inputs not yet at ``pre.size`` are first brought there (``pre.resize`` for the image,
-    ``data.imaging.resize_mask`` for the mask); at the input size that step is a no-op. Geometry moves image
+    Inputs not yet at ``pre.size`` are first brought there (``pre.resize`` for the image, ``pre.resize_mask``
+    for the mask); at the input size that step is a no-op. Geometry moves image
     and mask together (mask: nearest neighbour, same reflected border); photometry touches the image
     only. Draw with :func:`augment_item`."""
     to_size = A.Lambda(image=partial(_image_to_size, pre), mask=partial(_mask_to_size, pre), p=1.0)  # picklable

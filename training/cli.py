@@ -43,7 +43,9 @@ def train(
     weights: Optional[str] = typer.Option(None, "--weights", help="auto | none | imagenet-lite0 | PATH."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
     batch: Optional[int] = typer.Option(None, "--batch", help="Images per step and process (config: batch_size)."),
-    img_size: Optional[int] = typer.Option(None, "--img-size"),
+    img_size: Optional[str] = typer.Option(None, "--img-size", help="224, or HxW (96x224) for parts that are not "
+                                                                    "square (config: img_size)."),
+    fit: Optional[str] = typer.Option(None, "--fit", help="stretch | pad: keep the aspect ratio (config: fit)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | bf16 | fp32"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget; LR fitted to it."),
@@ -65,7 +67,7 @@ def train(
 
     cfg = load_config(TrainConfig, config, {
         "arch": arch, "weights": weights, "epochs": epochs, "batch_size": batch, "img_size": img_size,
-        "precision": precision, "seed": seed, "max_minutes": max_minutes, "target_escape": target_escape,
+        "fit": fit, "precision": precision, "seed": seed, "max_minutes": max_minutes, "target_escape": target_escape,
         "synthetic": str(synthetic) if synthetic else None, "synthetic_ratio": synthetic_ratio, "device": device})
     log_to_console(quiet)  # the epoch lines of the lineguard.train logger
     summary = run(cfg, data, out, resume=resume, progress=not quiet)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Tuple, Union
 
 import torch
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 
 from ..config import StrictModel
 from .augment import AugmentConfig
@@ -22,7 +23,10 @@ class TrainConfig(StrictModel):
                       description="the network architecture, one of `lineguard.training.models.list_models()`")
     weights: Optional[str] = Field(
         "auto", description="auto (ImageNet for Lite0 backbones, else random), none, imagenet-lite0 or a file")
-    img_size: int = Field(224, ge=32, le=1024)
+    img_size: Union[int, Tuple[int, int]] = Field(
+        224, description="the input size: 224 (square), or HxW such as 96x224 for parts that are not square")
+    fit: Literal["stretch", "pad"] = Field(
+        "stretch", description="stretch: resize to img_size; pad: keep the aspect ratio, pad with the mean")
     channels: Literal[1, 3] = 1
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -57,6 +61,29 @@ class TrainConfig(StrictModel):
     synthetic_ratio: float = Field(
         0.3, ge=0, lt=1, description="share of each class's draws taken from --synthetic (classes it holds)")
     augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("img_size", mode="before")
+    @classmethod
+    def _hxw(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", v)
+            if not m:
+                raise ValueError(f"img_size must be a number or HxW (e.g. 96x224), got {v!r}")
+            return int(m[1]) if m[2] is None else (int(m[1]), int(m[2]))
+        return v
+
+    @field_validator("img_size")
+    @classmethod
+    def _sides(cls, v: Union[int, Tuple[int, int]]) -> Union[int, Tuple[int, int]]:
+        h, w = (v, v) if isinstance(v, int) else v
+        if not (32 <= h <= 1024 and 32 <= w <= 1024):
+            raise ValueError(f"img_size sides must be 32..1024 px, got {h}x{w}")
+        return h if h == w else (h, w)
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """The input size (H, W)."""
+        return (self.img_size, self.img_size) if isinstance(self.img_size, int) else self.img_size
 
     def resolved_precision(self) -> str:
         """bf16 on CUDA GPUs that support it and on CPUs with native bf16 (AVX512-BF16 / AMX); fp32 else.

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..data.format import Dataset, DatasetError, Record
-from ..data.imaging import ImageFileError, binarize_mask, read_image, resize_mask
+from ..data.imaging import ImageFileError, binarize_mask, read_image
 from ..data.preprocess import Preprocess
 from ..data.split import label_indices
 from ..workers import init_worker, mp_context
@@ -129,7 +129,7 @@ class DefectDataset(torch.utils.data.Dataset):
             if m.shape[:2] != img.shape[:2]:
                 raise DatasetError(f"{self.ds.path(r.mask)} (record {r.id}): mask is {m.shape[1]}x{m.shape[0]} px, "
                                    f"the image {img.shape[1]}x{img.shape[0]}")
-            mask = resize_mask(binarize_mask(m), self.pre.size).astype(np.uint8)
+            mask = self.pre.resize_mask(binarize_mask(m)).astype(np.uint8)
         return self.pre.resize(img), mask
 
     def _fill_cache(self, threads: Optional[int]) -> None:

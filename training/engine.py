@@ -248,7 +248,7 @@ class Trainer:
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(self.dist.device, memory_format=self.fmt)  # before EMA and DDP take views of the parameters
         mean, std = self.model.pretrained_mean_std
-        self.pre = Preprocess(size=(cfg.img_size, cfg.img_size), channels=cfg.channels, mean=list(mean),
+        self.pre = Preprocess(size=cfg.size, fit=cfg.fit, channels=cfg.channels, mean=list(mean),
                               std=list(std))
 
     def _build_data(self, train_recs: List[Record], val_recs: List[Record]) -> None:

@@ -97,3 +97,38 @@ def test_preview_draws_masks(tiny: Dataset, tmp_path: Path) -> None:
     spot, ok = (read_image(files[c])[0] for c in ("spot", "ok"))
     red = lambda im: ((im[..., 0] > 200) & (im[..., 1] < 120)).sum()  # noqa: E731
     assert red(spot) > 50 and red(ok) == 0
+
+
+def _tall_parts(root: Path, crack_px: int) -> Path:
+    """6 tall parts, 1250 x 500, each with a vertical crack ``crack_px`` wide, as a defect-type set."""
+    recs = []
+    for i in range(6):
+        img = np.full((1250, 500), 100, np.uint8)
+        mask = np.zeros_like(img)
+        mask[200 + 100 * i : 900, 240 : 240 + crack_px] = 255
+        img[mask > 0] = 30
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(exist_ok=True)
+        data = write_png(root / f"images/{i}.png", img)
+        write_png(root / f"masks/{i}.png", mask)
+        recs.append(Record(id=str(i), image=f"images/{i}.png", label="crack", mask=f"masks/{i}.png",
+                           source="real", origin=ORIGIN, sha256=sha256_bytes(data), width=500, height=1250))
+    Dataset(root, ClassFile(classes=["crack"]), recs).save()
+    return root
+
+
+def test_stats_suggest_an_input_that_keeps_thin_cracks_on_tall_parts(tmp_path: Path) -> None:
+    """Tall parts with 6-px cracks (measured 5.5 px: the inscribed disc less half a pixel): the default 224 x 224
+    makes them 1 px; the advice keeps the 1 : 2.5 aspect ratio, grows the input until they cover 3 px, and warns."""
+    a = dataset_stats(_tall_parts(tmp_path / "six", 6)).input
+    assert a.defects_measured == 6 and a.defect_px == {"min": 5.5, "p5": 5.5, "median": 5.5} and a.fit == "stretch"
+    # 224 x 224 over 1250 x 500: 5.5 * min(224/1250, 224/500) = 0.99 px
+    assert a.thinnest_at_default == pytest.approx(5.5 * 224 / 1250)
+    # start at 224^2 pixels with the images' ratio: 224 * sqrt(2.5) = 354 -> 352, 224 / sqrt(2.5) = 142 -> 128;
+    # there 5.5 * min(352/1250, 128/500) = 1.41 px, so grow 3 / 1.41 = 2.13x: 750 -> 736, 273 -> 288 (multiples of 32)
+    assert a.size == (736, 288) and a.thinnest_at_size == pytest.approx(5.5 * 288 / 500)  # 3.17 px
+    assert a.warning.endswith("train with --img-size 736x288 --fit stretch")
+    # 2-px cracks (1.5 px) would need more than 1024 px: the advice stops there and says so
+    b = dataset_stats(_tall_parts(tmp_path / "two", 2)).input
+    assert b.size == (1024, 384) and b.thinnest_at_size == pytest.approx(1.5 * 384 / 500)
+    assert "even there they are 1.2 px" in b.warning

@@ -138,10 +138,16 @@ def test_eval_cli_on_bad_model_yaml_exits_2(good: Path, sim: Path, tmp_path: Pat
 def test_train_config_rejects_huge_img_size(tmp_path: Path) -> None:
     cfg = tmp_path / "t.yaml"
     cfg.write_text("img_size: 60000\n")
-    with pytest.raises(ConfigError, match=r"t\.yaml: 'img_size': Input should be less than or equal to 1024"):
+    with pytest.raises(ConfigError, match=r"t\.yaml: 'img_size': .*sides must be 32\.\.1024 px, got 60000x60000"):
         load_config(TrainConfig, cfg)
     with pytest.raises(ConfigError, match="'img_size'"):
         load_config(TrainConfig, None, {"img_size": 60000})
+    with pytest.raises(ConfigError, match="got 96x2048"):
+        load_config(TrainConfig, None, {"img_size": "96x2048"})
+    with pytest.raises(ConfigError, match="a number or HxW"):
+        load_config(TrainConfig, None, {"img_size": "wide"})
+    assert load_config(TrainConfig, None, {"img_size": "96x224"}).size == (96, 224)
+    assert load_config(TrainConfig, None, {"img_size": "224x224"}).img_size == 224  # square: one number
 
 
 def test_spec_rejects_huge_sizes_when_built_in_code() -> None:
