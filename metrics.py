@@ -11,16 +11,34 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["accuracy", "auroc", "classification_metrics", "confusion", "cross_entropy", "escape_rate",
-           "false_reject_rate", "iou", "macro_f1", "mean_iou", "ng_scores", "per_class", "pick_threshold"]
+__all__ = ["accuracy", "auroc", "binary_cross_entropy", "classification_metrics", "confusion", "cross_entropy",
+           "escape_rate", "false_reject_rate", "iou", "macro_f1", "mean_iou", "multi_label_figures", "ng_scores",
+           "per_class", "pick_threshold"]
 
 
-def ng_scores(probs: np.ndarray, ok_index: Optional[int]) -> np.ndarray:
-    """The OK/NG score of each image: 1 - p(OK). NG when score >= threshold. A defect-type model (no OK class,
+def ng_scores(probs: np.ndarray, ok_index: Optional[int], multi_label: bool = False) -> np.ndarray:
+    """The OK/NG score of each image: 1 - p(OK); with ``multi_label`` (independent per-class probabilities) the
+    highest defect-class probability. NG when score >= threshold. A defect-type model (no OK class,
     ``ok_index`` None) has p(OK) = 0: every image scores 1."""
     if ok_index is None:
         return np.ones(len(probs), dtype=probs.dtype)
+    if multi_label:
+        defect = np.delete(probs, ok_index, axis=1)
+        return defect.max(1) if defect.shape[1] else np.zeros(len(probs), dtype=probs.dtype)
     return 1.0 - probs[:, ok_index]
+
+
+def multi_label_figures(probs: np.ndarray, targets: np.ndarray, classes: List[str], cut: float = 0.5) -> Dict:
+    """Figures of independent per-class probabilities against multi-hot ``targets`` (N x C): per class precision,
+    recall, F1 and support of ``probs >= cut``, their macro-F1, and the share of images whose predicted class set
+    equals the true one (exact match)."""
+    pred, true = probs >= cut, targets > 0.5
+    tp, fp, fn = (pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)
+    prec, rec, f1 = _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(2 * tp, 2 * tp + fp + fn)
+    return {"exact_match": float((pred == true).all(1).mean()) if len(probs) else 0.0,
+            "macro_f1": float(f1.mean()) if len(f1) else 0.0,
+            "per_class": {c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                              "support": int(true[:, i].sum())} for i, c in enumerate(classes)}}
 
 
 def pick_threshold(scores: np.ndarray, is_ng: np.ndarray, target_escape: float) -> float:
@@ -94,6 +112,14 @@ def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.maximum(p, 1e-12)).mean())
 
 
+def binary_cross_entropy(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over images and classes of -log p(target) for independent per-class probabilities (multi-label);
+    probabilities are clipped to 1e-12 .. 1 - 1e-12."""
+    p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)
+    t = targets.astype(np.float64)
+    return float(-(t * np.log(p) + (1 - t) * np.log(1 - p)).mean())
+
+
 def iou(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Intersection over union per image of boolean maps (N, ...); 0 where both are empty."""
     n = len(pred)
@@ -108,26 +134,34 @@ def mean_iou(ious: np.ndarray, selected: np.ndarray) -> Optional[float]:
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: List[str], ok_class: Optional[str],
-                           threshold: float = 0.5, called_ng: Optional[np.ndarray] = None) -> Dict:
+                           threshold: float = 0.5, called_ng: Optional[np.ndarray] = None,
+                           targets: Optional[np.ndarray] = None) -> Dict:
     """All figures of one split. ``probs`` N x C, ``labels`` N class indices; ``called_ng`` the images the
-    decision rule stopped (default: 1 - p(OK) >= ``threshold``). Without an OK class (a defect-type model) the
-    OK/NG figures (AUROC, threshold, escape and false-reject rates) are None: not applicable."""
+    decision rule stopped (default: NG score >= ``threshold``, see :func:`ng_scores`). Without an OK class (a
+    defect-type model) the OK/NG figures (AUROC, threshold, escape and false-reject rates) are None: not
+    applicable. ``targets`` (N x C multi-hot) marks a multi-label model: per-class figures, macro-F1 and
+    ``exact_match`` come from :func:`multi_label_figures`; accuracy and the confusion matrix stay those of the
+    top class against each image's main label."""
     pred = probs.argmax(1)
     conf = confusion(labels, pred, len(classes))
     p, r, f, support = per_class(conf)
     out = {
         "images": len(labels),
         "task": "ok-ng" if ok_class is not None else "defect-type",
+        "multi_label": targets is not None,
         "accuracy": accuracy(labels, pred),
         "macro_f1": macro_f1(conf),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                           "support": int(support[i])} for i, c in enumerate(classes)},
+        "exact_match": None,
         "ok_ng_auroc": None, "threshold": None, "escape_rate": None, "false_reject_rate": None,
         "confusion": conf.tolist(),
     }
+    if targets is not None:
+        out.update(multi_label_figures(probs, targets, classes))
     if ok_class is not None:
         ok = classes.index(ok_class)
-        scores = ng_scores(probs, ok)
+        scores = ng_scores(probs, ok, multi_label=targets is not None)
         is_ng = labels != ok
         called = scores >= threshold if called_ng is None else np.asarray(called_ng, bool)
         out.update(ok_ng_auroc=auroc(scores, is_ng), threshold=float(threshold),

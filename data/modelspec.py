@@ -77,8 +77,9 @@ class ModelSpec(StrictModel):
     arch: Dict[str, Any]  # create_model(**arch) rebuilds the network
     classes: List[str]
     ok_class: Optional[str] = None  # None: a defect-type model (no OK/NG decision; see ``decides_ok_ng``)
+    multi_label: bool = False  # independent per-class probabilities (sigmoid); NG score = the highest defect class's
     preprocess: Preprocess
-    threshold: float = 0.5  # NG when 1 - p(OK) >= threshold
+    threshold: float = 0.5  # NG when the NG score (1 - p(OK); multi-label: max defect p) >= threshold
     uncertain_band: float = 0.0  # UNCERTAIN when threshold - band <= 1 - p(OK) < threshold + band
     class_thresholds: Dict[str, float] = Field(default_factory=dict)  # defect class -> NG when its p reaches this
     weights: str = MODEL_FILE

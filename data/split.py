@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from .format import Dataset, DatasetError, Record
 
-__all__ = ["SplitReport", "check_training_split", "label_indices", "split_dataset", "synthetic_records"]
+__all__ = ["SplitReport", "check_training_split", "label_indices", "label_sets", "split_dataset", "synthetic_records"]
 
 
 class SplitReport(BaseModel):
@@ -90,6 +90,23 @@ def label_indices(ds: Dataset, records: Sequence[Record], classes: Optional[Sequ
         if r.label not in index:
             raise DatasetError(f"{ds.root}: record {r.id}: label '{r.label}' is not one of the classes {names}")
     return [index[r.label] for r in records]
+
+
+def label_sets(ds: Dataset, records: Sequence[Record], classes: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Every record's classes as a multi-hot row (N x C float32) over ``classes`` (default: ``ds``'s own): its
+    label and the class of each of its boxes (several defects on one part); a box class outside ``classes`` is a
+    :class:`DatasetError` naming the record."""
+    names = list(ds.classes.classes if classes is None else classes)
+    index = {c: i for i, c in enumerate(names)}
+    rows = np.zeros((len(records), len(names)), np.float32)
+    for k, (r, i) in enumerate(zip(records, label_indices(ds, records, names))):
+        rows[k, i] = 1.0
+        for b in r.boxes or []:
+            if b.label not in index:
+                raise DatasetError(f"{ds.root}: record {r.id}: box class '{b.label}' is not one of the classes "
+                                   f"{names}")
+            rows[k, index[b.label]] = 1.0
+    return rows
 
 
 def check_training_split(ds: Dataset, train_records: Sequence[Record], val_records: Sequence[Record]) -> None:

@@ -22,7 +22,16 @@ from pydantic import BaseModel
 from lineguard.data.format import Dataset, DatasetError
 from lineguard.data.modelspec import SPEC_FILE, ModelSpec
 from lineguard.data.progress import track
-from lineguard.metrics import classification_metrics, cross_entropy, iou, mean_iou, ng_scores, pick_threshold
+from lineguard.data.split import label_sets
+from lineguard.metrics import (
+    binary_cross_entropy,
+    classification_metrics,
+    cross_entropy,
+    iou,
+    mean_iou,
+    ng_scores,
+    pick_threshold,
+)
 
 from .runners import OUTPUTS, Runner, Scores, load_runner
 from .splits import load_frames
@@ -55,7 +64,9 @@ class EvalReport(BaseModel):
 
     images: int
     task: Literal["ok-ng", "defect-type"]  # defect-type: a model without an OK class; its OK/NG figures are None
-    accuracy: float
+    multi_label: bool  # per-class figures, macro-F1 and exact_match over every class an image holds
+    accuracy: float  # the top class against the main label
+    exact_match: Optional[float]  # multi-label: images whose predicted class set is exactly the true one
     macro_f1: float
     per_class: Dict[str, ClassFigures]
     ok_ng_auroc: Optional[float]
@@ -63,7 +74,7 @@ class EvalReport(BaseModel):
     escape_rate: Optional[float]
     false_reject_rate: Optional[float]
     confusion: List[List[int]]  # row = true class, column = predicted
-    loss: float  # mean cross-entropy
+    loss: float  # mean cross-entropy (multi-label: mean binary cross-entropy per class)
     heatmap_iou: Optional[float]  # see :func:`heatmap_iou`; None without NG images that have a mask
     split: str
     model: str
@@ -73,13 +84,14 @@ class EvalReport(BaseModel):
     backend: str
 
 
-def figures(probs: np.ndarray, labels: np.ndarray, spec: ModelSpec,
-            policy: Optional[DecisionPolicy] = None) -> Dict[str, Any]:
+def figures(probs: np.ndarray, labels: np.ndarray, spec: ModelSpec, policy: Optional[DecisionPolicy] = None,
+            targets: Optional[np.ndarray] = None) -> Dict[str, Any]:
     """``lineguard.metrics.classification_metrics`` with the images called NG by ``decide_batch`` under
-    ``policy`` (default: the model's)."""
+    ``policy`` (default: the model's); ``targets``: every class of each image, for a multi-label model."""
     policy = policy if policy is not None else DecisionPolicy.of(spec)
     called_ng = decide_batch(probs, spec, policy) != CODES[Decision.OK]
-    return classification_metrics(probs, labels, spec.classes, spec.ok_class, policy.threshold, called_ng=called_ng)
+    return classification_metrics(probs, labels, spec.classes, spec.ok_class, policy.threshold, called_ng=called_ng,
+                                  targets=targets)
 
 
 def heatmap_iou(heatmap: np.ndarray, masks: np.ndarray, selected: np.ndarray) -> Optional[float]:
@@ -117,7 +129,8 @@ def _threshold(runner: Runner, ds: Dataset, target_escape: Optional[float], prog
                            "target; leave out --target-escape")
     val = load_frames(ds, spec, split="val")
     probs = _predict(runner, val.frames, "val", progress).probs
-    return pick_threshold(ng_scores(probs, spec.ok_index), val.labels != spec.ok_index, target_escape)
+    return pick_threshold(ng_scores(probs, spec.ok_index, spec.multi_label), val.labels != spec.ok_index,
+                          target_escape)
 
 
 def evaluate(model: Union[str, Path], data: Union[str, Path], split: str = "test", backend: str = "torch",
@@ -142,6 +155,9 @@ def evaluate(model: Union[str, Path], data: Union[str, Path], split: str = "test
     assert test.masks is not None  # masks=True
     ng = test.has_mask if spec.ok_index is None else test.has_mask & (test.labels != spec.ok_index)
     iou_of = heatmap_iou(scores.heatmap, test.masks, ng)
-    return EvalReport(**figures(scores.probs, test.labels, spec, policy), loss=cross_entropy(scores.probs, test.labels),
+    targets = label_sets(ds, test.records, spec.classes) if spec.multi_label else None
+    loss = binary_cross_entropy(scores.probs, targets) if targets is not None else cross_entropy(scores.probs,
+                                                                                                 test.labels)
+    return EvalReport(**figures(scores.probs, test.labels, spec, policy, targets), loss=loss,
                       heatmap_iou=iou_of, split=split, model=str(model), data=str(data), target_escape=target_escape,
                       latency=latency, backend=name)

@@ -32,6 +32,8 @@ import numpy as np
 import onnx
 
 from ..console import strict_json
+from ..data.format import Dataset
+from ..data.split import label_sets
 from ..files import atomic_path, atomic_write
 from .evaluate import figures
 from .formats import ExportError, export_format
@@ -215,11 +217,12 @@ def _compare(ref: OrtRunner, candidates: List[OrtRunner], spec: Any, test: Frame
     """FP32 figures and one entry per INT8 candidate, in order (accuracy, macro-F1, argmax agreement with FP32,
     batch-1 latency) on the ``test`` frames, all timed in the same interleaved rounds."""
     frames, labels = test.frames, test.labels
+    targets = label_sets(Dataset.load(test.root), test.records, spec.classes) if spec.multi_label else None
     runners = {"fp32": ref, **{i: r for i, r in enumerate(candidates)}}
     probs, metrics = {}, {}
     for name, r in runners.items():
         probs[name] = r.predict(frames).probs
-        metrics[name] = figures(probs[name], labels, spec)
+        metrics[name] = figures(probs[name], labels, spec, targets=targets)
     one = frames[:1]
     times: Dict[Any, List[float]] = {name: [] for name in runners}
     for _ in range(5):

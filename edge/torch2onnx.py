@@ -40,7 +40,8 @@ TRT_MAX_OPSET = 17
 
 class FrameModel(nn.Module):
     """uint8 frames (N, H, W, C) -> (probs, ng_score, heatmap): ``Preprocess.normalize`` and the heads'
-    activations around the network, so a runner does no float work in Python."""
+    activations (softmax, or sigmoid per class for a multi-label model) around the network, so a runner does no
+    float work in Python. The NG score is :func:`lineguard.metrics.ng_scores`' rule."""
 
     def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
         super().__init__()
@@ -50,13 +51,20 @@ class FrameModel(nn.Module):
         mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("scale", 1.0 / (255.0 * std))  # (x / 255 - mean) / std = x * scale + shift
         self.register_buffer("shift", -mean / std)
-        self.ok_index = spec.ok_index
+        self.ok_index, self.multi_label = spec.ok_index, spec.multi_label
+        self.defect = [i for i in range(len(spec.classes)) if i != spec.ok_index]
 
     def forward(self, frames: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = frames.permute(0, 3, 1, 2).float() * self.scale + self.shift
         out = self.model(x)
-        probs = out["logits"].float().softmax(1)
-        ng = torch.ones_like(probs[:, 0]) if self.ok_index is None else 1.0 - probs[:, self.ok_index]  # p(OK) = 0
+        logits = out["logits"].float()
+        probs = logits.sigmoid() if self.multi_label else logits.softmax(1)
+        if self.ok_index is None:  # a defect-type model: p(OK) = 0
+            ng = torch.ones_like(probs[:, 0])
+        elif self.multi_label:  # the most likely defect
+            ng = probs[:, self.defect].amax(1)
+        else:
+            ng = 1.0 - probs[:, self.ok_index]
         return probs, ng, out["heatmap"].float().sigmoid()
 
 

@@ -5,7 +5,8 @@ Torch-free, Python 3.8 (the line computer).
     scores = runner.predict(np.stack([runner.prepare(f.image) for f in frames]))
     verdicts = decide(frames, scores, runner.spec, policy)              # one JSON-serialisable Verdict each
 
-The rule (``ng_score`` = 1 - p(OK), ``t`` = threshold, ``b`` = uncertain band):
+The rule (``ng_score`` = 1 - p(OK), for a multi-label model the highest defect-class probability; ``t`` =
+threshold, ``b`` = uncertain band):
 
 * NG when ``ng_score >= t + b`` or some defect class reaches its class threshold;
 * OK when ``ng_score < t - b`` and no defect class reaches its class threshold;
@@ -13,8 +14,9 @@ The rule (``ng_score`` = 1 - p(OK), ``t`` = threshold, ``b`` = uncertain band):
 
 With ``b = 0`` and no class thresholds this is ``ng_score >= t`` -> NG, else OK. :func:`decide_batch` applies
 it to a batch of probabilities (evaluation and the INT8 accuracy gate use it too); :func:`decide` adds the
-frames' identity, the scores and the boxes: connected regions of ``heatmap >= box_threshold`` (8-connected,
-on the heatmap's grid), scaled to the frame's image.
+frames' identity, the scores, the defect classes (a multi-label model: every class at or above its threshold)
+and the boxes: connected regions of ``heatmap >= box_threshold`` (8-connected, on the heatmap's grid), scaled to
+the frame's image.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class Verdict(StrictModel):
     timestamp: float
     decision: Decision
     top_class: str  # the most probable defect class (NG, UNCERTAIN) or the OK class (OK)
+    defects: List[str] = Field(default_factory=list)  # every defect class seen, most probable first (below)
     scores: Dict[str, float]  # class -> probability
     ng_score: float
     policy: DecisionPolicy
@@ -144,7 +147,7 @@ def decide_batch(probs: np.ndarray, spec: ModelSpec, policy: Optional[DecisionPo
     is the :class:`Decision`. ``policy`` defaults to the model's (:meth:`DecisionPolicy.of`)."""
     policy = policy if policy is not None else DecisionPolicy.of(spec)
     cols, limits = _class_limits(policy, spec)
-    ng = ng_scores(probs, spec.ok_index)
+    ng = ng_scores(probs, spec.ok_index, spec.multi_label)
     hit = (probs[:, cols] >= limits).any(1) if cols else np.zeros(len(probs), bool)
     codes = np.full(len(probs), CODES[Decision.UNCERTAIN], np.int8)
     codes[(ng < policy.threshold - policy.uncertain_band) & ~hit] = CODES[Decision.OK]
@@ -173,6 +176,16 @@ def find_boxes(heat: np.ndarray, image_size: Tuple[int, int], policy: DecisionPo
     return sorted(boxes, key=lambda b: -b.score)
 
 
+def _defects(probs: np.ndarray, spec: ModelSpec, policy: DecisionPolicy, top: str) -> List[str]:
+    """The defect classes of a part not passed: a multi-label model's classes at or above their threshold (a class
+    threshold, else the policy's), most probable first, at least the top class; else the top class."""
+    if not spec.multi_label:
+        return [top]
+    found = [(float(probs[j]), c) for j, c in enumerate(spec.classes)
+             if c != spec.ok_class and probs[j] >= policy.class_thresholds.get(c, policy.threshold)]
+    return [c for _, c in sorted(found, reverse=True)] or [top]
+
+
 def decide(frames: Sequence[Frame], scores: Scores, spec: ModelSpec, policy: Optional[DecisionPolicy] = None,
            model_version: Optional[str] = None, timings: Optional[Dict[str, float]] = None) -> List[Verdict]:
     """One :class:`Verdict` per frame from the runner's ``scores`` of those frames (same order); ``timings``
@@ -189,6 +202,7 @@ def decide(frames: Sequence[Frame], scores: Scores, spec: ModelSpec, policy: Opt
         out.append(Verdict(
             frame_id=f.frame_id, source_id=f.source_id, serial=f.serial, lot=f.lot, timestamp=f.timestamp,
             decision=decision, top_class=spec.ok_class if decision is Decision.OK else spec.classes[top[i]],
+            defects=[] if decision is Decision.OK else _defects(scores.probs[i], spec, policy, spec.classes[top[i]]),
             scores={c: float(p) for c, p in zip(spec.classes, scores.probs[i])},
             ng_score=float(scores.ng_score[i]), policy=policy, model_version=model_version,
             boxes=find_boxes(spec.preprocess.unfit(scores.heatmap[i, 0], f.image.shape[:2]), f.image.shape[:2],

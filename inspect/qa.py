@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import json
 import re
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
@@ -169,7 +170,8 @@ class QaFigures(BaseModel):
     ucl: List[Optional[float]]
     lcl: List[Optional[float]]
     violations: List[Dict[str, Any]]  # rule, text, subgroup index, its key, the points that make it
-    pareto: List[Dict[str, Any]]  # class, parts, cumulative share, in falling order
+    pareto: List[Dict[str, Any]]  # class, parts, cumulative share, in falling order (a part with several defect
+    # classes counts for each: the shares are of defects found)
     fail_safe: Dict[str, int]  # reason -> NG parts the daemon rejected without a model decision
     signal_failures: int  # parts whose reject signal some output did not acknowledge (an error in ``ack``)
     latency_ms: Dict[str, Optional[float]]  # capture->decision percentiles ("p50", ...) and max
@@ -235,9 +237,9 @@ def qa_figures(engine: sa.Engine, t0: float, t1: float, by: Literal["shift", "lo
                                 .group_by(col).order_by(sa.func.min(p.ts))).all()
             subgroups = [Subgroup(key="(none)" if k is None else str(k), parts=int(n), ng=int(d),
                                   fpy=1 - int(d) / int(n), first_ts=float(f)) for k, n, d, f in rows]
-        pareto_rows = conn.execute(
-            sa.select(p.top_class, sa.func.count()).where(where, p.decision == "NG", p.reason.is_(None))
-            .group_by(p.top_class).order_by(sa.func.count().desc(), p.top_class)).all()
+        pareto_rows = _defect_counts(conn.execute(
+            sa.select(p.top_class, p.defects, sa.func.count()).where(where, p.decision == "NG", p.reason.is_(None))
+            .group_by(p.top_class, p.defects)).all())
         fail_safe = {str(r): int(n) for r, n in conn.execute(
             sa.select(p.reason, sa.func.count()).where(where, p.reason.is_not(None)).group_by(p.reason)
             .order_by(p.reason))}
@@ -281,6 +283,17 @@ def _camera_events(conn: sa.Connection, e: Any, t0: float, t1: float) -> List[Ca
         found.counts[str(kind)] = int(n)
         found.last_ts = max(found.last_ts, float(last))
     return [out[k] for k in sorted(out)]
+
+
+def _defect_counts(rows: List[Any]) -> List[Tuple[str, int]]:
+    """NG parts per defect class, most first, from (top class, defects JSON, parts) groups: a part counts once
+    for each class it holds (a multi-label model's ``defects``), else for its top class. The groups are the
+    distinct class combinations, few whatever the number of parts."""
+    counts: Dict[str, int] = {}
+    for top, defects, n in rows:
+        for cls in (json.loads(defects) if defects else [top]):
+            counts[str(cls)] = counts.get(str(cls), 0) + int(n)
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def _review(conn: sa.Connection, p: Any, where: Any) -> Optional[Review]:

@@ -201,6 +201,7 @@ class Results:
         fields: Dict[str, Any] = {"decision": p.decision, "reason": p.reason, "t_decided": p.t_decided}
         if v is not None:
             fields.update(top_class=v.top_class if p.reason is None else None, scores=v.scores, ng_score=v.ng_score,
+                          defects=(v.defects or None) if p.reason is None else None,
                           model_version=v.model_version, policy=v.policy.model_dump(), boxes=v.boxes,
                           t_inferred=p.t_inferred)
             if p.reason is not None:

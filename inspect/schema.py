@@ -62,8 +62,11 @@ MIGRATIONS: List[Tuple[str, ...]] = [
             kind TEXT NOT NULL, count INTEGER NOT NULL CHECK (count > 0))""",
         "CREATE INDEX events_ts ON events (ts)",
     ),
+    (  # 5: every defect class a part holds (a multi-label model), for the QA Pareto
+        "ALTER TABLE parts ADD COLUMN defects TEXT",
+    ),
 ]
-JSON_COLUMNS = ("policy", "scores", "boxes", "ack")
+JSON_COLUMNS = ("policy", "scores", "boxes", "ack", "defects")
 RECOVERED = "crash-recovered"
 
 
@@ -108,6 +111,7 @@ class PartRow(StrictModel):
     review: Optional[str] = None  # the class an operator saw on review
     reviewer: Optional[str] = None
     review_ts: Optional[float] = None  # epoch seconds
+    defects: Optional[List[str]] = None  # every defect class the model saw on the part (None: the top class only)
 
     @classmethod
     def from_verdict(cls, verdict: Verdict, run_id: str, **fields: Any) -> PartRow:
@@ -119,6 +123,7 @@ class PartRow(StrictModel):
                       "t_capture": verdict.timestamp, "model_version": verdict.model_version,
                       "policy": verdict.policy.model_dump(), "scores": verdict.scores, "ng_score": verdict.ng_score,
                       "decision": verdict.decision, "top_class": verdict.top_class, "boxes": verdict.boxes,
+                      "defects": verdict.defects or None,
                       **fields})
 
 

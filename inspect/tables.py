@@ -65,7 +65,7 @@ def _data_columns(plant: bool) -> list:
         _text("truth"), _text("boxes", False),
         _real("t_capture"), _real("t_queued"), _real("t_inferred"), _real("t_decided"), _real("t_signalled"),
         _text("ack"), _text("image_sha256"), _text("archive_path"),
-        _text("review"), _text("reviewer"), _real("review_ts"),
+        _text("review"), _text("reviewer"), _real("review_ts"), _text("defects"),
         CheckConstraint("state IN ('pending', 'final')"),
         CheckConstraint("decision IN ('OK', 'NG', 'UNCERTAIN')"),
     ]
@@ -175,6 +175,9 @@ PLANT_MIGRATIONS: List[Tuple[str, ...]] = [
             CONSTRAINT plant_events_key UNIQUE (line, station, camera, run_id, line_event_id))""",
         "CREATE INDEX plant_events_ts ON events (ts)",
         "ALTER TABLE sync_state ADD COLUMN events BIGINT NOT NULL DEFAULT 0",
+    ),
+    (  # 3: every defect class of a part (multi-label models)
+        "ALTER TABLE parts ADD COLUMN defects TEXT",
     ),
 ]
 PLANT_VERSION = len(PLANT_MIGRATIONS)

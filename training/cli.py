@@ -46,6 +46,9 @@ def train(
     img_size: Optional[str] = typer.Option(None, "--img-size", help="224, or HxW (96x224) for parts that are not "
                                                                     "square (config: img_size)."),
     fit: Optional[str] = typer.Option(None, "--fit", help="stretch | pad: keep the aspect ratio (config: fit)."),
+    multi_label: Optional[bool] = typer.Option(
+        None, "--multi-label/--single-label", help="Per-class sigmoid heads on every defect a part holds "
+                                                   "(config: multi_label; default single-label)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | bf16 | fp32"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget; LR fitted to it."),
@@ -67,7 +70,8 @@ def train(
 
     cfg = load_config(TrainConfig, config, {
         "arch": arch, "weights": weights, "epochs": epochs, "batch_size": batch, "img_size": img_size,
-        "fit": fit, "precision": precision, "seed": seed, "max_minutes": max_minutes, "target_escape": target_escape,
+        "fit": fit, "multi_label": multi_label, "precision": precision, "seed": seed, "max_minutes": max_minutes,
+        "target_escape": target_escape,
         "synthetic": str(synthetic) if synthetic else None, "synthetic_ratio": synthetic_ratio, "device": device})
     log_to_console(quiet)  # the epoch lines of the lineguard.train logger
     summary = run(cfg, data, out, resume=resume, progress=not quiet)

@@ -35,6 +35,9 @@ class TrainConfig(StrictModel):
     warmup_epochs: float = Field(1.0, ge=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
     label_smoothing: float = Field(0.05, ge=0, lt=1)
+    multi_label: bool = Field(
+        False, description="per-class sigmoid heads trained on every class a part holds (its boxes' classes); "
+                           "NG when any defect class reaches its threshold")
     frozen_stages: int = Field(
         0, ge=0, description="the CNN's first N feature stages keep their pretrained weights (no gradients): "
                              "2 stages (strides 2, 4) raise Lite0's training images/s 1.4x on our CPUs")

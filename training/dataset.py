@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..data.format import Dataset, DatasetError, Record
 from ..data.imaging import ImageFileError, binarize_mask, read_image
 from ..data.preprocess import Preprocess
-from ..data.split import label_indices
+from ..data.split import label_indices, label_sets
 from ..workers import init_worker, mp_context
 from .augment import AugmentConfig, augment_item, build_transform
 
@@ -61,8 +61,8 @@ def data_loader(dataset: torch.utils.data.Dataset, batch_size: int, sampler: Opt
 class DefectDataset(torch.utils.data.Dataset):
     """``records`` of ``ds`` as training items::
 
-        {"image": float32 (C,H,W) normalised, "label": int64, "mask": float32 (1,H,W) in {0,1},
-         "has_mask": bool, "index": int}
+        {"image": float32 (C,H,W) normalised, "label": int64, "targets": float32 (K,) multi-hot (the label and
+         every box's class), "mask": float32 (1,H,W) in {0,1}, "has_mask": bool, "index": int}
 
     ``has_mask`` is False for a record without a mask (its mask is zeros; it trains the class head
     only). ``augment=None`` (or ``enabled: false``) gives exactly ``pre(image)``. Labels index
@@ -94,6 +94,7 @@ class DefectDataset(torch.utils.data.Dataset):
         self.augment = augment if augment is not None and augment.enabled else None
         self.transform = build_transform(self.augment, pre) if self.augment is not None else None
         self.labels: List[int] = label_indices(ds, self.records, classes)
+        self.targets = label_sets(ds, self.records, classes)  # every class on the part (multi-label training)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._images: Optional[np.ndarray] = None
         self._masks: Optional[np.ndarray] = None
@@ -193,6 +194,7 @@ class DefectDataset(torch.utils.data.Dataset):
         return {
             "image": torch.from_numpy(self.pre.normalize(image)),
             "label": torch.tensor(self.labels[i], dtype=torch.int64),
+            "targets": torch.from_numpy(self.targets[i]),
             "mask": torch.from_numpy(mask[None].astype(np.float32)),
             "has_mask": torch.tensor(bool(self._has_mask[i])),
             "index": i,

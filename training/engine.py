@@ -162,6 +162,15 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, state: TrainState):
     return f
 
 
+def class_loss(logits: torch.Tensor, batch: Dict, multi_label: bool, smoothing: float) -> torch.Tensor:
+    """Cross-entropy on the label, or (``multi_label``) binary cross-entropy per class on the multi-hot targets,
+    smoothed towards 0.5 by ``smoothing / 2``."""
+    if not multi_label:
+        return F.cross_entropy(logits, batch["label"], label_smoothing=smoothing)
+    target = batch["targets"] * (1 - smoothing) + smoothing / 2
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
 def heatmap_loss(heatmap: torch.Tensor, mask: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
     """BCE + soft Dice on the images that have a mask (mixed supervision); 0 when none has one."""
     if not has_mask.any():
@@ -335,7 +344,7 @@ class Trainer:
         batch = {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
         with self.autocast:
             o = self.net(batch["image"].contiguous(memory_format=self.fmt))
-            loss_cls = F.cross_entropy(o["logits"].float(), batch["label"], label_smoothing=cfg.label_smoothing)
+            loss_cls = class_loss(o["logits"].float(), batch, cfg.multi_label, cfg.label_smoothing)
             loss = loss_cls + cfg.heatmap_weight * heatmap_loss(o["heatmap"], batch["mask"], batch["has_mask"])
         if not torch.isfinite(loss):
             raise LineguardError(f"loss became {loss.item()} at epoch {self.state.epoch + 1}: lower --lr or use fp32")
@@ -354,8 +363,8 @@ class Trainer:
         (macro-F1, then val loss). True when this epoch is the best."""
         state, classes = self.state, self.ds.classes
         judged = self.ema.module if self.ema is not None else self.model
-        pred = predict(judged, self.val_set, classes.ok_index)
-        m = classification_metrics(pred.probs, pred.labels, classes.classes, classes.ok_class)
+        pred = predict(judged, self.val_set, classes.ok_index, multi_label=self.cfg.multi_label)
+        m = classification_metrics(pred.probs, pred.labels, classes.classes, classes.ok_class, targets=pred.targets)
         state.history.append({
             "epoch": state.epoch, "train_loss": train_loss, "val_loss": pred.loss, "val_accuracy": m["accuracy"],
             "val_macro_f1": m["macro_f1"], "val_auroc": m["ok_ng_auroc"], "lr": self.sched.get_last_lr()[0],
@@ -391,6 +400,7 @@ class Trainer:
             self.model.cpu()  # the model folder's figures (latency, GMACs) are the CPU's, as on every machine
             classes = self.ds.classes
             spec = ModelSpec(arch=model_config(self.model), classes=classes.classes, ok_class=classes.ok_class,
+                             multi_label=self.cfg.multi_label,
                              preprocess=self.pre)
             result = finish_model_dir(self.out, self.model, spec, self.ds, self.cfg, self.state)
         if self.dist.world > 1:

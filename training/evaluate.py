@@ -28,12 +28,13 @@ class Predictions:
     labels: np.ndarray  # N
     iou: np.ndarray  # N, heatmap IoU per image
     iou_counted: np.ndarray  # N, bool: an NG image with a mask (the images the heatmap IoU averages)
-    loss: float  # mean cross-entropy
+    loss: float  # mean cross-entropy (multi-label: mean binary cross-entropy per class)
+    targets: Optional[np.ndarray] = None  # N x C multi-hot, for a multi-label model
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: DefectDataset, ok_index: Optional[int], batch_size: int = 64,
-            progress: bool = False) -> Predictions:
+            progress: bool = False, multi_label: bool = False) -> Predictions:
     """Probabilities and per-image heatmap IoU (``lineguard.metrics.iou`` of sigmoid(heatmap) > 0.5, upsampled
     bilinearly to the input size, with the mask); the IoU counts NG images with a mask (every image with a mask
     in a defect-type set, ``ok_index`` None)."""
@@ -44,19 +45,23 @@ def predict(model: torch.nn.Module, dataset: DefectDataset, ok_index: Optional[i
     for batch in track(loader, "predict", enabled=progress, total=len(loader)):
         out = model(batch["image"].to(device))
         logits = out["logits"].float().cpu()
-        losses.append(F.cross_entropy(logits, batch["label"], reduction="sum").item())
+        if multi_label:
+            losses.append(F.binary_cross_entropy_with_logits(logits, batch["targets"], reduction="none")
+                          .mean(1).sum().item())
+        else:
+            losses.append(F.cross_entropy(logits, batch["label"], reduction="sum").item())
         heat = F.interpolate(out["heatmap"].float().cpu(), size=batch["mask"].shape[-2:], mode="bilinear",
                              align_corners=False).sigmoid() > 0.5
         ious.append(iou(heat.numpy(), batch["mask"].numpy() > 0.5))
         has = batch["has_mask"]
         counted.append((has if ok_index is None else has & (batch["label"] != ok_index)).numpy())
-        probs.append(logits.softmax(1).numpy())
+        probs.append((logits.sigmoid() if multi_label else logits.softmax(1)).numpy())
         labels.append(batch["label"].numpy())
     if not probs:
         raise DatasetError("nothing to predict: the split is empty")
     n = sum(len(p) for p in probs)
     return Predictions(np.concatenate(probs), np.concatenate(labels), np.concatenate(ious), np.concatenate(counted),
-                       sum(losses) / n)
+                       sum(losses) / n, dataset.targets if multi_label else None)
 
 
 def measure_latency(model: torch.nn.Module, channels: int, size: tuple, runs: int = 20) -> Dict[str, float]:
@@ -76,7 +81,7 @@ def measure_latency(model: torch.nn.Module, channels: int, size: tuple, runs: in
 
 def split_metrics(pred: Predictions, classes: List[str], ok_class: Optional[str], threshold: float) -> Dict:
     """``classification_metrics`` with the loss and the heatmap IoU (None without NG images with a mask)."""
-    m = classification_metrics(pred.probs, pred.labels, classes, ok_class, threshold)
+    m = classification_metrics(pred.probs, pred.labels, classes, ok_class, threshold, targets=pred.targets)
     m["loss"] = pred.loss
     m["heatmap_iou"] = mean_iou(pred.iou, pred.iou_counted)
     return m

@@ -27,14 +27,14 @@ __all__ = ["finish_model_dir"]
 def finish_model_dir(out: Path, model: torch.nn.Module, spec: ModelSpec, ds: Dataset, cfg: TrainConfig,
                      state) -> Dict:
     """Write the complete model directory for the best weights already loaded into ``model``."""
-    ok = spec.ok_index
-    val = predict(model, DefectDataset(ds, ds.split("val"), spec.preprocess, None), ok)
+    ok, multi = spec.ok_index, spec.multi_label
+    val = predict(model, DefectDataset(ds, ds.split("val"), spec.preprocess, None), ok, multi_label=multi)
     if cfg.target_escape is not None:
-        spec.threshold = pick_threshold(ng_scores(val.probs, ok), val.labels != ok, cfg.target_escape)
+        spec.threshold = pick_threshold(ng_scores(val.probs, ok, multi), val.labels != ok, cfg.target_escape)
     metrics: Dict = {"val": split_metrics(val, spec.classes, spec.ok_class, spec.threshold)}
     test_recs = ds.split("test")
     if test_recs:
-        test = predict(model, DefectDataset(ds, test_recs, spec.preprocess, None), ok)
+        test = predict(model, DefectDataset(ds, test_recs, spec.preprocess, None), ok, multi_label=multi)
         metrics["test"] = split_metrics(test, spec.classes, spec.ok_class, spec.threshold)
         plot_pr(test.probs, test.labels, spec.classes, spec.ok_class, out / "pr.png")
     else:
@@ -101,7 +101,7 @@ mean {spec.preprocess.mean}, std {spec.preprocess.std}; weights from `{cfg.weigh
 {_synthetic_line(m['data'].get('synthetic'))}
 ## Results on the {shown} split ({r['images']} images)
 
-Accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, {_ok_ng_figures(r, auroc)}, heatmap IoU {iou}.
+Accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}{_exact(r)}, {_ok_ng_figures(r, auroc)}, heatmap IoU {iou}.
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|
@@ -131,7 +131,14 @@ def _decides(spec: ModelSpec) -> str:
     if spec.ok_class is None:
         return (f"Classes {spec.classes}: a defect-type model (trained on defective parts only, no OK class). It "
                 "tells a defect's type; it cannot decide OK/NG, and the line daemon refuses it as a decider.")
+    if spec.multi_label:
+        return (f"Classes {spec.classes}, OK class `{spec.ok_class}`; multi-label (a probability per class, every "
+                f"defect a part holds): NG when a defect class reaches {spec.threshold:.4f}.")
     return f"Classes {spec.classes}, OK class `{spec.ok_class}`; NG when 1 - p(OK) >= {spec.threshold:.4f}."
+
+
+def _exact(r: Dict) -> str:
+    return "" if r.get("exact_match") is None else f" (per class), exact class-set match {r['exact_match']:.4f}"
 
 
 def _ok_ng_figures(r: Dict, auroc: str) -> str:

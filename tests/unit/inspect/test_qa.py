@@ -137,3 +137,17 @@ def test_postgresql_gives_the_same_figures(engine: sa.Engine, pg_engine: sa.Engi
         dst.execute(PARTS.insert(), [dict(r._mapping) for r in src.execute(sa.select(PARTS))])
     for by in ("shift", "lot"):
         assert qa_figures(pg_engine, T0, T1, by=by, shifts=BERLIN) == qa_figures(engine, T0, T1, by=by, shifts=BERLIN)
+
+
+def test_the_pareto_counts_every_defect_a_part_holds(tmp_path) -> None:
+    """A multi-label model's parts name every defect class (``defects``): each counts once per class."""
+    path = tmp_path / "r.db"
+    with ResultStore(path) as store:
+        store.record_many([
+            PartRow(camera="c", source_seq=i, run_id="r", ts=T0 + i, decision="NG", top_class=top, defects=defects)
+            for i, (top, defects) in enumerate([("scratch", ["scratch", "dent"]), ("stain", None),
+                                                 ("scratch", ["scratch"]), ("dent", ["dent", "scratch"])])])
+    f = qa_figures(sa.create_engine(f"sqlite:///{path}"), T0, T0 + 60, by="camera")
+    assert f.by_decision == {"NG": 4}  # four parts, six defects
+    assert [(r["class"], r["parts"]) for r in f.pareto] == [("scratch", 3), ("dent", 2), ("stain", 1)]
+    assert [r["cumulative"] for r in f.pareto] == pytest.approx([3 / 6, 5 / 6, 1.0])

@@ -46,10 +46,10 @@ def one_line_naming(err: pytest.ExceptionInfo, path: Path) -> str:
 
 
 def test_schema_is_created_with_its_version_and_indexes(store: ResultStore) -> None:
-    assert store.schema_version == len(MIGRATIONS) == 4
+    assert store.schema_version == len(MIGRATIONS) == 5
     raw = sqlite3.connect(str(store.path))
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 5
         assert {r[1] for r in raw.execute("PRAGMA table_info(parts)")} == {*COLUMNS, "changed"}
         indexes = {r[1]: r[2] for r in raw.execute("PRAGMA index_list(parts)")}
         assert indexes == {"parts_ts": 0, "parts_decision": 0, "parts_source": 1, "parts_changed": 0}

@@ -79,11 +79,11 @@ def test_an_older_plant_database_is_upgraded_by_sync_and_named_by_a_report(pg_en
     with pytest.raises(InspectError) as err:  # a report reads, never upgrades
         open_results(pg_engine.url.render_as_string(hide_password=False))
     text = str(err.value)
-    assert "\n" not in text and "schema version 1 is older than this lineguard's (2)" in text
+    assert "\n" not in text and "schema version 1 is older than this lineguard's (3)" in text
     assert "`lineguard sync` upgrades it" in text
     open_plant(pg_engine.url).dispose()  # what `lineguard sync` does first
     with pg_engine.connect() as conn:
-        assert conn.execute(sa.select(PLANT_SCHEMA.c.version)).scalar() == PLANT_VERSION == 2
+        assert conn.execute(sa.select(PLANT_SCHEMA.c.version)).scalar() == PLANT_VERSION == 3
         state = conn.execute(sa.select(SYNC_STATE)).mappings().one()
         assert (state["changed"], state["events"]) == (41, 0)  # the parts watermark kept; events from the start
     open_results(pg_engine.url.render_as_string(hide_password=False))[0].dispose()
