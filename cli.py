@@ -44,6 +44,7 @@ VERBS: Dict[str, Union[Verb, Group]] = {
         "score": ("lineguard.training.cli:synth_score", "How close a synthetic set is to the real one (FD, KID, ...)."),
     }, "Defect synthesis: fit the GAN, generate, score."),
     "train": ("lineguard.training.cli:train", "Train a model folder (DDP under torchrun)."),
+    "cv": ("lineguard.training.cli:cv", "k-fold cross-validation: per-fold models, mean +- std of every figure."),
     "eval": ("lineguard.edge.cli:evaluate", "Accuracy, escape and false-reject rates, heatmap IoU of a model."),
     "export": ("lineguard.edge.cli:export", "Export a model folder: onnx, onnx-int8, engine."),
     "bench": ("lineguard.edge.cli:bench", "Latency and throughput per model, backend and batch size."),

@@ -9,7 +9,7 @@ import typer
 from pydantic import BaseModel
 
 from .. import options
-from ..console import console, emit
+from ..console import console, emit, shown
 
 if TYPE_CHECKING:
     from .synth_score import ScoreReport
@@ -82,10 +82,44 @@ def train(
 
 
 def _show_train(r: TrainReport) -> None:
-    shown = r.test or r.val
+    figures = r.test or r.val
     console.print(f"{r.model}: {r.arch}, best epoch {r.best_epoch}/{r.epochs_run} ({r.stop_reason}), "
-                  f"{r.train_minutes:.1f} min; accuracy {shown['accuracy']:.4f}, macro-F1 {shown['macro_f1']:.4f}, "
-                  f"AUROC {shown['ok_ng_auroc']}")
+                  f"{r.train_minutes:.1f} min; accuracy {figures['accuracy']:.4f}, macro-F1 {figures['macro_f1']:.4f}, "
+                  f"AUROC {figures['ok_ng_auroc']}")
+
+
+def cv(
+    data: Path = options.data(help="Data set dealt into folds (`lineguard data split --folds K`)."),
+    out: Path = options.out(help="Folder for the folds' data sets and models, cv.json and cv.md."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Folds (as dealt by data split)."),
+    final: bool = typer.Option(False, "--final", help="Also train on every fold and evaluate on the test split."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TrainConfig YAML (as for train)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture (config: arch)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="auto | none | imagenet-lite0 | PATH."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Images per step (config: batch_size)."),
+    img_size: Optional[str] = typer.Option(None, "--img-size", help="224, or HxW (config: img_size)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget per fold."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = options.device(None, help="cpu | cuda[:N] (config: device)."),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """k-fold cross-validation: a model per fold, evaluated on its held-out fold; mean +- std of every figure."""
+    from ..config import load_config
+    from ..console import log_to_console
+    from .config import TrainConfig
+    from .cv import cross_validate
+
+    cfg = load_config(TrainConfig, config, {
+        "arch": arch, "weights": weights, "epochs": epochs, "batch_size": batch, "img_size": img_size,
+        "max_minutes": max_minutes, "seed": seed, "device": device})
+    log_to_console(quiet)
+    rep = cross_validate(data, out, cfg, folds=folds, final=final, progress=not quiet)
+    emit(rep, as_json, lambda r: console.print(
+        f"{r.folds}-fold {r.arch}: " + ", ".join(
+            f"{k} {r.mean[k]:.4f} +- {r.std[k]:.4f}" for k in ("accuracy", "macro_f1", "ok_ng_auroc")
+            if r.mean[k] is not None) + f"; {r.minutes:.1f} min of training; table in {shown(r.out)}/cv.md"), quiet)
 
 
 def synth_score(
