@@ -7,13 +7,13 @@ Every figure matches scikit-learn's (``zero_division=0``: a ratio with nothing t
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["accuracy", "auroc", "binary_cross_entropy", "classification_metrics", "confusion", "cross_entropy",
-           "escape_rate", "false_reject_rate", "iou", "macro_f1", "mean_iou", "multi_label_figures", "ng_scores",
-           "per_class", "pick_threshold"]
+__all__ = ["accuracy", "auroc", "binary_cross_entropy", "bootstrap_ci", "classification_metrics", "confusion",
+           "cross_entropy", "escape_rate", "false_reject_rate", "iou", "macro_f1", "mean_iou", "multi_label_figures",
+           "ng_scores", "per_class", "pick_threshold"]
 
 
 def ng_scores(probs: np.ndarray, ok_index: Optional[int], multi_label: bool = False) -> np.ndarray:
@@ -167,3 +167,16 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: List[
         out.update(ok_ng_auroc=auroc(scores, is_ng), threshold=float(threshold),
                    escape_rate=escape_rate(is_ng, called), false_reject_rate=false_reject_rate(is_ng, called))
     return out
+
+
+def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, groups: Optional[np.ndarray] = None, reps: int = 2000,
+                 seed: int = 0, level: float = 0.95) -> Tuple[float, float, float]:
+    """``stat`` of the images ``0..n-1`` and its percentile bootstrap interval: ``stat`` takes an index array (a
+    resample, with repeats) and returns a number, e.g. the difference of two models' accuracy on the same images
+    (a paired comparison). ``groups`` (N,): resample within each group (the folds of a cross-validation), so every
+    resample keeps their sizes."""
+    rng = np.random.default_rng(seed)
+    members = [np.arange(n)] if groups is None else [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    draws = np.array([stat(np.concatenate([rng.choice(m, len(m)) for m in members])) for _ in range(reps)])
+    tail = (1 - level) / 2 * 100
+    return float(stat(np.arange(n))), float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))

@@ -17,6 +17,7 @@ from sklearn.metrics import (
 
 from lineguard.metrics import (
     auroc,
+    bootstrap_ci,
     classification_metrics,
     cross_entropy,
     escape_rate,
@@ -146,3 +147,26 @@ def test_ng_scores_and_iou_by_hand() -> None:
     assert iou(np.zeros((1, 2, 2), bool), np.zeros((1, 2, 2), bool)).tolist() == [0.0]  # both empty: 0
     assert mean_iou(got, np.array([True, True, False])) == pytest.approx(0.25)
     assert mean_iou(got, np.zeros(3, bool)) is None
+
+
+def test_paired_bootstrap_of_an_accuracy_difference() -> None:
+    """Two models on the same 200 images: B right on 10 images where A is wrong, the same elsewhere."""
+    a = np.ones(200, bool)
+    a[:20] = False  # A wrong on 20
+    b = a.copy()
+    b[:10] = True  # B fixes 10 of them
+    folds = np.arange(200) % 5
+
+    def delta(idx: np.ndarray) -> float:
+        return float(b[idx].mean() - a[idx].mean())
+
+    value, lo, hi = bootstrap_ci(delta, 200, groups=folds, reps=1000, seed=0)
+    assert value == pytest.approx(0.05)
+    # the difference only moves where B and A differ: 10 discordant images of 200 -> sd ~ sqrt(10 x 0.95) / 200
+    assert 0.015 < lo < 0.035 and 0.065 < hi < 0.09  # about 0.05 +- 1.96 x 0.0154: a win beyond noise
+    same, lo0, hi0 = bootstrap_ci(lambda i: float(a[i].mean() - a[i].mean()), 200, reps=200)
+    assert (same, lo0, hi0) == (0.0, 0.0, 0.0)
+    # resampling within folds keeps every fold's size
+    seen = []
+    bootstrap_ci(lambda i: seen.append(np.bincount(folds[i], minlength=5)) or 0.0, 200, groups=folds, reps=5)
+    assert all((c == 40).all() for c in seen)
