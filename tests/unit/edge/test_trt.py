@@ -32,7 +32,7 @@ from lineguard.edge.runners.trt import TrtRunner
 from lineguard.edge.tensorrt import list_engines, sidecar_path
 from lineguard.files import sha256_file
 
-H = W = 16
+H, W = 16, 24  # not square: the profiles, buffers and checks keep height and width apart
 GEMM_W = np.array([[-4.0, 4.0]], np.float32)
 GEMM_B = np.array([2.0, -2.0], np.float32)
 SPEC = ModelSpec(arch={"name": "tiny"}, classes=["ok", "ng"], ok_class="ok",
@@ -53,7 +53,7 @@ def reference(frames: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def tiny_model(batch: Any = "N", qdq: Optional[int] = None, fp16: bool = False, spec: bool = True,
                extra: Optional[List[onnx.NodeProto]] = None, opset: int = 17) -> onnx.ModelProto:
-    """uint8 frames (batch, 16, 16, 1) -> Conv/Relu -> pool/Gemm/Softmax -> probs, ng_score, heatmap.
+    """uint8 frames (batch, H, W, 1) -> Conv/Relu -> pool/Gemm/Softmax -> probs, ng_score, heatmap.
     ``qdq``: add a QuantizeLinear/DequantizeLinear pair whose zero point has that TensorProto type."""
     inits = [numpy_helper.from_array(np.float32(255.0), "c255"), numpy_helper.from_array(np.float32(1.0), "one"),
              numpy_helper.from_array(np.pad(np.ones((1, 1, 1, 1), np.float32), ((0, 0), (0, 0), (1, 1), (1, 1))),
@@ -658,7 +658,7 @@ def test_int8_on_85_calibrates_with_a_cache_file(fakes: Fakes, onnx_file: Path, 
     np.testing.assert_array_equal(fed[2][2:], everything[8:10])
     assert engine.with_suffix(".calib").read_bytes() == b"fake calibration table"
     assert list(fakes.state.memory) == [] and fakes.balanced()  # the calibration buffer was freed
-    with pytest.raises(ExportError, match=r"calibration batch 0: expected uint8 \(n, 16, 16, 1\)"):
+    with pytest.raises(ExportError, match=rf"calibration batch 0: expected uint8 \(n, {H}, {W}, 1\)"):
         build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=[frames_of(2)[..., 0]])
 
 
@@ -986,10 +986,10 @@ def test_engine_that_does_not_fit_the_model(fakes: Fakes, onnx_file: Path, tmp_p
     info = json.loads(side.read_text())
     info[SPEC_KEY]["preprocess"]["size"] = [32, 32]
     side.write_text(json.dumps(info))
-    with pytest.raises(RunnerError, match=r"engine input \(-1, 16, 16, 1\) does not take the model's frames "
+    with pytest.raises(RunnerError, match=rf"engine input \(-1, {H}, {W}, 1\) does not take the model's frames "
                                           r"\(N, 32, 32, 1\)"):
         TrtRunner(engine)
-    info[SPEC_KEY]["preprocess"]["size"] = [16, 16]
+    info[SPEC_KEY]["preprocess"]["size"] = [H, W]
     info[SPEC_KEY]["classes"] = ["ok", "scratch", "dent"]
     side.write_text(json.dumps(info))
     with pytest.raises(RunnerError, match="engine has 2 classes, the model description 3"):
