@@ -129,6 +129,7 @@ def input_advice(ds: Dataset, sample: int = 200, seed: int = 0) -> InputAdvice:
     if p5 is not None and at(size) < MIN_DEFECT_PX:  # grow (not beyond the images' own size) until visible
         grow = min(MIN_DEFECT_PX / at(size), max(h / size[0], w / size[1]), MAX_SIDE / max(size))
         size = (_side(size[0] * grow), _side(size[1] * grow)) if grow > 1 else size
+    size = (min(size[0], _side(h + 16)), min(size[1], _side(w + 16)))  # not beyond the images (rounded up to 32)
     warning = None
     if p5 is not None and at(DEFAULT) < MIN_DEFECT_PX:
         warning = (f"at the default 224x224 the thinnest defects (5th percentile {p5:.1f} px thick in "
