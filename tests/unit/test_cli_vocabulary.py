@@ -42,7 +42,7 @@ def test_every_verb_speaks_the_vocabulary(verb: str, target: str) -> None:
     for flag, short in (("--model", "-m"), ("--data", "-d"), ("--out", "-o")):
         if flag in opts:
             assert set(opts[flag].opts) == {flag, short}, verb
-    assert ("--arch" in opts) == (verb == "train"), verb
+    assert ("--arch" in opts) == (verb in ("train", "cv")), verb  # the verbs that train take the train options
     if "--device" in opts:  # cpu | cuda[:N] | dla:N, as far as the verb's runtime has them
         assert "cuda" in (opts["--device"].help or ""), verb
 
