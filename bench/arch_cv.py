@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--img-size", default="224")
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--weights", default="auto")
     ap.add_argument("--reps", type=int, default=2000)
     ap.add_argument("--note", default="", help="what this attempt changed")
@@ -77,7 +78,7 @@ def main() -> None:
     found, reports = {}, {}
     for arch in (args.a, args.b):
         cfg = TrainConfig(arch=arch, weights=args.weights, img_size=args.img_size, epochs=args.epochs,
-                          patience=args.epochs, min_train_share=1.0)
+                          batch_size=args.batch, patience=args.epochs, min_train_share=1.0)
         work = args.work / arch
         reports[arch] = cross_validate(args.data, work, cfg, folds=args.folds).model_dump()
         found[arch] = held_out(work, args.folds)
