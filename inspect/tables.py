@@ -113,25 +113,21 @@ LINE_TABLES = Tables(PARTS, EVENTS)
 # The plant database (PostgreSQL): every line's parts and events, keyed by where they were made and the daemon
 # run's own keys
 PLANT = MetaData()
-PLANT_PARTS = Table(
-    "parts", PLANT,
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("line_row_id", BigInteger, nullable=False),  # the row's id in the line's database
-    *_data_columns(plant=True),
-    UniqueConstraint("line", "station", "camera", "run_id", "source_seq", name="plant_parts_key"),
-    Index("plant_parts_ts", "ts"),
-    Index("plant_parts_lot", "lot"),
-)
 PLANT_KEY = ("line", "station", "camera", "run_id", "source_seq")
-PLANT_EVENTS = Table(
-    "events", PLANT,
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("line_event_id", BigInteger, nullable=False),  # the event's id in the line's database
-    *_event_columns(plant=True),
-    UniqueConstraint("line", "station", "camera", "run_id", "line_event_id", name="plant_events_key"),
-    Index("plant_events_ts", "ts"),
-)
 PLANT_EVENT_KEY = ("line", "station", "camera", "run_id", "line_event_id")
+
+
+def _plant_table(name: str, line_id: str, columns: list, key: Tuple[str, ...]) -> Table:
+    """A plant table: its own id, the row's id in the line's database (``line_id``), ``columns``, unique on ``key``,
+    indexed on ``ts``."""
+    return Table(name, PLANT, Column("id", BigInteger, Identity(), primary_key=True),
+                 Column(line_id, BigInteger, nullable=False), *columns,
+                 UniqueConstraint(*key, name=f"plant_{name}_key"), Index(f"plant_{name}_ts", "ts"))
+
+
+PLANT_PARTS = _plant_table("parts", "line_row_id", _data_columns(plant=True), PLANT_KEY)
+Index("plant_parts_lot", PLANT_PARTS.c.lot)
+PLANT_EVENTS = _plant_table("events", "line_event_id", _event_columns(plant=True), PLANT_EVENT_KEY)
 SYNC_STATE = Table(
     "sync_state", PLANT,
     Column("source", Text, primary_key=True),  # one line database (host:path)

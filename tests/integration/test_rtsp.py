@@ -100,6 +100,17 @@ def _gst_python() -> Optional[str]:
     return None
 
 
+def _gst_python_or_skip() -> str:
+    """The Python that runs the server; skips without it, fails under CI (``.ci/run`` installs it)."""
+    python = _gst_python()
+    if python is None:
+        why = f"needs GStreamer's RTSP server for the system python3: apt-get install {PACKAGES}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why} (.ci/run installs it)")
+        pytest.skip(why)
+    return python
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -158,12 +169,7 @@ def _read_for(src: StreamSource, seconds: float, into: List[Capture], timeout: f
 
 
 def test_rtsp_stream_survives_a_server_restart(tmp_path: Path) -> None:
-    python = _gst_python()
-    if python is None:
-        why = f"needs GStreamer's RTSP server for the system python3: apt-get install {PACKAGES}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{why} (.ci/run installs it)")
-        pytest.skip(why)
+    python = _gst_python_or_skip()
     script = tmp_path / "rtsp_camera.py"
     script.write_text(SERVER)
     port, t0 = _free_port(), time.time()
@@ -242,12 +248,7 @@ def test_the_daemon_records_the_reconnect_and_the_lost_frames_and_the_report_sho
     from lineguard.inspect.qa import qa_figures
     from lineguard.inspect.store import ResultStore
 
-    python = _gst_python()
-    if python is None:
-        why = f"needs GStreamer's RTSP server for the system python3: apt-get install {PACKAGES}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{why} (.ci/run installs it)")
-        pytest.skip(why)
+    python = _gst_python_or_skip()
     model = random_model_dir(tmp_path / "model", split_sim(24, 64, 0, 0.2, 0.2), "cnn_lite0", 64)
     torch2onnx(model)
     script = tmp_path / "rtsp_camera.py"
