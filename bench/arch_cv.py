@@ -1,10 +1,15 @@
 """Does the transformer stream earn its place? Two architectures cross-validated at equal epochs on the same folds,
 compared paired per held-out image: delta accuracy, macro-F1 and escape rate (B - A) with bootstrap intervals
-(images resampled within each fold). One run is one attempt; every attempt is appended to the table.
+(images resampled within each fold), in percentage points. One run is one attempt; every attempt is appended to
+``--out`` (JSON) and the table of them all written beside it (``.md``).
 
     lineguard data split DIR --val 0 --test 0 --folds 5
     python bench/arch_cv.py --data DIR --work runs/bench/arch_cv --epochs 14 \\
         --a cnn_lite0 --b two_stream_lite0 --note "default fusion" --out runs/bench/arch_cv.json
+    python bench/arch_cv.py ... --b-option start_as_cnn=true --note "head starts without the class token"
+
+Each network's folds are kept in ``work/NAME`` (NAME: the architecture and its options), so a later attempt that
+changes only B trains only B.
 
 Resumable: the folds are ``lineguard cv`` runs (a fold already trained is kept). No time budget and no early stop
 before the last epoch: both networks see the same number of epochs.
@@ -19,7 +24,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+import yaml
 
+from lineguard.console import log_to_console
 from lineguard.data.format import Dataset
 from lineguard.files import atomic_write
 from lineguard.metrics import bootstrap_ci, confusion, escape_rate, macro_f1, ng_scores
@@ -59,12 +66,55 @@ def compare(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], k: int, ok: Opti
             for name, f in stats.items()}
 
 
+def options(pairs: List[str]) -> Dict[str, object]:
+    """``["depth=2", "start_as_cnn=true"]`` -> ``{"depth": 2, "start_as_cnn": True}`` (values read as YAML)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"an architecture option is KEY=VALUE, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def name(arch: str, opts: Dict[str, object]) -> str:
+    """The folder (and table) name of an architecture with options: ``two_stream_lite0+start_as_cnn=True``."""
+    return "+".join([arch, *(f"{k}={v}" for k, v in sorted(opts.items()))])
+
+
+def _pm(cv: Dict, key: str) -> str:
+    mean, std = cv["mean"].get(key), cv["std"].get(key)
+    return "n/a" if mean is None else f"{mean * 100:.2f} +- {std * 100:.2f}"
+
+
+def _delta(d: Dict, key: str) -> str:
+    if key not in d:
+        return "n/a"
+    est, lo, hi = (v * 100 for v in d[key])
+    return f"{est:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def table(done: Dict) -> str:
+    """Every attempt, one row: both networks' mean +- std over the folds and B - A with its 95% interval."""
+    lines = ["| data | A | B | what B changed | epochs | A accuracy | B accuracy | A macro-F1 | B macro-F1 "
+             "| d accuracy | d macro-F1 | d escape |", "|" + "---|" * 12]
+    for t in done["attempts"]:
+        a, b, d = t["cv"][t["a"]], t["cv"][t["b"]], t["delta_b_minus_a"]
+        lines.append(f"| {Path(t['data']).name} ({t['images']} images, {t.get('img_size', '224')}) | {t['a']} | "
+                     f"{t['b']} | {t['note']} | {t['epochs']} | {_pm(a, 'accuracy')} | {_pm(b, 'accuracy')} | "
+                     f"{_pm(a, 'macro_f1')} | {_pm(b, 'macro_f1')} | {_delta(d, 'accuracy')} | "
+                     f"{_delta(d, 'macro_f1')} | {_delta(d, 'escape_rate')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="a data set dealt into folds (data split --folds K)")
     ap.add_argument("--work", type=Path, default=Path("runs/bench/arch_cv"))
     ap.add_argument("--a", default="cnn_lite0")
     ap.add_argument("--b", default="two_stream_lite0")
+    ap.add_argument("--a-option", action="append", default=[], help="KEY=VALUE, an arch option of A (repeat)")
+    ap.add_argument("--b-option", action="append", default=[], help="KEY=VALUE, an arch option of B (repeat)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--img-size", default="224")
@@ -74,26 +124,31 @@ def main() -> None:
     ap.add_argument("--note", default="", help="what this attempt changed")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/arch_cv.json"))
     args = ap.parse_args()
+    log_to_console(False)  # the epoch lines
     t0 = time.perf_counter()
     found, reports = {}, {}
-    for arch in (args.a, args.b):
-        cfg = TrainConfig(arch=arch, weights=args.weights, img_size=args.img_size, epochs=args.epochs,
-                          batch_size=args.batch, patience=args.epochs, min_train_share=1.0)
-        work = args.work / arch
-        reports[arch] = cross_validate(args.data, work, cfg, folds=args.folds).model_dump()
-        found[arch] = held_out(work, args.folds)
+    nets = [(args.a, options(args.a_option)), (args.b, options(args.b_option))]
+    for arch, opts in nets:
+        cfg = TrainConfig(arch=arch, arch_options=opts, weights=args.weights, img_size=args.img_size,
+                          epochs=args.epochs, batch_size=args.batch, patience=args.epochs, min_train_share=1.0)
+        work = args.work / name(arch, opts)
+        reports[name(arch, opts)] = cross_validate(args.data, work, cfg, folds=args.folds).model_dump()
+        found[name(arch, opts)] = held_out(work, args.folds)
+    a, b = (name(*net) for net in nets)
     classes = Dataset.load(args.data).classes
-    cv = {arch: {"mean": r["mean"], "std": r["std"], "minutes": r["minutes"]} for arch, r in reports.items()}
-    attempt = {"a": args.a, "b": args.b, "note": args.note, "epochs": args.epochs, "folds": args.folds,
-               "data": str(args.data), "images": len(found[args.a]["labels"]),
-               "delta_b_minus_a": compare(found[args.a], found[args.b], len(classes.classes), classes.ok_index,
-                                          args.reps),
+    cv = {net: {"mean": r["mean"], "std": r["std"], "minutes": r["minutes"],
+                "epochs": [row["epochs"] for row in r["per_fold"]]} for net, r in reports.items()}
+    attempt = {"a": a, "b": b, "note": args.note, "epochs": args.epochs, "folds": args.folds,
+               "data": str(args.data), "img_size": args.img_size, "images": len(found[a]["labels"]),
+               "delta_b_minus_a": compare(found[a], found[b], len(classes.classes), classes.ok_index, args.reps),
                "cv": cv, "seconds": time.perf_counter() - t0}
     done = json.loads(args.out.read_text()) if args.out.is_file() else {"attempts": []}
     done["attempts"].append(attempt)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, json.dumps(done, indent=1))
+    atomic_write(args.out.with_suffix(".md"), table(done))
     print(json.dumps(attempt, indent=1))
+    print(table(done))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """A data set of wide parts (1 : 2.5) from the line simulator, where global context should matter: each part is
-rendered square at ``--size`` and its middle band of ``--size / 2.5`` rows kept, so scratches run long and thin
-across it. A defective part keeps its label only when most of its defect (at least half its pixels, and
-``MIN_DEFECT_PX``) lies in the band; the others are left out.
+rendered square at ``--size`` and its middle band of ``--size / 2.5`` rows kept; scratches run long (half the
+side or more, shortened only to stay on the face) and within 10 degrees of the band's length, thin and often faint,
+so seeing one whole takes the width of the part. A defective part keeps its label only when most of its defect
+(at least half its pixels, and ``MIN_DEFECT_PX``) lies in the band; the others are left out.
 
-    python bench/tall_parts.py --out runs/bench/wide --n 1500 --size 640 --seed 0
+    python bench/tall_parts.py --out runs/bench/wide --n 1100 --size 240 --seed 0     # 96 x 240 px
     lineguard data split runs/bench/wide --val 0 --test 0 --folds 5
     python bench/arch_cv.py --data runs/bench/wide --img-size 96x224 --epochs 14 --note "wide parts"
 """
@@ -19,13 +20,15 @@ from lineguard.data.imaging import sha256_bytes, write_png
 from lineguard.data.progress import track
 from lineguard.files import sync_all
 from lineguard.sim.config import OK, SIMULATOR_VERSION, SimulatorConfig
+from lineguard.sim.defects import ScratchShape
 from lineguard.sim.render import render_part
 
 MIN_DEFECT_PX = 20  # a defect with fewer pixels inside the band does not count
+LONG = ScratchShape(length=(0.5, 0.95), angle=10)
 
 
 def build(out: Path, n: int, size: int, seed: int, progress: bool = True) -> Dataset:
-    cfg = SimulatorConfig(size=size)
+    cfg = SimulatorConfig(size=size, scratch=LONG, ok_fraction=0.4)
     band = round(size / 2.5)
     top = (size - band) // 2
     origin = Origin(kind="generator", name="line-simulator-wide", version=SIMULATOR_VERSION, seed=seed)

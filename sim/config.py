@@ -7,7 +7,7 @@ from typing import List, Literal, Tuple
 from pydantic import Field, field_validator
 
 from ..config import StrictModel
-from .defects import MAKERS
+from .defects import MAKERS, ScratchShape
 from .scene import MATERIALS
 
 __all__ = ["DEFECTS", "OK", "SIMULATOR_VERSION", "SURFACES", "SimulatorConfig"]
@@ -27,6 +27,7 @@ class SimulatorConfig(StrictModel):
     defects: List[str] = Field(default_factory=lambda: list(DEFECTS), description="defect classes drawn")
     surfaces: List[str] = Field(default_factory=lambda: list(SURFACES), description="surface kinds drawn")
     noise: float = Field(1.0, ge=0.0, le=5.0, description="sensor noise scale (0 = noise-free)")
+    scratch: ScratchShape = Field(default_factory=ScratchShape, description="scratch length and direction")
 
     @field_validator("defects")
     @classmethod

@@ -1,6 +1,7 @@
 """The three defects a part can carry, drawn on a :class:`~lineguard.sim.scene.Scene` (registry :data:`MAKERS`):
 
-* ``scratch``: thin curved lines, bright or dark, 1-3 px, one to three segments;
+* ``scratch``: thin curved lines, bright or dark, 1-3 px, one to three segments (length and direction:
+  :class:`ScratchShape`);
 * ``stain``: a soft irregular film (oil, water mark, fingerprint, haze), darker, brighter or tinted;
 * ``dent``: a height bump whose slope shades the surface, plus a slight warp of the texture.
 
@@ -13,15 +14,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
+from pydantic import Field, model_validator
 
+from ..config import StrictModel
 from .maps import F32, Roi, grids, pick, roi_around, smooth_noise
 from .scene import Scene, place
 
-__all__ = ["MAKERS", "Defect", "make_defect"]
+__all__ = ["MAKERS", "Defect", "ScratchShape", "make_defect"]
 
 _SCALES = (1.0, 1.0, 0.7, 0.5, 0.3, 0.2, 0.1)  # tried in turn: smaller when the part shows little face
 _STAIN_TINTS = {"oil": (1.1, 1.0, 0.75), "water": (0.95, 1.0, 1.1), "finger": (1.03, 1.0, 0.95),
@@ -39,10 +43,27 @@ class Defect:
     tint: Optional[Tuple[np.ndarray, np.ndarray]] = None  # (alpha of the region, RGB tint)
 
 
-def make_defect(rng: np.random.Generator, sc: Scene, label: str) -> Optional[Defect]:
+class ScratchShape(StrictModel):
+    """How long scratches run and which way (``SimulatorConfig.scratch``)."""
+
+    length: Tuple[float, float] = Field((0.06, 0.45), description="share of the image side, drawn uniformly in it")
+    angle: Optional[float] = Field(
+        None, ge=0, le=90, description="every step within this many degrees of horizontal; None: any way")
+
+    @model_validator(mode="after")
+    def _range(self) -> ScratchShape:
+        lo, hi = self.length
+        if not 0 < lo <= hi <= 1.5:
+            raise ValueError(f"scratch length must be 0 < low <= high <= 1.5 (share of the side), got {self.length}")
+        return self
+
+
+def make_defect(rng: np.random.Generator, sc: Scene, label: str, scratch: Optional[ScratchShape] = None
+                ) -> Optional[Defect]:
     """A ``label`` defect on ``sc``, as large as the part's face allows (None: no room even when small)."""
+    maker = partial(_scratch, shape=scratch or ScratchShape()) if label == "scratch" else MAKERS[label]
     for k in _SCALES:
-        d = MAKERS[label](rng, sc, k)
+        d = maker(rng, sc, k)
         if d is not None:
             return d
     return None
@@ -66,18 +87,22 @@ def _on_face(din: np.ndarray, pts: np.ndarray, margin: float) -> bool:
 # scratch
 
 
-def _scratch_path(rng: np.random.Generator, din: np.ndarray, s: float, length: float) -> Optional[np.ndarray]:
-    """The points (x, y) of a curved stroke on the face, 2 px apart at 256 px (shortened until it fits)."""
+def _scratch_path(rng: np.random.Generator, din: np.ndarray, s: float, length: float,
+                  angle: Optional[float]) -> Optional[np.ndarray]:
+    """The points (x, y) of a curved stroke on the face, 2 px apart at 256 px (shortened until it fits), every
+    step within ``angle`` degrees of horizontal (None: any way)."""
     for _ in range(8):
         c = place(rng, din, 4 * s + 2)
         if c is None:
             return None
         step = 2.0 * s
         m = max(4, int(length / step))
-        phi = rng.uniform(0, 2 * math.pi)
+        phi = rng.uniform(0, 2 * math.pi) if angle is None else math.radians(rng.uniform(-angle, angle))
         bend = rng.normal(0, 1.0) / max(length, 1.0)
         sarc = np.arange(m) * step
         ang = phi + bend * sarc + np.cumsum(rng.normal(0, 0.03, m))
+        if angle is not None:  # the whole stroke keeps to the direction, not only its start
+            ang = np.clip(ang, -math.radians(angle), math.radians(angle))
         pts = np.stack([np.cumsum(np.cos(ang)) * step, np.cumsum(np.sin(ang)) * step], 1)
         pts += np.array(c) - pts.mean(0)
         if _on_face(din, pts, 3 * s + 1):
@@ -130,9 +155,9 @@ def _draw_strokes(rng: np.random.Generator, strokes: List[np.ndarray], roi: Roi,
     return canvas.astype(F32) * F32(1 / 255)
 
 
-def _scratch(rng: np.random.Generator, sc: Scene, k: float) -> Optional[Defect]:
+def _scratch(rng: np.random.Generator, sc: Scene, k: float, shape: ScratchShape = ScratchShape()) -> Optional[Defect]:
     p, size, s = sc.product, sc.size, sc.scale
-    pts = _scratch_path(rng, p.din, s, rng.uniform(0.06, 0.45) * size * k)
+    pts = _scratch_path(rng, p.din, s, rng.uniform(*shape.length) * size * k, shape.angle)
     if pts is None:
         return None
     strokes = _scratch_strokes(rng, pts, p.din, s)

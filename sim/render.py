@@ -70,7 +70,7 @@ def _render(cfg: SimulatorConfig, seed: int, index: int) -> Tuple[Part, Scene, n
     mask = np.zeros((size, size), np.uint8)
     lum, tint = clean, None
     if label != OK:
-        d = make_defect(rng, sc, label)
+        d = make_defect(rng, sc, label, cfg.scratch)
         if d is None:
             raise RuntimeError(f"seed {seed} image {index}: no room for a {label} on the part")
         lum, tint = _apply(sc, d, clean, mask)

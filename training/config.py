@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Tuple, Union
+from typing import Any, Dict, Literal, Optional, Tuple, Union
 
 import torch
 from pydantic import AliasChoices, Field, field_validator
@@ -21,6 +21,8 @@ class TrainConfig(StrictModel):
     # older runs' train.yaml and checkpoints call it 'model': both load (the one place of the rename)
     arch: str = Field("two_stream_lite0", validation_alias=AliasChoices("arch", "model"),
                       description="the network architecture, one of `lineguard.training.models.list_models()`")
+    arch_options: Dict[str, Union[bool, int, float, str]] = Field(
+        default_factory=dict, description="options of the architecture's factory, e.g. {depth: 2} for a two-stream")
     weights: Optional[str] = Field(
         "auto", description="auto (ImageNet for Lite0 backbones, else random), none, imagenet-lite0 or a file")
     img_size: Union[int, Tuple[int, int]] = Field(

@@ -252,7 +252,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.arch, num_classes=len(self.ds.classes.classes), in_chans=cfg.channels,
-                                  img_size=cfg.img_size, weights=cfg.resolved_weights())
+                                  img_size=cfg.img_size, weights=cfg.resolved_weights(), **cfg.arch_options)
         self.model.backbone.freeze(cfg.frozen_stages)
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(self.dist.device, memory_format=self.fmt)  # before EMA and DDP take views of the parameters

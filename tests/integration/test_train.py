@@ -31,7 +31,7 @@ from lineguard.sim import SimulatorConfig, simulate_dataset
 from lineguard.training.config import TrainConfig
 from lineguard.training.engine import CHECKPOINT, train
 from lineguard.training.model_dir import load_model_dir
-from lineguard.training.models import count_gmacs, create_model
+from lineguard.training.models import ModelError, count_gmacs, create_model
 
 pytestmark = pytest.mark.slow
 
@@ -208,6 +208,18 @@ def test_frozen_stages_keep_their_initial_weights(sim: Path, tmp_path: Path) -> 
     assert stem and later
     assert all(torch.equal(trained[k], initial[k]) for k in stem)
     assert not all(torch.equal(trained[k], initial[k]) for k in later)
+
+
+def test_arch_options_reach_the_model_and_its_folder(sim: Path, tmp_path: Path) -> None:
+    """config arch_options build the network (the model folder rebuilds it with them); one it does not take
+    stops the run before any work with the model's name and the option."""
+    train(TrainConfig(**QUICK, arch_options={"depth": 1, "start_as_cnn": True}), sim, tmp_path / "m",
+          progress=False, max_steps=1)
+    loaded = load_model_dir(tmp_path / "m")
+    assert len(loaded.model.fusion.blocks) == 1 and loaded.spec.arch["start_as_cnn"] is True
+    with pytest.raises(ModelError, match=r"model 'two_stream_lite0'.*'bogus'"):
+        train(TrainConfig(**QUICK, arch_options={"bogus": 1}), sim, tmp_path / "bad", progress=False, max_steps=1)
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
 
 
 def test_model_dir_files_are_whole_and_share_one_mode(quick_run: Path) -> None:

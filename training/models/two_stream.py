@@ -4,6 +4,8 @@ The CNN runs to the stride-16 stage (stride 32 for inputs over 256 px), whose ma
 transformer (1x1 conv + BN, class token, learned position embedding); the patch tokens come back through a
 zero-initialised Linear and are added to the map, and the CNN continues with the fused map. Logits come from
 [pooled last CNN features, class token]; the heatmap from the fused map and the stride-8 features.
+``start_as_cnn``: the head's class-token weights start at zero too, so the untrained network is a CNN alone and
+the transformer's share grows only as far as training finds it useful.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class TwoStream(DefectNet):
         num_heads: int = 3,
         mlp_ratio: float = 4.0,
         drop_rate: float = 0.2,
+        start_as_cnn: bool = False,
     ) -> None:
         super().__init__(backbone, num_classes, in_chans, img_size)
         grid = (self.img_size[0] // self.deep_stride, self.img_size[1] // self.deep_stride)
@@ -75,6 +78,8 @@ class TwoStream(DefectNet):
         self.fusion = TokenExchange(channels[self.deep_index], grid, depth, embed_dim, num_heads, mlp_ratio)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(channels[-1] + embed_dim, num_classes)
+        if start_as_cnn:
+            nn.init.zeros_(self.head.weight[:, channels[-1]:])
 
     def forward(self, x: Tensor) -> dict:
         self.check_input(x)

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from lineguard.sim import DEFECTS, OK, SURFACES, Part, SimulatorConfig, render_part, render_with_reference
-from lineguard.sim.defects import MAKERS
+from lineguard.sim.defects import MAKERS, ScratchShape
 from lineguard.sim.maps import magnitude
 from lineguard.sim.scene import MATERIALS
 
@@ -97,6 +97,34 @@ def test_defect_subset_and_surfaces() -> None:
     cfg = SimulatorConfig(size=64, ok_fraction=0.25, defects=["scratch"], surfaces=["glass"])
     labels = {render_part(cfg, 0, i).label for i in range(30)}
     assert labels == {"scratch", OK}
+
+
+def _extent(mask: np.ndarray) -> tuple:
+    ys, xs = np.nonzero(mask)
+    return xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+
+
+def test_scratch_shape_sets_length_and_direction() -> None:
+    """Long scratches kept within 10 degrees of horizontal run wide and flat; the default ones do not (the
+    wide-part benchmark's set); the default draws are unchanged by the option's existence."""
+    size, n = 192, 12
+    long_flat = SimulatorConfig(size=size, ok_fraction=0.0, defects=["scratch"], surfaces=["anodized"],
+                                scratch=ScratchShape(length=(0.6, 0.9), angle=10))
+    default = SimulatorConfig(size=size, ok_fraction=0.0, defects=["scratch"], surfaces=["anodized"])
+    wide = [_extent(render_part(long_flat, 0, i).mask) for i in range(n)]
+    plain = [_extent(render_part(default, 0, i).mask) for i in range(n)]
+    assert all(w > 3 * h for w, h in wide), wide  # tan(10 deg) ~ 0.18: flat wherever they run
+    assert np.median([w for w, _ in wide]) > 0.35 * size, wide  # most keep most of their length on the face
+    assert 1.5 * np.median([w for w, _ in plain]) < np.median([w for w, _ in wide]), plain
+    assert sum(w <= 3 * h for w, h in plain) >= 2, plain  # any direction: some run steeply
+    same = render_part(SimulatorConfig(size=size, ok_fraction=0.0, scratch=ScratchShape()), 0, 1)
+    assert np.array_equal(same.image, render_part(SimulatorConfig(size=size, ok_fraction=0.0), 0, 1).image)
+
+
+@pytest.mark.parametrize("bad", [{"length": (0.5, 0.2)}, {"length": (0.0, 0.3)}, {"angle": 120}])
+def test_scratch_shape_rejects_nonsense(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        SimulatorConfig(scratch=bad)
 
 
 def test_classes_are_the_configured_defects_and_ok() -> None:

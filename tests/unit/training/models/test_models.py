@@ -154,8 +154,8 @@ def test_unknown_model_is_a_model_error_with_suggestions():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_unknown_option_is_a_type_error(name):
-    with pytest.raises(TypeError, match="bogus"):
+def test_unknown_option_is_a_model_error(name):
+    with pytest.raises(ModelError, match=f"model '{name}'.*bogus"):
         create_model(name, num_classes=2, bogus=1)
 
 
@@ -200,6 +200,27 @@ def test_fusion_is_two_way():
         model.fusion.to_map.weight.normal_(0, 0.05)
     fused = _run(model, x)
     assert not torch.allclose(fused["heatmap"], moved["heatmap"])  # tokens flow back into the CNN map
+
+
+def test_start_as_cnn_leaves_the_transformer_out_until_trained():
+    """With start_as_cnn the untrained logits do not depend on the transformer stream at all; one optimiser step
+    lets it in (its head weights get a gradient), and the option is part of the rebuildable config."""
+    model = _model("two_stream_lite0", start_as_cnn=True).eval()
+    x = _input()
+    base = _run(model, x)
+    with torch.no_grad():
+        model.fusion.cls_token.normal_(0, 1.0)
+        for p in model.fusion.blocks.parameters():
+            p.normal_(0, 0.05)
+    assert torch.equal(_run(model, x)["logits"], base["logits"])
+    model.train()
+    nn.functional.cross_entropy(model(x)["logits"], torch.tensor([0, 2])).backward()
+    embed = model.fusion.embed_dim
+    assert model.head.weight.grad[:, -embed:].abs().sum() > 0
+    assert model_config(model)["start_as_cnn"] is True
+    again = create_model(**model_config(model))
+    assert torch.count_nonzero(again.head.weight[:, -embed:]) == 0
+    assert torch.count_nonzero(_model("two_stream_lite0").head.weight[:, -embed:]) > 0  # default: random
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter is deprecated
