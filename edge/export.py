@@ -72,15 +72,13 @@ def _engine(model_dir: Path, onnx_path: Path, *, batch: Union[int, str], data: O
             calib: Optional[Union[str, Path]], half: bool, int8: bool, workspace: float, device: Device) -> Path:
     """TensorRT engine. INT8: on TensorRT 8.x the entropy calibrator over ``calib``'s train split; on 10+ a
     symmetric Q/DQ ONNX (``model-int8-trt.onnx``, calibrated the same way) that TensorRT builds as is."""
-    from .onnx2engine import build_engine
+    from .onnx2engine import build_engine, installed_major
 
     frames = None
     if int8:
         if calib is None and data is None:
             raise ExportError("--int8 needs calibration images: --calib DIR (or --data DIR)")
-        from .tensorrt import import_tensorrt, trt_version
-
-        if trt_version(import_tensorrt("building a TensorRT engine"))[0] >= 10:
+        if installed_major() >= 10:
             from .quantize import onnx2int8
 
             int8_onnx = export_format("onnx-int8").path(model_dir)  # the TensorRT flavour of it, beside it

@@ -7,7 +7,8 @@ The engine goes to ``out_dir/engines/<key>.engine`` (the format table's file), `
 batch profile and device (:func:`~lineguard.edge.tensorrt.engine_key`: ``fp16-b1-cuda0``, ``int8-b4-dla0``),
 so engines of other precisions or devices sit side by side. The side-car ``<key>.json`` holds the model
 description (ONNX metadata ``lineguard.model``), the TensorRT version, GPU name and the ONNX file's sha256
-(an engine runs only where it was built), plus build seconds and DLA fallback. An engine whose side-car
+(an engine runs only where it was built), plus build seconds, DLA fallback and, for calibrated INT8, the frames
+the calibrator fed (``calibrated_on``; 0 when the scales came from the ``<key>.calib`` cache). An engine whose side-car
 records exactly this build is reused; otherwise it is rebuilt in place.
 
 Precision by TensorRT version:
@@ -32,6 +33,7 @@ Torch-free, Python 3.8.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -68,11 +70,12 @@ from lineguard.edge.tensorrt import (
 )
 from lineguard.files import atomic_write, sha256_file
 
-__all__ = ["DYNAMIC_PROFILE", "PRECISIONS", "build_engine"]
+__all__ = ["DYNAMIC_PROFILE", "PRECISIONS", "build_engine", "installed_major"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DYNAMIC_PROFILE = (1, 8, 32)  # batch "dynamic": min / opt / max frames per call
-_SAME_CALIBRATION = ("tensorrt", "gpu", "onnx_sha256")  # side-car facts under which <key>.calib still holds
+# side-car facts under which <key>.calib still holds
+_SAME_CALIBRATION = ("tensorrt", "gpu", "onnx_sha256", "calib_sha256")
 
 _log = logging.getLogger(__name__)
 
@@ -85,6 +88,12 @@ def _as_export_error() -> Iterator[None]:
         raise ExportError(str(e)) from None
 
 
+def installed_major() -> int:
+    """The major version of the installed TensorRT; :class:`ExportError` when it is missing or too old."""
+    with _as_export_error():
+        return trt_version(import_tensorrt("building a TensorRT engine"))[0]
+
+
 def build_engine(onnx_path: Union[str, Path], out_dir: Union[str, Path], *, precision: str = "fp16",
                  batch: Union[int, str] = 1, workspace_gib: float = 2.0, device: Union[str, Device] = "cuda",
                  calib_frames: Optional[Iterable[np.ndarray]] = None, cache: bool = True) -> Path:
@@ -92,7 +101,8 @@ def build_engine(onnx_path: Union[str, Path], out_dir: Union[str, Path], *, prec
 
     ``batch``: an int (fixed batch) or "dynamic" (profile 1/8/32). ``device``: cuda, cuda:N or dla:N.
     ``calib_frames``: a uint8 (n, H, W, C) array, or an iterable of such batches, for INT8 calibration of a
-    float ONNX on TensorRT 8.x. ``cache=False`` rebuilds, and recalibrates instead of reading ``<key>.calib``."""
+    float ONNX on TensorRT 8.x; their sha256 is part of the cache key (other frames: calibrated and built again).
+    ``cache=False`` rebuilds, and recalibrates instead of reading ``<key>.calib``."""
     onnx_path = Path(onnx_path)
     target = parse_device(device, ENGINE.devices, ExportError)
     profile = _profile(precision, batch, workspace_gib, target)
@@ -102,25 +112,29 @@ def build_engine(onnx_path: Union[str, Path], out_dir: Union[str, Path], *, prec
         spec = spec_of_model(model, str(onnx_path))
         check_weights(onnx_path, weights, spec, "onnx", model_dir=out_dir)  # never an engine of stale weights
     check_engine_io(model, onnx_path, spec, batch)
+    h, w = spec.preprocess.size
+    calib, calib_sha256 = _calibration_set(calib_frames, (h, w, spec.preprocess.channels))
     with _as_export_error():
         trt = import_tensorrt("building a TensorRT engine")
         cuda = import_pycuda("building a TensorRT engine")
     if trt_version(trt) <= (8, 5):  # 8.6 reads more (LayerNormalization, opset 18)
         check_tensorrt(model, "8.5")
     quantized = is_qdq(model)
-    check_engine_precision(model, onnx_path, precision, trt_version(trt)[0], quantized, calib_frames is not None)
+    check_engine_precision(model, onnx_path, precision, trt_version(trt)[0], quantized, calib is not None,
+                           dla=target.kind == "dla")
     with _as_export_error():
         gpu, context = open_device(cuda, target.index if target.kind == "cuda" else 0)
     try:
         with pushed(cuda, context):
             meta = {"tensorrt": trt.__version__, "gpu": gpu, "precision": precision, "batch": batch,
-                    "profile": list(profile), "device": str(target), "onnx_sha256": sha256_file(onnx_path)}
+                    "profile": list(profile), "device": str(target), "onnx_sha256": sha256_file(onnx_path),
+                    "calib_sha256": calib_sha256}
             engine = ENGINE.path(out_dir, engine_key(precision, profile, target))
             previous = _previous(engine)
             if cache and engine.is_file() and previous.get(WEIGHTS_KEY) == weights and _same(previous, meta):
                 return engine
             job = _Build(trt, cuda, onnx_path, spec, input_convs(model), quantized, precision=precision,
-                         profile=profile, workspace_gib=workspace_gib, device=target, calib_frames=calib_frames,
+                         profile=profile, workspace_gib=workspace_gib, device=target, calib_frames=calib,
                          calib_cache=engine.with_suffix(".calib"),
                          reuse_calib=cache and _same(previous, meta, _SAME_CALIBRATION))
             _build_and_write(engine, job, meta, weights)
@@ -151,7 +165,8 @@ def _build_and_write(engine: Path, job: _Build, meta: Dict[str, Any], weights: O
     sidecar_path(engine).unlink(missing_ok=True)
     atomic_write(engine, plan)
     side = dict(meta, format="lineguard-engine", workspace_gib=job.workspace_gib,
-                build_seconds=round(time.perf_counter() - start, 1), dla_gpu_fallback=fallback)
+                build_seconds=round(time.perf_counter() - start, 1), dla_gpu_fallback=fallback,
+                calibrated_on=job.calibrated_on)
     side[SPEC_KEY] = job.spec.model_dump(mode="json")
     side[WEIGHTS_KEY] = weights  # the runner refuses the engine once the model directory's weights change
     atomic_write(sidecar_path(engine), json.dumps(side, indent=2))
@@ -191,7 +206,7 @@ class _Build:
     profile: Tuple[int, int, int]
     workspace_gib: float
     device: Device
-    calib_frames: Optional[Iterable[np.ndarray]]
+    calib_frames: Optional[List[np.ndarray]]
     calib_cache: Path
     reuse_calib: bool
 
@@ -201,6 +216,7 @@ class _Build:
         self.mark = self.log.seq
         h, w = self.spec.preprocess.size
         self.frame = (h, w, self.spec.preprocess.channels)
+        self.calibrated_on: Optional[int] = None  # INT8 calibration: frames fed (0: the scales came from .calib)
 
     def errors(self) -> str:
         return "; ".join(self.log.errors(self.mark)[-5:]) or "no error logged"
@@ -219,6 +235,7 @@ class _Build:
         finally:
             if calibrator is not None:
                 calibrator.buffer.free()  # now, while the CUDA context is current
+                self.calibrated_on = calibrator.seen
         if calibrator is not None and calibrator.error is not None:
             raise calibrator.error
         if plan is None:
@@ -307,19 +324,29 @@ def _dla_fallback(network: Any, config: Any) -> Optional[List[str]]:
             if not config.can_run_on_DLA(layer)]
 
 
-def _rebatch(frames: Union[np.ndarray, Iterable[np.ndarray]], shape: Tuple[int, ...]) -> Iterator[np.ndarray]:
-    """uint8 (n, H, W, C) arrays (or one such array) regrouped into C-contiguous batches of exactly shape[0]
-    frames; the last partial batch is filled by repeating its frames."""
-    size, frame = shape[0], tuple(shape[1:])
-    if isinstance(frames, np.ndarray):
-        frames = [frames]
-    pending: List[np.ndarray] = []
-    have = 0
-    for i, arr in enumerate(frames):
+def _calibration_set(frames: Optional[Union[np.ndarray, Iterable[np.ndarray]]], frame: Tuple[int, int, int]
+                     ) -> Tuple[Optional[List[np.ndarray]], Optional[str]]:
+    """The calibration batches, each checked to be uint8 (n, *frame), and the sha256 of their frames in order
+    (None, None without any)."""
+    if frames is None:
+        return None, None
+    batches = [frames] if isinstance(frames, np.ndarray) else list(frames)
+    digest = hashlib.sha256()
+    for i, arr in enumerate(batches):
         if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != frame:
             got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
             raise ExportError(f"calibration batch {i}: expected uint8 (n, {', '.join(map(str, frame))}) frames, "
                               f"got {got}")
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return batches, digest.hexdigest()
+
+
+def _rebatch(frames: Sequence[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """uint8 (n, H, W, C) arrays regrouped into C-contiguous batches of exactly ``size`` frames; the last partial
+    batch is filled by repeating its frames."""
+    pending: List[np.ndarray] = []
+    have = 0
+    for arr in frames:
         pending.append(arr)
         have += len(arr)
         while have >= size:
@@ -331,41 +358,57 @@ def _rebatch(frames: Union[np.ndarray, Iterable[np.ndarray]], shape: Tuple[int, 
         yield np.ascontiguousarray(rest[np.arange(size) % len(rest)])
 
 
-def _calibrator(trt: Any, cuda: Any, frames: Optional[Iterable[np.ndarray]], shape: Tuple[int, ...], cache: Path,
+def _calibrator(trt: Any, cuda: Any, frames: Optional[List[np.ndarray]], shape: Tuple[int, ...], cache: Path,
                 reuse: bool) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``frames`` in batches of ``shape`` through one pycuda buffer;
-    its calibration cache is ``cache`` (read back only when ``reuse``). Errors land in ``.error``:
-    TensorRT swallows exceptions raised inside the callbacks."""
+    its calibration cache is ``cache`` (read back only when ``reuse``). TensorRT prints an exception raised
+    inside a callback and goes on (calibration ends early, the build "succeeds"), so every callback catches
+    everything into ``.error``, the first one kept, and the builder fails with it."""
 
     class _EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
-            self.batches = _rebatch(frames if frames is not None else (), shape)
+            self.batches = _rebatch(frames or [], shape[0])
             self.buffer = cuda.mem_alloc(int(np.prod(shape)))
             self.seen = 0
             self.error: Optional[ExportError] = None
+
+        def failed(self, what: str, e: Exception) -> None:
+            if self.error is None:
+                self.error = e if isinstance(e, ExportError) else ExportError(
+                    f"INT8 calibration failed while {what}: {type(e).__name__}: {e}")
 
         def get_batch_size(self) -> int:
             return shape[0]
 
         def get_batch(self, names: List[str]) -> Optional[List[int]]:
+            if self.error is not None:
+                return None
             try:
                 batch = next(self.batches, None)
-            except ExportError as e:
-                self.error, batch = e, None
-            if batch is None:
-                if not self.seen and self.error is None:
-                    self.error = ExportError("calib_frames held no frames to calibrate INT8 on")
+                if batch is None:
+                    if not self.seen:
+                        self.error = ExportError("calib_frames held no frames to calibrate INT8 on")
+                    return None
+                cuda.memcpy_htod(self.buffer, batch)
+                self.seen += len(batch)
+                return [int(self.buffer)]
+            except Exception as e:  # see the docstring: TensorRT would swallow it
+                self.failed("feeding a batch", e)
                 return None
-            cuda.memcpy_htod(self.buffer, batch)
-            self.seen += len(batch)
-            return [int(self.buffer)]
 
         def read_calibration_cache(self) -> Optional[bytes]:
-            return cache.read_bytes() if reuse and cache.is_file() else None
+            try:
+                return cache.read_bytes() if reuse and cache.is_file() else None
+            except Exception as e:  # TensorRT would swallow it
+                self.failed(f"reading {cache}", e)
+                return None
 
         def write_calibration_cache(self, data: Any) -> None:
-            atomic_write(cache, bytes(data))
+            try:
+                atomic_write(cache, bytes(data))
+            except Exception as e:  # TensorRT would swallow it
+                self.failed(f"writing {cache}", e)
 
     return _EntropyCalibrator()
 

@@ -11,8 +11,11 @@ Targets:
   the 10.x line); no operator list: the 10.x parser supports far more, and the build itself parses
   the graph.
 
-Both reject nodes outside the default ONNX domain (``com.microsoft`` fused ops, ``ai.onnx.ml``,
-custom domains): TensorRT's parser knows only the default domain without plugins.
+Both refuse a uint8 input that feeds anything but a Cast to FLOAT/FLOAT16 (:func:`uint8_input_problems`:
+TensorRT 8.5 gives no other layer UINT8, 10.x supports UINT8 only as network input or output, so the frames
+must go straight into a Cast; NVIDIA/TensorRT#3985). Both reject nodes outside the default ONNX domain
+(``com.microsoft`` fused ops, ``ai.onnx.ml``, custom domains): TensorRT's parser knows only the default domain
+without plugins.
 Nodes inside subgraphs (``If``/``Loop``/``Scan`` bodies) are checked too.
 :func:`input_convs` names the convolutions that read the (normalised) input frame: INT8 keeps them in
 higher precision (see ``quantize``). :func:`check_engine_io` and :func:`check_engine_precision` refuse,
@@ -33,7 +36,7 @@ from lineguard.edge.formats import ExportError
 from lineguard.edge.runners.base import INPUT, OUTPUTS
 
 __all__ = ["OPSET_LIMITS", "TRT85_OPS", "check_engine_io", "check_engine_precision", "check_tensorrt", "input_convs",
-           "is_qdq", "iter_nodes", "load_onnx", "tensorrt_problems"]
+           "is_qdq", "iter_nodes", "load_onnx", "tensorrt_problems", "uint8_input_problems"]
 
 # Highest default-domain opset each target's ONNX parser reads. 8.5: "TensorRT 8.5 supports operators up
 # to Opset 17" (onnx-tensorrt docs/operators.md, 8.5 release); 10: "TensorRT 10.0 supports operators in
@@ -100,12 +103,33 @@ def tensorrt_problems(model: onnx.ModelProto, trt: str = "8.5") -> List[str]:
                 f"(export with opset_version={limit})"
                 for imp in model.opset_import
                 if imp.domain in _DEFAULT_DOMAINS and imp.version > limit]
+    problems += uint8_input_problems(model)
     for i, node in enumerate(iter_nodes(model.graph)):
         what = f"node '{node.name}' ({node.op_type})" if node.name else f"unnamed node #{i} ({node.op_type})"
         if node.domain not in _DEFAULT_DOMAINS:
             problems.append(f"{what}: domain '{node.domain}' is not ONNX's default domain")
         elif trt == "8.5" and node.op_type not in TRT85_OPS:
             problems.append(f"{what}: not supported by TensorRT 8.5's ONNX parser")
+    return problems
+
+
+def uint8_input_problems(model: onnx.ModelProto) -> List[str]:
+    """Each consumer of a uint8 graph input that is not a Cast to FLOAT or FLOAT16 (TensorRT needs that Cast
+    first); [] when every one goes straight into a Cast."""
+    weights = {t.name for t in model.graph.initializer}
+    uint8 = [i.name for i in model.graph.input
+             if i.name not in weights and i.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
+    to_float = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    problems = []
+    for name in uint8:
+        for node in model.graph.node:
+            if name not in node.input:
+                continue
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            if node.op_type != "Cast" or to not in to_float:
+                what = f"'{node.name}' ({node.op_type})" if node.name else f"a {node.op_type} node"
+                problems.append(f"uint8 input '{name}' feeds {what}: TensorRT takes a uint8 input only straight "
+                                "into a Cast to FLOAT/FLOAT16 (cast the frames before any other op)")
     return problems
 
 
@@ -164,6 +188,9 @@ def check_engine_io(model: onnx.ModelProto, path: Path, spec: ModelSpec, batch: 
     if len(dims) != 4 or dims[1:] != [h, w, spec.preprocess.channels]:
         raise ExportError(f"{path}: input '{INPUT}' has shape {dims}, the model description says "
                           f"(N, {h}, {w}, {spec.preprocess.channels})")
+    order = uint8_input_problems(model)
+    if order:
+        raise ExportError(f"{path}: {order[0]}; re-export it with this lineguard (`lineguard export --format onnx`)")
     if dims[0] is not None and batch != dims[0]:
         raise ExportError(f"{path}: exported with a fixed batch of {dims[0]}; build with batch={dims[0]} or "
                           "re-export with a dynamic batch")
@@ -174,9 +201,13 @@ def check_engine_io(model: onnx.ModelProto, path: Path, spec: ModelSpec, batch: 
 
 
 def check_engine_precision(model: onnx.ModelProto, path: Path, precision: str, major: int, quantized: bool,
-                           calibrated: bool) -> None:
+                           calibrated: bool, dla: bool = False) -> None:
     """Refuse a precision TensorRT ``major`` cannot build from this ONNX (``quantized``: it holds Q/DQ nodes;
-    ``calibrated``: calibration frames were given), naming the fix."""
+    ``calibrated``: calibration frames were given; ``dla``: for a DLA core), naming the fix."""
+    if dla and quantized and major < 10:
+        raise ExportError(f"{path}: TensorRT {major}'s DLA does not take explicitly quantized (Q/DQ) networks "
+                          "(TensorRT-DLA guide); build DLA INT8 from the float ONNX with calibration frames "
+                          "(`--calib DIR`), or build this one for a GPU (cuda:N)")
     if precision == "int8" and quantized:
         _check_qdq(model, path)
     elif precision == "int8" and major >= 10:
@@ -191,8 +222,9 @@ def check_engine_precision(model: onnx.ModelProto, path: Path, precision: str, m
                           f"precision {precision} from a {'Q/DQ' if quantized else 'float'} ONNX")
     if precision == "fp16" and major >= 11 and not _is_fp16(model):
         raise ExportError(f"{path}: TensorRT {major} builds strongly typed networks only, so precision comes from "
-                          "the ONNX; this one is FP32. Convert it first (ModelOpt AutoCast: `python -m "
-                          "modelopt.onnx.autocast --onnx_path model.onnx`) or build precision fp32")
+                          "the ONNX; this one is FP32. Convert it first, keeping the uint8 input and FP32 outputs the "
+                          "runner takes (ModelOpt AutoCast: `python -m modelopt.onnx.autocast --onnx_path model.onnx "
+                          "--keep_io_types`) or build precision fp32")
 
 
 def _check_qdq(model: onnx.ModelProto, path: Path) -> None:

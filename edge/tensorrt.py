@@ -29,9 +29,9 @@ from lineguard.edge.formats import export_format
 from lineguard.edge.runners.base import SPEC_KEY, WEIGHTS_KEY, RunnerError, one_line, optional_import
 from lineguard.files import FileError, read_regular
 
-__all__ = ["ENGINE", "REBUILD", "EngineEntry", "EngineSidecar", "engine_key", "import_cudart", "import_pycuda",
-           "import_tensorrt", "list_engines", "open_device", "pushed", "read_sidecar", "sidecar_path", "trt_logger",
-           "trt_version"]
+__all__ = ["ENGINE", "MIN_TENSORRT", "REBUILD", "EngineEntry", "EngineSidecar", "engine_key", "import_cudart",
+           "import_pycuda", "import_tensorrt", "list_engines", "open_device", "pushed", "read_sidecar", "sidecar_path",
+           "trt_logger", "trt_version"]
 
 ENGINE = export_format("engine")
 TRT_HINT = ("on a Jetson, JetPack ships TensorRT for the system Python 3.8 through apt (python3-libnvinfer): "
@@ -40,6 +40,7 @@ PYCUDA_HINT = "pip install pycuda (it compiles against CUDA: nvcc on PATH or CUD
 CUDA_PYTHON_HINT = ("pip install cuda-python (on JetPack 5 / CUDA 11.4 an 11.x release with a cp38 aarch64 "
                     "wheel); pycuda has no stream capture")
 REBUILD = "rebuild it with `lineguard export --format engine` on this machine"
+MIN_TENSORRT = (8, 5)  # uint8 network inputs (DataType.UINT8) arrived in 8.5; JetPack 4's 8.2 lacks them
 MAX_SIDECAR_BYTES = 1 << 24  # a side-car is a few kB of JSON
 SUMMARY = ("precision", "batch", "profile", "device", "tensorrt", "gpu", "build_seconds")  # list_engines
 
@@ -48,8 +49,13 @@ _LOGGERS: Dict[Any, Any] = {}  # one capturing logger per tensorrt module: Tenso
 
 
 def import_tensorrt(what: str) -> Any:
-    """The ``tensorrt`` module, or :class:`RunnerError` saying how to install it."""
-    return optional_import("tensorrt", TRT_HINT, what)
+    """The ``tensorrt`` module, or :class:`RunnerError` saying how to install it, or that it is older than
+    :data:`MIN_TENSORRT`."""
+    trt = optional_import("tensorrt", TRT_HINT, what)
+    if trt_version(trt) < MIN_TENSORRT:
+        raise RunnerError(f"{what} needs TensorRT {'.'.join(map(str, MIN_TENSORRT))} or newer (JetPack 5 on a "
+                          f"Jetson); this one is {trt.__version__}, which has no uint8 network inputs")
+    return trt
 
 
 def import_pycuda(what: str) -> Any:

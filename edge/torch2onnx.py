@@ -55,7 +55,8 @@ class FrameModel(nn.Module):
         self.defect = [i for i in range(len(spec.classes)) if i != spec.ok_index]
 
     def forward(self, frames: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = frames.permute(0, 3, 1, 2).float() * self.scale + self.shift
+        # Cast first: TensorRT takes a uint8 network input only straight into a Cast (onnx_check.uint8_input_problems)
+        x = frames.float().permute(0, 3, 1, 2) * self.scale + self.shift
         out = self.model(x)
         logits = out["logits"].float()
         probs = logits.sigmoid() if self.multi_label else logits.softmax(1)

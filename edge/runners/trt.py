@@ -51,8 +51,11 @@ class TrtRunner(Runner):
 
     Buffers (page-locked host, device) are allocated once at the largest batch; ``batch_range`` is the
     optimisation profile's (min, max) for a dynamic-batch engine, else (b, b). ``cuda_graph=True`` captures
-    one CUDA graph per batch size (after one warm-up enqueue) through cuda-python and replays it; without
-    cuda-python that is a :class:`RunnerError`, never a silent fallback."""
+    one CUDA graph per batch size through cuda-python and replays it; without cuda-python that is a
+    :class:`RunnerError`, never a silent fallback. Each captured batch size gets an execution context of its
+    own, set to that shape once (one warm-up enqueue, then the capture) and never changed: a graph replayed on
+    a context that has run another shape since would skip the work TensorRT does after a shape change. Each
+    such context holds its own activation memory, so capture the few batch sizes the line uses."""
 
     backend = "trt"
 
@@ -65,7 +68,7 @@ class TrtRunner(Runner):
         self._lock = threading.Lock()
         self._host: Dict[str, np.ndarray] = {}
         self._dev: Dict[str, Any] = {}
-        self._graphs: Dict[int, Any] = {}
+        self._graphs: Dict[int, Tuple[Any, Any]] = {}  # batch size -> (its context, its graph)
         self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
@@ -176,10 +179,10 @@ class TrtRunner(Runner):
                 mark = trt_logger(self._trt).seq
                 host[INPUT][:n] = frames
                 cuda.memcpy_htod_async(dev[INPUT], host[INPUT][:n], stream)
-                if not self._context.set_input_shape(INPUT, (n, h, w, c)):
-                    raise RunnerError(f"{self.path}: the engine refused a batch of {n}{self._errors(mark)}")
                 if self._cudart is None:
-                    self._enqueue(mark)
+                    if not self._context.set_input_shape(INPUT, (n, h, w, c)):
+                        raise RunnerError(f"{self.path}: the engine refused a batch of {n}{self._errors(mark)}")
+                    self._enqueue(self._context, mark)
                 else:
                     self._launch_graph(n, mark)
                 for name in OUTPUTS:
@@ -194,8 +197,8 @@ class TrtRunner(Runner):
         except self._cuda.Error as e:
             raise RunnerError(f"{self.path}: CUDA error: {e}") from None
 
-    def _enqueue(self, mark: int) -> None:
-        if not self._context.execute_async_v3(self._stream.handle):
+    def _enqueue(self, context: Any, mark: int) -> None:
+        if not context.execute_async_v3(self._stream.handle):
             raise RunnerError(f"{self.path}: TensorRT execution failed{self._errors(mark)}")
 
     def _cuda_ok(self, result: Tuple[Any, ...], what: str) -> Any:
@@ -205,17 +208,29 @@ class TrtRunner(Runner):
             raise RunnerError(f"{self.path}: CUDA graph {what} failed: {result[0]}")
         return result[1] if len(result) > 1 else None
 
+    def _graph_context(self, n: int, mark: int) -> Any:
+        """A new execution context fixed at batch ``n``, wired to the shared buffers."""
+        h, w, c = self.input_shape
+        context = self._engine.create_execution_context()
+        if context is None or not context.set_input_shape(INPUT, (n, h, w, c)):
+            raise RunnerError(f"{self.path}: TensorRT could not set up a context for a batch of {n}"
+                              f"{self._errors(mark)}")
+        for name, buffer in self._dev.items():
+            context.set_tensor_address(name, int(buffer))
+        return context
+
     def _launch_graph(self, n: int, mark: int) -> None:
-        """Replay the CUDA graph for batch ``n``, capturing it first (after one warm-up enqueue)."""
+        """Replay the CUDA graph for batch ``n``; the first time, give ``n`` its own context (see the class
+        docstring), enqueue once outside the capture (TensorRT's deferred per-shape work), then capture."""
         rt = self._cudart
         stream = rt.cudaStream_t(self._stream.handle)
-        graph_exec = self._graphs.get(n)
-        if graph_exec is None:
-            self._enqueue(mark)  # TensorRT does its deferred per-shape work outside the capture
+        if n not in self._graphs:
+            context = self._graph_context(n, mark)
+            self._enqueue(context, mark)
             mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
             self._cuda_ok(rt.cudaStreamBeginCapture(stream, mode), "capture")
             try:
-                enqueued = self._context.execute_async_v3(self._stream.handle)
+                enqueued = context.execute_async_v3(self._stream.handle)
             finally:
                 graph = self._cuda_ok(rt.cudaStreamEndCapture(stream), "capture")
             try:
@@ -225,8 +240,8 @@ class TrtRunner(Runner):
                 graph_exec = self._cuda_ok(rt.cudaGraphInstantiateWithFlags(graph, 0), "instantiation")
             finally:
                 rt.cudaGraphDestroy(graph)
-            self._graphs[n] = graph_exec
-        self._cuda_ok(rt.cudaGraphLaunch(graph_exec, stream), "launch")
+            self._graphs[n] = (context, graph_exec)
+        self._cuda_ok(rt.cudaGraphLaunch(self._graphs[n][1], stream), "launch")
 
     def close(self) -> None:
         """Free graphs, buffers and TensorRT objects, release the CUDA context (idempotent)."""
@@ -236,7 +251,7 @@ class TrtRunner(Runner):
             self._closed = True
             try:
                 with pushed(self._cuda, self._ctx):
-                    for graph_exec in self._graphs.values():
+                    for _context, graph_exec in self._graphs.values():
                         self._cudart.cudaGraphExecDestroy(graph_exec)
                     for buffer in self._dev.values():
                         buffer.free()

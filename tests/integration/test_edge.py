@@ -17,7 +17,7 @@ from lineguard.data.format import Dataset, DatasetError
 from lineguard.edge.bench import bench, recommend
 from lineguard.edge.export import export
 from lineguard.edge.formats import ExportError
-from lineguard.edge.onnx_check import input_convs
+from lineguard.edge.onnx_check import input_convs, uint8_input_problems
 from lineguard.edge.quantize import onnx2int8
 from lineguard.edge.runners import RunnerError, load_runner
 from lineguard.edge.runners.base import WEIGHTS_KEY
@@ -42,6 +42,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory, sim: Path, random_model_d
     return model_dir
 
 
+def _frames_go_straight_into_a_cast(graph: onnx.ModelProto) -> None:
+    """What TensorRT needs of a uint8 input (NVIDIA/TensorRT#3985): every consumer a Cast to FLOAT."""
+    readers = [n for n in graph.graph.node if "frames" in n.input]
+    assert [n.op_type for n in readers] == ["Cast"], [n.op_type for n in readers]
+    assert readers[0].attribute[0].i == onnx.TensorProto.FLOAT and uint8_input_problems(graph) == []
+
+
 def test_onnx_takes_uint8_frames_and_matches_pytorch(exported: Path, sim: Path) -> None:
     graph = onnx.load(str(exported / "model.onnx"))
     assert {o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")} == {17}
@@ -49,6 +56,7 @@ def test_onnx_takes_uint8_frames_and_matches_pytorch(exported: Path, sim: Path) 
     inp = graph.graph.input[0]
     assert inp.name == "frames" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, SIZE, SIZE, 1]
+    _frames_go_straight_into_a_cast(graph)
     parity = json.loads((exported / "model.onnx.parity.json").read_text())
     assert parity["passed"] and parity["argmax_agreement"] == 1.0 and parity["max_abs_diff"] <= 1e-3
     assert parity["images"] == len(Dataset.load(sim).split("test"))
@@ -70,6 +78,7 @@ def test_dynamic_batch_gives_the_same_scores(exported: Path, sim: Path, tmp_path
     from lineguard.edge.torch2onnx import torch2onnx
 
     torch2onnx(exported, out=dyn, batch="dynamic")
+    _frames_go_straight_into_a_cast(onnx.load(str(dyn)))
     r = OrtRunner(dyn, threads=1)
     assert r.batch_range == (1, 64)
     frames, _ = dataset_frames(sim, r.spec, split="test", limit=5)
@@ -79,6 +88,7 @@ def test_dynamic_batch_gives_the_same_scores(exported: Path, sim: Path, tmp_path
 def test_int8_is_qdq_with_unsigned_activations_and_reports(exported: Path, sim: Path, tmp_path: Path) -> None:
     out = onnx2int8(exported / "model.onnx", sim, out=tmp_path / "model-int8.onnx", calib_images=16, max_drop=None)
     graph = onnx.load(str(out))
+    _frames_go_straight_into_a_cast(graph)  # the quantiser keeps the order
     ops = [n.op_type for n in graph.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     inits = {t.name: t for t in graph.graph.initializer}
@@ -103,6 +113,9 @@ def test_int8_is_qdq_with_unsigned_activations_and_reports(exported: Path, sim: 
     assert meta[WEIGHTS_KEY] == sha256_file(exported / "model.safetensors")  # carried from model.onnx
     r = load_runner(out)
     assert r.backend == "ort-int8" and r.predict(dataset_frames(sim, r.spec, limit=3)[0]).probs.shape[0] == 3
+    sym = onnx2int8(exported / "model.onnx", sim, out=tmp_path / "model-int8-trt.onnx", calib_images=8,
+                    max_drop=None, symmetric=True)  # TensorRT's flavour: its frames too go straight into a Cast
+    _frames_go_straight_into_a_cast(onnx.load(str(sym)))
     with pytest.raises(ExportError, match="accuracy points"):  # a limit nothing can meet: the check bites
         onnx2int8(exported / "model.onnx", sim, out=tmp_path / "strict.onnx", calib_images=8, max_drop=-1.0)
     assert not (tmp_path / "strict.onnx").exists() and (tmp_path / "strict.onnx.report.json").exists()

@@ -10,6 +10,7 @@ TensorRT, pycuda and a GPU exist.
 from __future__ import annotations
 
 import enum
+import importlib.util
 import json
 import sys
 import types
@@ -25,7 +26,13 @@ from lineguard.data.modelspec import ModelSpec
 from lineguard.edge.export import export
 from lineguard.edge.formats import FORMATS, ExportError, Format, export_format
 from lineguard.edge.onnx2engine import build_engine
-from lineguard.edge.onnx_check import TRT85_OPS, check_tensorrt, tensorrt_problems
+from lineguard.edge.onnx_check import (
+    TRT85_OPS,
+    check_engine_io,
+    check_tensorrt,
+    tensorrt_problems,
+    uint8_input_problems,
+)
 from lineguard.edge.runners import load_runner, resolve_model_file
 from lineguard.edge.runners.base import INPUT, OUTPUTS, SPEC_KEY, WEIGHTS_KEY, RunnerError
 from lineguard.edge.runners.trt import TrtRunner
@@ -52,9 +59,12 @@ def reference(frames: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def tiny_model(batch: Any = "N", qdq: Optional[int] = None, fp16: bool = False, spec: bool = True,
-               extra: Optional[List[onnx.NodeProto]] = None, opset: int = 17) -> onnx.ModelProto:
-    """uint8 frames (batch, H, W, 1) -> Conv/Relu -> pool/Gemm/Softmax -> probs, ng_score, heatmap.
-    ``qdq``: add a QuantizeLinear/DequantizeLinear pair whose zero point has that TensorProto type."""
+               extra: Optional[List[onnx.NodeProto]] = None, opset: int = 17,
+               transpose_first: bool = False) -> onnx.ModelProto:
+    """uint8 frames (batch, H, W, 1) -> Cast -> Transpose -> Conv/Relu -> pool/Gemm/Softmax -> probs, ng_score,
+    heatmap (the exporter's order). ``qdq``: add a QuantizeLinear/DequantizeLinear pair whose zero point has
+    that TensorProto type; ``transpose_first``: the frames go through the Transpose before the Cast (what the
+    exporter wrote before it cast first, which TensorRT cannot build)."""
     inits = [numpy_helper.from_array(np.float32(255.0), "c255"), numpy_helper.from_array(np.float32(1.0), "one"),
              numpy_helper.from_array(np.pad(np.ones((1, 1, 1, 1), np.float32), ((0, 0), (0, 0), (1, 1), (1, 1))),
                                      "conv_w"),
@@ -63,9 +73,13 @@ def tiny_model(batch: Any = "N", qdq: Optional[int] = None, fp16: bool = False, 
                                                                                            "s1"),
              numpy_helper.from_array(np.array([-1], np.int64), "flat")]
     x = "x01"
-    nodes = [helper.make_node("Cast", [INPUT], ["f"], to=TensorProto.FLOAT, name="cast"),
-             helper.make_node("Transpose", ["f"], ["t"], perm=[0, 3, 1, 2], name="nchw"),
-             helper.make_node("Div", ["t", "c255"], [x], name="scale")]
+    if transpose_first:
+        nodes = [helper.make_node("Transpose", [INPUT], ["u8t"], perm=[0, 3, 1, 2], name="nchw"),
+                 helper.make_node("Cast", ["u8t"], ["t"], to=TensorProto.FLOAT, name="cast")]
+    else:
+        nodes = [helper.make_node("Cast", [INPUT], ["f"], to=TensorProto.FLOAT, name="cast"),
+                 helper.make_node("Transpose", ["f"], ["t"], perm=[0, 3, 1, 2], name="nchw")]
+    nodes.append(helper.make_node("Div", ["t", "c255"], [x], name="scale"))
     if qdq is not None:
         zero = np.zeros((), helper.tensor_dtype_to_np_dtype(qdq))
         inits += [numpy_helper.from_array(np.float32(1 / 127), "q_scale"), numpy_helper.from_array(zero, "q_zero")]
@@ -125,6 +139,25 @@ def test_check_accepts_conv_relu_gemm_softmax() -> None:
     assert tensorrt_problems(tiny_model()) == []
     assert tensorrt_problems(tiny_model(qdq=TensorProto.INT8)) == []
     check_tensorrt(tiny_model())
+
+
+def test_uint8_frames_must_go_straight_into_a_cast(tmp_path: Path) -> None:
+    """TensorRT takes a uint8 input only into a Cast (8.5 has no UINT8 Transpose; 10 has UINT8 only at the I/O):
+    the check refuses the old exporter order on both targets, and the builder refuses it before TensorRT."""
+    ort = pytest.importorskip("onnxruntime")
+    old = tiny_model(transpose_first=True)
+    session = ort.InferenceSession(old.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = frames_of(2)
+    np.testing.assert_allclose(session.run(["probs"], {INPUT: x})[0], reference(x)[0], atol=1e-5)  # ORT runs it
+    for target in ("8.5", "10"):
+        (problem,) = tensorrt_problems(old, target)
+        assert "uint8 input 'frames' feeds 'nchw' (Transpose)" in problem and "Cast" in problem
+    assert uint8_input_problems(tiny_model()) == []
+    not_float = tiny_model()
+    not_float.graph.node[0].attribute[0].i = TensorProto.INT32
+    assert "feeds 'cast' (Cast)" in uint8_input_problems(not_float)[0]
+    with pytest.raises(ExportError, match=r"old\.onnx: uint8 input 'frames' feeds 'nchw' \(Transpose\).*re-export"):
+        check_engine_io(old, tmp_path / "old.onnx", SPEC, "dynamic")
 
 
 def test_check_rejects_layernorm_on_85_only() -> None:
@@ -280,7 +313,14 @@ def make_tensorrt(version: str, state: CudaState, rec: Recorder) -> types.Module
             pass
 
     ILogger.Severity = Severity
-    trt.ILogger = ILogger
+
+    class Logger(ILogger):
+        WARNING = Severity.WARNING
+
+        def __init__(self, min_severity: Any = None) -> None:
+            super().__init__()
+
+    trt.ILogger, trt.Logger = ILogger, Logger
     trt.NetworkDefinitionCreationFlag = enum.IntEnum(
         "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, **({"STRONGLY_TYPED": 5} if major >= 10 else {})})
     trt.BuilderFlag = enum.Enum("BuilderFlag", ["GPU_FALLBACK", "TF32", "PREFER_PRECISION_CONSTRAINTS"]
@@ -447,11 +487,15 @@ def make_tensorrt(version: str, state: CudaState, rec: Recorder) -> types.Module
             return context
 
     class Context:
+        """Like TensorRT's: after a shape change the next enqueue does per-shape work, so a CUDA graph captured
+        before the change is stale on this context (replaying it is an error here)."""
+
         def __init__(self, engine: Engine) -> None:
             self.engine, self.n = engine, 0
             self.addresses: Dict[str, int] = {}
             self.shapes: List[int] = []
             self.runs: List[int] = []
+            self.shape_changes = 0
 
         def set_input_shape(self, name: str, shape: Tuple[int, ...]) -> bool:
             static = self.engine.plan["input"]
@@ -459,6 +503,7 @@ def make_tensorrt(version: str, state: CudaState, rec: Recorder) -> types.Module
                                                                     self.engine.plan["profile"][2][0])
             if name != INPUT or list(shape[1:]) != static[1:] or not lo <= shape[0] <= hi:
                 return False
+            self.shape_changes += self.n != shape[0]
             self.n = shape[0]
             self.shapes.append(self.n)
             return True
@@ -473,10 +518,16 @@ def make_tensorrt(version: str, state: CudaState, rec: Recorder) -> types.Module
         def execute_async_v3(self, stream: int) -> bool:
             state.current()
             if stream in state.capturing:
-                state.capturing[stream].append(lambda n=self.n: self.run(n))
+                state.capturing[stream].append(lambda n=self.n, seen=self.shape_changes: self.replay(n, seen))
             else:
                 self.run(self.n)
             return True
+
+        def replay(self, n: int, seen: int) -> None:
+            if self.shape_changes != seen:
+                raise RuntimeError(f"fake TensorRT: a graph captured at batch {n} replayed on a context whose "
+                                   "shape changed since")
+            self.run(n)
 
         def run(self, n: int) -> None:
             size = n * H * W
@@ -687,7 +738,7 @@ def test_int8_from_10_needs_symmetric_qdq(fakes: Fakes, onnx_file: Path, tmp_pat
 def test_trt11_is_strongly_typed_without_precision_flags(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
     trt = fakes.install(version="11.0.0").trt
     assert not hasattr(trt.BuilderFlag, "FP16") and not hasattr(trt, "IInt8EntropyCalibrator2")
-    with pytest.raises(ExportError, match=r"strongly typed.*FP32.*ModelOpt AutoCast"):
+    with pytest.raises(ExportError, match=r"strongly typed.*FP32.*ModelOpt AutoCast.*--keep_io_types"):
         build_engine(onnx_file, tmp_path, precision="fp16")
     for model, precision in [(tiny_model(), "fp32"), (tiny_model(fp16=True), "fp16"),
                              (tiny_model(qdq=TensorProto.INT8), "int8")]:
@@ -741,12 +792,78 @@ def test_calibration_cache_is_reused_only_for_the_same_onnx(fakes: Fakes, onnx_f
     engine = build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=frames_of(4))
     assert engine.name == "int8-b2-cuda0.engine" and len(fakes.rec.calib_batches) == 2
     side = sidecar_path(engine)
+    assert json.loads(side.read_text())["calibrated_on"] == 4
     side.write_text(side.read_text().replace('"profile"', '"old_profile"'))  # not this build's side-car any more
     build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=frames_of(4))
     assert len(fakes.rec.builds) == 2 and len(fakes.rec.calib_batches) == 2  # rebuilt from <key>.calib
+    assert json.loads(side.read_text())["calibrated_on"] == 0
     save(tiny_model(fp16=True), onnx_file)
     build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=frames_of(4))
     assert len(fakes.rec.builds) == 3 and len(fakes.rec.calib_batches) == 4  # another ONNX: calibrated again
+
+
+def test_other_calibration_frames_calibrate_and_build_again(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
+    """The calibration set is part of the cache key: the same frames reuse the INT8 engine, other frames (even
+    one changed pixel) calibrate and build it again instead of silently keeping the old one."""
+    a = frames_of(4, seed=1)
+    engine = build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=a)
+    digest = json.loads(sidecar_path(engine).read_text())["calib_sha256"]
+    assert len(digest) == 64 and len(fakes.rec.builds) == 1 and len(fakes.rec.calib_batches) == 2
+    assert build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=[a[:1], a[1:]]) == engine
+    assert len(fakes.rec.builds) == 1  # the same frames, batched otherwise: cached
+    b = a.copy()
+    b[3, 0, 0, 0] ^= 1
+    build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=b)
+    assert len(fakes.rec.builds) == 2 and len(fakes.rec.calib_batches) == 4  # calibrated again, not from .calib
+    assert json.loads(sidecar_path(engine).read_text())["calib_sha256"] != digest
+    assert json.loads(sidecar_path(build_engine(onnx_file, tmp_path)).read_text())["calib_sha256"] is None
+
+
+def test_calibration_errors_fail_the_build(fakes: Fakes, onnx_file: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT prints an exception raised in a calibrator callback and builds on; the builder fails instead,
+    with the error, and writes no engine."""
+    driver = sys.modules["pycuda.driver"]
+
+    def broken(*args: Any) -> None:
+        raise driver.Error("cuMemcpyHtoD failed: an illegal memory access was encountered")
+
+    monkeypatch.setattr(driver, "memcpy_htod", broken)
+    with pytest.raises(ExportError, match=r"INT8 calibration failed while feeding a batch: Error: cuMemcpyHtoD"):
+        build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=frames_of(4))
+    assert not list((tmp_path / "engines").glob("*.engine")) and fakes.balanced()
+    monkeypatch.undo()
+    fakes.install()
+    (tmp_path / "engines" / "int8-b2-cuda0.calib").mkdir(parents=True)  # the cache cannot be written
+    with pytest.raises(ExportError, match=r"INT8 calibration failed while writing .*int8-b2-cuda0\.calib"):
+        build_engine(onnx_file, tmp_path, precision="int8", batch=2, calib_frames=frames_of(4))
+    assert not list((tmp_path / "engines").glob("*.engine"))
+
+
+@pytest.mark.parametrize("version", ["8.4.3.1", "8.2.1.8", "7.1.3"])
+def test_tensorrt_older_than_85_is_refused(monkeypatch: pytest.MonkeyPatch, onnx_file: Path, tmp_path: Path,
+                                           version: str) -> None:
+    fakes = Fakes(monkeypatch).install()
+    engine = build_engine(onnx_file, tmp_path)
+    fakes.install(version=version)
+    with pytest.raises(ExportError, match=rf"needs TensorRT 8\.5 or newer.*this one is {version}"):
+        build_engine(onnx_file, tmp_path)
+    with pytest.raises(RunnerError, match=rf"the TensorRT runner needs TensorRT 8\.5 or newer.*{version}"):
+        TrtRunner(engine)
+    assert not fakes.rec.builds and fakes.rec.deserialized == 0
+
+
+def test_dla_refuses_a_qdq_model_on_8(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
+    """TensorRT 8's DLA takes no explicitly quantized network: refused with the way that works (calibration)."""
+    s8 = save(tiny_model(qdq=TensorProto.INT8), tmp_path / "s8.onnx")
+    for precision in ("int8", "fp16"):
+        with pytest.raises(ExportError, match=r"s8\.onnx: TensorRT 8's DLA does not take explicitly quantized.*"
+                                              r"--calib DIR"):
+            build_engine(s8, tmp_path, precision=precision, device="dla:0")
+    assert not fakes.rec.builds
+    engine = build_engine(onnx_file, tmp_path, precision="int8", device="dla:0", calib_frames=frames_of(2))
+    assert engine.name == "int8-b1-dla0.engine" and fakes.rec.calib_batches  # calibrated DLA INT8 builds
+    build_engine(s8, tmp_path, precision="int8")  # the Q/DQ model on the GPU builds
 
 
 def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch, onnx_file: Path,
@@ -762,6 +879,15 @@ def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch, on
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
     with pytest.raises(RunnerError, match=r"'pycuda\.driver'.*pip install pycuda"):
         TrtRunner(engine)
+
+
+def test_export_int8_without_tensorrt_is_an_export_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """export's INT8 path asks the TensorRT version before building: a missing package is an ExportError there
+    too (the CLI's export verb reports ExportErrors), with the install hint."""
+    d = model_folder(tmp_path / "m")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(ExportError, match=r"building a TensorRT engine needs the Python package 'tensorrt'"):
+        export(d, "engine", int8=True, calib=tmp_path / "images")
 
 
 def test_engine_records_the_weights_and_refuses_stale_ones(fakes: Fakes, tmp_path: Path) -> None:
@@ -1009,16 +1135,47 @@ def test_no_cuda_device(fakes: Fakes, onnx_file: Path, tmp_path: Path) -> None:
         TrtRunner(engine, device="cuda:1")
 
 
-def test_cuda_graph_one_per_batch_size(monkeypatch: pytest.MonkeyPatch, onnx_file: Path, tmp_path: Path) -> None:
+def test_cuda_graph_one_context_per_batch_size(monkeypatch: pytest.MonkeyPatch, onnx_file: Path,
+                                               tmp_path: Path) -> None:
+    """Batch sizes that come and go ([1, 8, 3, 8, 1, 32], as the smoke script runs them): each captured graph
+    replays on a context of its own whose shape never changed (the fake fails a graph replayed on a context
+    that ran another shape since its capture), with the outputs of the runner without graphs."""
     fakes = Fakes(monkeypatch).install(cudart=True)
-    with TrtRunner(build_engine(onnx_file, tmp_path, batch="dynamic"), cuda_graph=True) as runner:
-        for n in (5, 5, 3):
-            x = frames_of(n, seed=n)
-            np.testing.assert_allclose(runner.predict(x).probs, reference(x)[0], rtol=1e-6)
-        assert len(runner._graphs) == 2 and fakes.state.launches == 3
-        assert fakes.rec.contexts[-1].runs == [5, 5, 5, 3, 3]  # warm-up + launch, launch, warm-up + launch
+    engine = build_engine(onnx_file, tmp_path, batch="dynamic")
+    sizes = (1, 8, 3, 8, 1, 32)
+    with TrtRunner(engine) as plain:
+        want = [plain.predict(frames_of(n, seed=i)) for i, n in enumerate(sizes)]
+    first = len(fakes.rec.contexts)
+    with TrtRunner(engine, cuda_graph=True) as runner:
+        for i, n in enumerate(sizes):
+            got = runner.predict(frames_of(n, seed=i))
+            for a, b in zip(got.__dict__.values(), want[i].__dict__.values()):
+                np.testing.assert_allclose(a, b, rtol=1e-6)
+        assert sorted(runner._graphs) == [1, 3, 8, 32] and fakes.state.launches == len(sizes)
+        main, *graphs = fakes.rec.contexts[first:]
+        assert main.runs == [] and [c.shapes for c in graphs] == [[1], [8], [3], [32]]  # set once, never changed
+        assert [c.runs for c in graphs] == [[1, 1, 1], [8, 8, 8], [3, 3], [32, 32]]  # warm-up, then launches
         assert runner.describe()["cuda_graph"] is True
-    assert fakes.state.graphs_destroyed == 2 and fakes.balanced()
+    assert fakes.state.graphs_destroyed == 4 and fakes.balanced() and fakes.state.memory == {}
+
+
+def test_the_fake_context_fails_a_graph_replayed_after_a_shape_change(monkeypatch: pytest.MonkeyPatch,
+                                                                       onnx_file: Path, tmp_path: Path) -> None:
+    """What the test above relies on: capturing on one context and changing its shape breaks the replay."""
+    fakes = Fakes(monkeypatch).install(cudart=True)
+    with TrtRunner(build_engine(onnx_file, tmp_path, batch="dynamic")) as runner:
+        context, state, stream = runner._context, fakes.state, 7
+        state.depth += 1  # a current context, as the runner pushes one
+        context.set_input_shape(INPUT, (1, H, W, 1))
+        state.capturing[stream] = []
+        context.execute_async_v3(stream)
+        (replay,) = state.capturing.pop(stream)
+        replay()  # same shape: fine
+        context.set_input_shape(INPUT, (8, H, W, 1))
+        context.set_input_shape(INPUT, (1, H, W, 1))
+        with pytest.raises(RuntimeError, match="shape changed since"):
+            replay()
+        state.depth -= 1
 
 
 def test_cuda_graph_without_cuda_python_is_an_error(fakes: Fakes, monkeypatch: pytest.MonkeyPatch,
@@ -1029,6 +1186,52 @@ def test_cuda_graph_without_cuda_python_is_an_error(fakes: Fakes, monkeypatch: p
     with pytest.raises(RunnerError, match=r"cuda_graph=True needs cuda-python.*pip install cuda-python"):
         TrtRunner(engine, cuda_graph=True)
     assert fakes.state.detached == 1  # the build's: the runner never opened the device
+
+
+# ---------------------------------------------------------------- the hardware smoke script, against the fakes
+
+@pytest.fixture
+def smoke(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """bench/trt_smoke.py as a module (registered while the test runs: its dataclass needs that)."""
+    spec = importlib.util.spec_from_file_location("trt_smoke", Path(__file__).parents[3] / "bench" / "trt_smoke.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "trt_smoke", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_script_dry_run_lists_every_check(smoke: types.ModuleType, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(sys, "argv", ["trt_smoke.py", "--dry-run"])
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    smoke.main()
+    plan = json.loads(capsys.readouterr().out)["checks"]
+    assert [c["check"] for c in plan] == [c.name for c in smoke.CHECKS] and len(plan) == 9
+    assert all(c["would"].startswith("skip: no tensorrt") for c in plan if c["check"] != "export-order")
+
+
+def test_smoke_script_runs_its_checks_against_the_fakes(smoke: types.ModuleType, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    """The script the first GPU will run, run here on the fakes (8.5, a Xavier with 2 DLA cores, cuda-python):
+    every check passes (the export check on model.onnx as it is), so a hardware run spends its minutes on the
+    hardware, not on the script's own mistakes."""
+    pytest.importorskip("onnxruntime")
+    fakes = Fakes(monkeypatch).install(cudart=True)
+    have = smoke._have
+    monkeypatch.setattr(smoke, "_have", lambda m: m != "torch" and have(m))  # no torch: model.onnx as it is
+    out = tmp_path / "smoke.json"
+    monkeypatch.setattr(sys, "argv", ["trt_smoke.py", "--model", str(model_folder(tmp_path / "m")), "--work",
+                                      str(tmp_path / "work"), "--out", str(out)])
+    smoke.main()
+    checks = json.loads(out.read_text())["checks"]
+    assert {k: v["status"] for k, v in checks.items()} == {c.name: "passed" for c in smoke.CHECKS}, checks
+    assert checks["versions"]["tensorrt"] == "8.5.2.2" and checks["versions"]["dla_cores"] == 2
+    assert checks["float-engines"]["fp16-dynamic"]["max_abs_diff_probs"] < 1e-5
+    assert checks["int8"] == {**checks["int8"], "calibrated_on": 64, "rebuilt_from_cache": True}
+    assert checks["dla"]["gpu_fallback"] == ["cast (Cast)", "softmax (Softmax)"]
+    assert "TensorRT 0.0.0" in checks["refusals"]["other-tensorrt"]
+    assert "cannot deserialize" in checks["refusals"]["truncated"]
+    assert {"b1", "b8", "b32"} <= set(checks["latency"]) and fakes.balanced()
 
 
 # ---------------------------------------------------------------- the real thing, where it exists
