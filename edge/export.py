@@ -94,15 +94,17 @@ def _engine(model_dir: Path, onnx_path: Path, *, batch: Union[int, str], data: O
 
 
 def _current(model_dir: Path, onnx_path: Path) -> bool:
-    """Can ``onnx_path`` be used as it is: it exists, is readable and records the sha256 of the model
-    directory's weights file (:func:`~lineguard.edge.runners.base.check_weights`; no weights file: it is used)?"""
+    """Can ``onnx_path`` be used as it is: it exists, is readable, records the sha256 of the model directory's
+    weights file (:func:`~lineguard.edge.runners.base.check_weights`; no weights file: it is used) and casts its
+    frames first (an export of an older lineguard transposed them before the cast, which TensorRT cannot build)?"""
     if not onnx_path.is_file():
         return False
-    from .onnx_check import load_onnx
+    from .onnx_check import load_onnx, uint8_input_problems
 
     try:
-        recorded = {p.key: p.value for p in load_onnx(onnx_path).metadata_props}.get(WEIGHTS_KEY)
+        model = load_onnx(onnx_path)
+        recorded = {p.key: p.value for p in model.metadata_props}.get(WEIGHTS_KEY)
         check_weights(onnx_path, recorded, ModelSpec.load(model_dir), "onnx", model_dir)
     except (ExportError, RunnerError):
         return False  # unreadable or stale: export it again
-    return True
+    return not uint8_input_problems(model)

@@ -976,6 +976,25 @@ def test_every_format_file_is_what_export_writes_and_load_runner_finds(fakes: Fa
     assert resolve_model_file(d, fmt.backend, key) == written
 
 
+def test_export_engine_reexports_an_onnx_that_transposes_before_its_cast(fakes: Fakes, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model.onnx from before the Cast-first export is not current: `export --format engine` exports it again
+    (here a stand-in for torch2onnx writes the fixed graph) instead of handing TensorRT what it cannot build."""
+    d = model_folder(tmp_path / "m")
+    old = tiny_model(transpose_first=True)
+    helper.set_model_props(old, {SPEC_KEY: json.dumps(SPEC.model_dump(mode="json")),
+                                 WEIGHTS_KEY: sha256_file(d / SPEC.weights)})
+    save(old, d / "model.onnx")
+    fixed = onnx.load(str(model_folder(tmp_path / "fixed") / "model.onnx"))
+    calls: List[Path] = []
+    t2o = types.ModuleType("lineguard.edge.torch2onnx")
+    t2o.torch2onnx = lambda model_dir, out, **kw: calls.append(out) or save(fixed, out)
+    monkeypatch.setitem(sys.modules, "lineguard.edge.torch2onnx", t2o)
+    engine = export(d, "engine")
+    assert calls == [d / "model.onnx"] and engine.is_file()
+    assert uint8_input_problems(onnx.load(str(d / "model.onnx"))) == []
+
+
 def test_export_engine_devices(fakes: Fakes, tmp_path: Path) -> None:
     d = model_folder(tmp_path / "m")
     assert export(d, "engine", device="cuda:0") == d / "engines" / "fp32-b1-cuda0.engine"
