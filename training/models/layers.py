@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import Conv2dSame
+from timm.layers import Conv2dSame, DropPath
 from timm.layers.padding import pad_same_arg
 from timm.models import FeatureDictNet
 from torch import Tensor, nn
@@ -76,19 +76,22 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block (DeiT): x + attn(norm(x)), then x + mlp(norm(x)) with GELU."""
+    """Pre-norm transformer block (DeiT): x + attn(norm(x)), then x + mlp(norm(x)) with GELU; ``drop_path``:
+    stochastic depth on both residual branches while training (an identity in eval and in the export)."""
 
-    def __init__(self, dim: int, num_heads: int, num_tokens: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, num_heads: int, num_tokens: int, mlp_ratio: float = 4.0,
+                 drop_path: float = 0.0) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = LayerNorm(dim)
         self.attn = Attention(dim, num_heads, num_tokens)
         self.norm2 = LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class StaticSameConv2d(nn.Conv2d):

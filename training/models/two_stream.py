@@ -4,6 +4,7 @@ The CNN runs to the stride-16 stage (stride 32 for inputs over 256 px), whose ma
 transformer (1x1 conv + BN, class token, learned position embedding); the patch tokens come back through a
 zero-initialised Linear and are added to the map, and the CNN continues with the fused map. Logits come from
 [pooled last CNN features, class token]; the heatmap from the fused map and the stride-8 features.
+``drop_path``: stochastic depth in the transformer blocks (the last block's rate; 0 off).
 ``start_as_cnn``: the head's class-token weights start at zero too, so the untrained network is a CNN alone and
 the transformer's share grows only as far as training finds it useful.
 """
@@ -25,7 +26,8 @@ class TokenExchange(nn.Module):
     """Map (B, C, h, w) -> (map + tokens back-projected, normed class token) through ``depth`` blocks."""
 
     def __init__(
-        self, channels: int, grid: Tuple[int, int], depth: int, embed_dim: int, num_heads: int, mlp_ratio: float
+        self, channels: int, grid: Tuple[int, int], depth: int, embed_dim: int, num_heads: int, mlp_ratio: float,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.channels, self.grid, self.embed_dim = channels, grid, embed_dim
@@ -34,7 +36,8 @@ class TokenExchange(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, embed_dim))
         tokens = 1 + self.num_patches
-        self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, tokens, mlp_ratio) for _ in range(depth)))
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # rising with depth (DeiT)
+        self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, tokens, mlp_ratio, r) for r in rates))
         self.norm = LayerNorm(embed_dim)
         self.to_map = nn.Linear(embed_dim, channels)
         self.apply(_init_vit)
@@ -70,12 +73,14 @@ class TwoStream(DefectNet):
         num_heads: int = 3,
         mlp_ratio: float = 4.0,
         drop_rate: float = 0.2,
+        drop_path: float = 0.0,
         start_as_cnn: bool = False,
     ) -> None:
         super().__init__(backbone, num_classes, in_chans, img_size)
         grid = (self.img_size[0] // self.deep_stride, self.img_size[1] // self.deep_stride)
         channels = self.backbone.channels
-        self.fusion = TokenExchange(channels[self.deep_index], grid, depth, embed_dim, num_heads, mlp_ratio)
+        self.fusion = TokenExchange(channels[self.deep_index], grid, depth, embed_dim, num_heads, mlp_ratio,
+                                    drop_path)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(channels[-1] + embed_dim, num_classes)
         if start_as_cnn:

@@ -202,6 +202,23 @@ def test_fusion_is_two_way():
     assert not torch.allclose(fused["heatmap"], moved["heatmap"])  # tokens flow back into the CNN map
 
 
+def test_drop_path_drops_blocks_in_training_only():
+    """Stochastic depth: training outputs vary with the draw, eval outputs equal those of the model without it
+    (same weights), so ONNX export and parity are unaffected."""
+    model = _model("two_stream_lite0", drop_path=0.5)
+    plain = _model("two_stream_lite0")
+    plain.load_state_dict(model.state_dict())
+    rates = [getattr(b.drop_path, "drop_prob", 0.0) for b in model.fusion.blocks]
+    assert rates == pytest.approx([0, 1 / 6, 1 / 3, 0.5])
+    x = _input()
+    assert torch.equal(_run(model, x)["logits"], _run(plain, x)["logits"])
+    model.train()
+    with torch.no_grad():
+        model.fusion.to_map.weight.normal_(0, 0.05)
+        runs = [model(x)["logits"] for _ in range(4)]
+    assert any(not torch.allclose(runs[0], r) for r in runs[1:])
+
+
 def test_start_as_cnn_leaves_the_transformer_out_until_trained():
     """With start_as_cnn the untrained logits do not depend on the transformer stream at all; one optimiser step
     lets it in (its head weights get a gradient), and the option is part of the rebuildable config."""
