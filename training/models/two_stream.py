@@ -5,6 +5,8 @@ transformer (1x1 conv + BN, class token, learned position embedding); the patch 
 zero-initialised Linear and are added to the map, and the CNN continues with the fused map. Logits come from
 [pooled last CNN features, class token]; the heatmap from the fused map and the stride-8 features.
 ``drop_path``: stochastic depth in the transformer blocks (the last block's rate; 0 off).
+``late_depth``: a second exchange of that many blocks on the last CNN stage (stride 32), fused the same way,
+its class token beside the first in the head (fusion at two stages, as Conformer fuses at every stage).
 ``start_as_cnn``: the head's class-token weights start at zero too, so the untrained network is a CNN alone and
 the transformer's share grows only as far as training finds it useful.
 """
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import Block, DefectNet, LayerNorm, constant_pad
-from .registry import ImgSize, register_model
+from .registry import ImgSize, ModelError, register_model
 
 __all__ = ["TokenExchange", "TwoStream"]
 
@@ -75,14 +77,24 @@ class TwoStream(DefectNet):
         drop_rate: float = 0.2,
         drop_path: float = 0.0,
         start_as_cnn: bool = False,
+        late_depth: int = 0,
     ) -> None:
         super().__init__(backbone, num_classes, in_chans, img_size)
-        grid = (self.img_size[0] // self.deep_stride, self.img_size[1] // self.deep_stride)
-        channels = self.backbone.channels
-        self.fusion = TokenExchange(channels[self.deep_index], grid, depth, embed_dim, num_heads, mlp_ratio,
-                                    drop_path)
+        h, w = self.img_size
+        channels, last = self.backbone.channels, len(self.backbone.channels) - 1
+        self.fusion = TokenExchange(channels[self.deep_index], (h // self.deep_stride, w // self.deep_stride), depth,
+                                    embed_dim, num_heads, mlp_ratio, drop_path)
+        self.late = None
+        if late_depth:
+            if self.deep_index == last:
+                raise ModelError(f"late_depth: the first exchange is on the last stage already at {h}x{w} "
+                                 "(inputs over 256 px); no later stage to exchange at")
+            stride = self.backbone.reductions[last]
+            self.late = TokenExchange(channels[last], (h // stride, w // stride), late_depth, embed_dim, num_heads,
+                                      mlp_ratio, drop_path)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(channels[-1] + embed_dim, num_classes)
+        tokens = embed_dim * (2 if self.late is not None else 1)
+        self.head = nn.Linear(channels[-1] + tokens, num_classes)
         if start_as_cnn:
             nn.init.zeros_(self.head.weight[:, channels[-1]:])
 
@@ -91,7 +103,12 @@ class TwoStream(DefectNet):
         feats = self.backbone.run(x, stop=self.deep_index)
         fused, cls = self.fusion(feats[-1])
         feats = [*feats[:-1], fused, *self.backbone.run(fused, start=self.deep_index + 1)]
-        pooled = torch.cat([feats[-1].mean((2, 3)), cls], dim=1)
+        classes = [cls]
+        if self.late is not None:
+            last, late_cls = self.late(feats[-1])
+            feats[-1] = last
+            classes.append(late_cls)
+        pooled = torch.cat([feats[-1].mean((2, 3)), *classes], dim=1)
         return {
             "logits": self.head(self.head_drop(pooled)),
             "heatmap": self.heatmap_head(feats[self.fine_index], fused),

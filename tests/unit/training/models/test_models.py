@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lineguard.data.preprocess import Preprocess
+from lineguard.edge.onnx_check import check_tensorrt
 from lineguard.training.config import TrainConfig
 from lineguard.training.models import (
     CnnStream,
@@ -200,6 +201,27 @@ def test_fusion_is_two_way():
         model.fusion.to_map.weight.normal_(0, 0.05)
     fused = _run(model, x)
     assert not torch.allclose(fused["heatmap"], moved["heatmap"])  # tokens flow back into the CNN map
+
+
+def test_late_exchange_fuses_at_the_last_stage_too(tmp_path):
+    """late_depth: a second token exchange on the stride-32 map (zero-initialised back-projection: the map
+    passes unchanged at the start), its class token in the head; exports for TensorRT 8.5 like the default."""
+    model = _model("two_stream_lite0", late_depth=2).eval()
+    x = _input()
+    last = model.backbone.run(x)[-1]
+    with torch.no_grad():
+        assert torch.equal(model.late(last)[0], last)
+        assert model.late.grid == (SIZE // 32, SIZE // 32) and len(model.late.blocks) == 2
+    assert model.head.in_features == model.backbone.channels[-1] + 2 * model.fusion.embed_dim
+    base = _run(model, x)
+    with torch.no_grad():
+        model.late.cls_token.normal_(0, 1.0)
+    assert not torch.allclose(_run(model, x)["logits"], base["logits"])  # the late class token reaches the logits
+    path = tmp_path / "late.onnx"
+    torch.onnx.export(model, (x,), str(path), opset_version=17, dynamo=False)
+    check_tensorrt(str(path))
+    with pytest.raises(ModelError, match="last stage already at 320x320"):
+        _model("two_stream_lite0", late_depth=1, img_size=320)
 
 
 def test_drop_path_drops_blocks_in_training_only():
