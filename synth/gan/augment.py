@@ -12,7 +12,7 @@ of the side, zero fill), ``cutout`` (a square of half the side set to 0 in the i
 ``color`` (brightness, contrast, and saturation on RGB).
 
     aug = AdaptiveAugment(["flip", "translation", "cutout", "color"], batch_size=32)
-    img, mask = aug(img, mask)          # img in [-1, 1], mask in [0, 1], both (N, ., H, W)
+    img, mask = aug(img, mask)          # img ~[-1, 1], mask ~[0, 1] (0 background), both (N, ., H, W)
     aug.update(d_real_logits)           # after each D step
 """
 
@@ -88,18 +88,20 @@ class AdaptiveAugment:
     """DiffAugment ops at probability ``p``, steered ADA-style toward ``target`` when ``adaptive``.
 
     Every ``interval`` calls of :meth:`update`, ``p`` moves by ``sign(r_t - target) * images / (speed_kimg * 1000)``
-    (clamped to [0, 1]), ``images`` being the logits seen since the last move: p can cross [0, 1] in
-    ``speed_kimg`` thousand real images at most. ``rt`` is the last r_t measured."""
+    (clamped to [0, ``p_max``]), ``images`` being the logits seen since the last move: p can cross [0, 1] in
+    ``speed_kimg`` thousand real images at most. ``rt`` is the last r_t measured. The cap keeps a noisy r_t
+    (few logits, fast steering) from driving p to 1, where augmentations start to leak into G's samples."""
 
     def __init__(self, ops: Sequence[str], p: float = 0.0, target: float = 0.6, speed_kimg: float = 100.0,
-                 interval: int = 4, adaptive: bool = True) -> None:
+                 interval: int = 4, adaptive: bool = True, p_max: float = 1.0) -> None:
         self.ops, self.p, self.target, self.speed_kimg = list(ops), float(p), target, speed_kimg
-        self.interval, self.adaptive = interval, adaptive
+        self.interval, self.adaptive, self.p_max = interval, adaptive, p_max
         self.rt = 0.0
         self._sign_sum, self._count, self._calls = 0.0, 0, 0
 
     def __call__(self, img: torch.Tensor, mask: torch.Tensor) -> Pair:
-        """Augmented (image, mask); the image has C channels in [-1, 1], the mask one in [0, 1]."""
+        """Augmented (image, mask); the image has C channels ~[-1, 1], the mask one ~[0, 1] (0: background, the
+        fill of translation and cutout)."""
         if self.p <= 0 or not self.ops:
             return img, mask
         c = img.shape[1]
@@ -125,7 +127,7 @@ class AdaptiveAugment:
         self.rt = self._sign_sum / max(self._count, 1)
         if self.adaptive:
             step = self._count / (self.speed_kimg * 1000)
-            self.p = min(1.0, max(0.0, self.p + (step if self.rt > self.target else -step)))
+            self.p = min(self.p_max, max(0.0, self.p + (step if self.rt > self.target else -step)))
         self._sign_sum, self._count = 0.0, 0
 
     def state_dict(self) -> Dict[str, Union[float, int]]:

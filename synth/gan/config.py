@@ -41,6 +41,7 @@ class AdaConfig(StrictModel):
                                  description="flip: x-flip + quarter turns; color: brightness, contrast, saturation")
     adaptive: bool = Field(True, description="ADA; False keeps p at p_init (DiffAugment proper: p_init 1.0)")
     p_init: float = Field(0.0, ge=0.0, le=1.0)
+    p_max: float = Field(0.8, gt=0.0, le=1.0, description="ceiling of the adaptive p (augmentations leak near 1)")
     target: float = Field(0.6, gt=0.0, lt=1.0, description="ADA target of r_t")
     speed_kimg: float = Field(100.0, gt=0.0, description="p can move from 0 to 1 in this many kimg at most")
     interval: int = Field(4, ge=1, description="D steps between updates of p")
@@ -55,6 +56,9 @@ class GanConfig(StrictModel):
     z_dim: int = Field(256, ge=1)
     w_dim: int = Field(256, ge=1)
     mapping_layers: int = Field(4, ge=1)
+    mapping_lr_mul: float = Field(
+        0.01, gt=0.0, le=1.0, description="the mapping network's learning-rate multiplier: StyleGAN's 0.01 barely "
+                                          "moves it in a short run (0.04% in 250 steps); 0.1 for CPU budgets")
     channel_base: int = Field(8192, ge=16)
     channel_max: int = Field(256, ge=1)
     mbstd_group: int = Field(4, ge=1, description="minibatch-stddev group size")
@@ -132,16 +136,18 @@ def cpu_preset() -> GanConfig:
     """64x64 gray on a 2-core CPU: 24 channels at 64 px, 48 at 32, 96 at 16, 128 below; batch 16; 80 kimg
     (measured on the 2-core dev machine: 39 s/kimg with both cores free, so ~52 min; 2.3 h on one core
     shared with another job); ADA steered fast (p 0 -> 1 in 20 kimg at most); R1 by ADA's rule
-    (0.0002 * 64^2 / 16); a short EMA. Its generator made ~140 patches/s on that one busy core."""
-    return GanConfig(resolution=64, z_dim=128, w_dim=128, mapping_layers=2, channel_base=1536, channel_max=128,
-                     batch_size=16, lr_g=0.002, lr_d=0.002, r1_gamma=0.05, style_mixing=0.5, ema_kimg=2.0,
-                     augment=AdaConfig(speed_kimg=20.0), kimg=80.0, tick_kimg=1.0, snapshot_kimg=5.0,
+    (0.0002 * 64^2 / 16); a short EMA; the mapping network at 10x StyleGAN's learning-rate multiplier, so w
+    moves within the budget. Its generator made ~140 patches/s on that one busy core."""
+    return GanConfig(resolution=64, z_dim=128, w_dim=128, mapping_layers=2, mapping_lr_mul=0.1, channel_base=1536,
+                     channel_max=128, batch_size=16, lr_g=0.002, lr_d=0.002, r1_gamma=0.05, style_mixing=0.5,
+                     ema_kimg=2.0, augment=AdaConfig(speed_kimg=20.0), kimg=80.0, tick_kimg=1.0, snapshot_kimg=5.0,
                      sample_kimg=5.0)
 
 
 def gpu_preset() -> GanConfig:
-    """64x64 on one GPU: StyleGAN2-ADA-like widths (256 at every resolution), batch 32, 3000 kimg of which
-    the first 500 on OK-image patches (DFMGAN-like; the training records need OK images)."""
-    return GanConfig(resolution=64, channel_base=16384, channel_max=256, batch_size=32, r1_gamma=0.1,
+    """64x64 on one GPU: StyleGAN2-ADA-like widths (256 at every resolution), batch 32, R1 by ADA's rule
+    (0.0002 * 64^2 / 32), 3000 kimg of which the first 500 on OK-image patches (DFMGAN-like; the training
+    records need OK images)."""
+    return GanConfig(resolution=64, channel_base=16384, channel_max=256, batch_size=32, r1_gamma=0.0256,
                      ema_kimg=10.0, augment=AdaConfig(speed_kimg=100.0), kimg=3000.0, pretrain_ok_kimg=500.0,
                      tick_kimg=4.0, snapshot_kimg=100.0, sample_kimg=50.0)

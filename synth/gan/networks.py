@@ -6,13 +6,13 @@ Written from the papers' ideas, no code copied: StyleGAN2 (Karras et al. 2020: m
 and the projection discriminator (Miyato & Koyama 2018).
 
     G = Generator(resolution=64, channels=1, n_classes=3)
-    img, mask = G(torch.randn(8, G.z_dim), c)            # (8, 1, 64, 64) ~[-1, 1] and (8, 1, 64, 64) in [0, 1]
+    img, mask = G(torch.randn(8, G.z_dim), c)            # (8, 1, 64, 64) ~[-1, 1] and (8, 1, 64, 64) ~[0, 1]
     logits = Discriminator(64, 1, 3)(img, mask, c)       # (8,)
 
 Upsampling is bilinear and downsampling average pooling (in place of StyleGAN2's FIR filters). The
-image output is linear, as in StyleGAN2 (training keeps it in [-1, 1]; consumers clamp); the mask
-output is a sigmoid. Feature maps are channels-last (NHWC): on CPU that halves the time of the convs
-and the upsampling.
+image output is linear, as in StyleGAN2 (training keeps it in [-1, 1]; consumers clamp); so is the mask
+output, on the real masks' 0/1 scale (consumers threshold at 0.5). Feature maps are channels-last (NHWC): on
+CPU that halves the time of the convs and the upsampling.
 """
 
 from __future__ import annotations
@@ -133,12 +133,13 @@ class Generator(nn.Module):
     ``w_avg`` holds the running mean of w per class (updated in training mode) for the truncation trick."""
 
     def __init__(self, resolution: int, channels: int, n_classes: int, z_dim: int = 256, w_dim: int = 256,
-                 mapping_layers: int = 4, channel_base: int = 8192, channel_max: int = 256) -> None:
+                 mapping_layers: int = 4, channel_base: int = 8192, channel_max: int = 256,
+                 mapping_lr_mul: float = 0.01) -> None:
         super().__init__()
         self.z_dim, self.w_dim = z_dim, w_dim
         self.embed = nn.Embedding(n_classes, z_dim)  # N(0, 1) rows, normalised like z and concatenated to it
-        self.mapping = nn.Sequential(*[EqLinear(2 * z_dim if i == 0 else w_dim, w_dim, lr_mul=0.01, act=True)
-                                       for i in range(mapping_layers)])
+        self.mapping = nn.Sequential(*[EqLinear(2 * z_dim if i == 0 else w_dim, w_dim, lr_mul=mapping_lr_mul,
+                                                act=True) for i in range(mapping_layers)])
         self.register_buffer("w_avg", torch.zeros(n_classes, w_dim))
         ch = _widths(channel_base, channel_max)
         self.const = nn.Parameter(torch.randn(ch(4), 4, 4))
@@ -164,7 +165,12 @@ class Generator(nn.Module):
         return w if truncation == 1.0 else torch.lerp(self.w_avg[c], w, truncation)
 
     def synthesis(self, ws: torch.Tensor, noise_gen: Optional[torch.Generator] = None):
-        """(image, mask) from per-layer styles ``ws`` (N, num_ws, w_dim)."""
+        """(image, mask) from per-layer styles ``ws`` (N, num_ws, w_dim). Both outputs are linear, as StyleGAN
+        keeps every output: the mask is on the real masks' scale (0 background, 1 defect; the discriminator
+        sees ``2m - 1``) but not squashed into it, so a sharp edge costs G no saturated sigmoid (a sigmoid
+        head's vanishing gradients froze the shapes: D told soft fake edges from hard real ones). Threshold
+        at 0.5; a generator trained with the earlier sigmoid head keeps its masks (sigmoid(x) >= 0.5 iff
+        (x + 1) / 2 >= 0.5)."""
         x = self.const.expand(ws.shape[0], -1, -1, -1).contiguous(memory_format=torch.channels_last)
         x = self.layers[0](x, ws[:, 0], noise_gen)
         img, mask = self.to_img[0](x, ws[:, 1]), self.to_mask[0](x, ws[:, 1])
@@ -173,7 +179,7 @@ class Generator(nn.Module):
             x = self.layers[2 * i](x, ws[:, 2 * i], noise_gen)
             img = _up(img) + self.to_img[i](x, ws[:, 2 * i + 1])
             mask = _up(mask) + self.to_mask[i](x, ws[:, 2 * i + 1])
-        return img, torch.sigmoid(mask)
+        return img, (mask + 1) * 0.5
 
     def forward(self, z: torch.Tensor, c: torch.Tensor, truncation: float = 1.0, z_mix: Optional[torch.Tensor] = None,
                 crossover: Optional[int] = None, noise_gen: Optional[torch.Generator] = None):
@@ -235,7 +241,7 @@ class Discriminator(nn.Module):
 
 def make_generator(cfg: GanConfig, n_classes: int) -> Generator:
     return Generator(cfg.resolution, cfg.channels, n_classes, cfg.z_dim, cfg.w_dim, cfg.mapping_layers,
-                     cfg.channel_base, cfg.channel_max)
+                     cfg.channel_base, cfg.channel_max, cfg.mapping_lr_mul)
 
 
 def make_discriminator(cfg: GanConfig, n_classes: int) -> Discriminator:

@@ -176,7 +176,7 @@ class GanTrainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d * lazy,
                                       betas=(cfg.betas[0] ** lazy, cfg.betas[1] ** lazy))
         a = cfg.augment
-        self.augment = AdaptiveAugment(a.ops, a.p_init, a.target, a.speed_kimg, a.interval, a.adaptive)
+        self.augment = AdaptiveAugment(a.ops, a.p_init, a.target, a.speed_kimg, a.interval, a.adaptive, a.p_max)
         self.images, self.masks = data.images.to(self.device), data.masks.to(self.device)
         self.labels, self.weights = data.labels.to(self.device), data.weights.float().to(self.device)
         self.ok_images = None if data.ok_images is None else data.ok_images.to(self.device)
@@ -284,7 +284,7 @@ def _device(name: str) -> torch.device:
 def _grid(img: torch.Tensor, mask: torch.Tensor, rows: int) -> np.ndarray:
     """uint8 grid of (image | mask) cells, ``rows`` rows, a 2 px gray gap between cells."""
     c = img.shape[1]
-    cells = torch.cat([img.clamp(-1, 1) * 0.5 + 0.5, mask.expand(-1, c, -1, -1)], 3).float().cpu()
+    cells = torch.cat([img.clamp(-1, 1) * 0.5 + 0.5, mask.clamp(0, 1).expand(-1, c, -1, -1)], 3).float().cpu()
     cells = F.pad(cells, (0, 2, 0, 2), value=0.5)
     n, _, h, w = cells.shape
     g = cells.reshape(rows, n // rows, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, n // rows * w, c)

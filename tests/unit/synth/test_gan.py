@@ -28,7 +28,7 @@ from lineguard.synth.gan.config import (
     cpu_preset,
     gpu_preset,
 )
-from lineguard.synth.gan.networks import Discriminator, Generator
+from lineguard.synth.gan.networks import Discriminator, Generator, make_generator
 from lineguard.synth.gan.source import GanSource
 from lineguard.synth.gan.train import CHECKPOINT, GanTrainer, fit, load_training_data
 
@@ -77,12 +77,37 @@ def test_shapes(resolution: int, channels: int) -> None:
     c = torch.tensor([0, 1, 2, 1])
     img, mask = G(torch.randn(4, 8), c)
     assert img.shape == (4, channels, resolution, resolution) and mask.shape == (4, 1, resolution, resolution)
-    assert mask.min() >= 0 and mask.max() <= 1
+    assert torch.isfinite(mask).all()  # linear (see the next test), on the 0/1 scale
     assert G.num_ws == 2 * int(np.log2(resolution)) - 2
     logits = D(img, mask, c)
     assert logits.shape == (4,) and torch.isfinite(logits).all()
     logits.sum().backward()  # gradients reach G through D
     assert all(p.grad is not None for p in G.parameters())
+
+
+def test_mask_head_is_linear_so_sharp_masks_keep_their_gradient() -> None:
+    """A mask pushed far towards 'defect' still moves with its head's bias at the same rate (0.5 per unit):
+    a sigmoid head's gradient there vanishes (sigmoid'(20) ~ 2e-9), which froze the learned shapes."""
+    torch.manual_seed(0)
+    G = Generator(16, 1, 2, z_dim=8, w_dim=8, mapping_layers=1, channel_base=128, channel_max=16)
+    with torch.no_grad():
+        G.to_mask[-1].bias.fill_(20.0)
+    _, mask = G(torch.randn(3, 8), torch.tensor([0, 1, 0]))
+    assert mask.mean() > 5  # far past the 0/1 scale: not squashed
+    (grad,) = torch.autograd.grad(mask.sum(), [G.to_mask[-1].bias])
+    assert grad.item() == pytest.approx(0.5 * mask.numel())
+
+
+def test_mapping_lr_multiplier_is_configured_and_older_gan_files_keep_stylegans() -> None:
+    """The CPU preset moves the mapping network 10x faster than StyleGAN's 0.01; a config without the field
+    (every gan.yaml written before it) rebuilds with 0.01, the scale its stored mapping weights were saved at."""
+    assert cpu_preset().mapping_lr_mul == 0.1 and gpu_preset().mapping_lr_mul == 0.01
+    G = make_generator(cpu_preset(), 2)
+    assert {layer.lr_mul for layer in G.mapping} == {0.1}
+    older = cpu_preset().model_dump()
+    del older["mapping_lr_mul"]
+    assert GanConfig.model_validate(older).mapping_lr_mul == 0.01
+    assert gpu_preset().r1_gamma == pytest.approx(0.0002 * 64 ** 2 / 32)  # ADA's rule at batch 32
 
 
 def test_class_conditioning_and_truncation() -> None:
@@ -134,6 +159,11 @@ def test_adaptive_p_follows_overfitting() -> None:
     for _ in range(4):
         aug.update(torch.tensor([1.0, -1.0, -2.0, 1.0]))  # r_t = 0 < 0.6
     assert aug.rt == 0.0 and aug.p == pytest.approx(0.5 + 16 / 1000 - 2 * 8 / 1000)
+    capped = AdaptiveAugment(["flip"], p=0.7, speed_kimg=0.01, interval=1, p_max=0.8)
+    for _ in range(3):
+        capped.update(confident)
+    assert capped.p == 0.8  # a noisy r_t cannot drive p to 1
+    assert AdaConfig().p_max == 0.8
     fixed = AdaptiveAugment(["flip"], p=1.0, adaptive=False, interval=1)
     fixed.update(confident)
     assert fixed.p == 1.0
