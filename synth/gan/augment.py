@@ -7,7 +7,7 @@ and ``p`` is steered from the overfitting signal r_t = E[sign(D(real))]: up whil
 below it.
 
 Geometric ops move the image and its mask together (one set of random parameters for both); colour
-ops change the image only. Ops: ``flip`` (x-flip, then 0-3 quarter turns), ``translation`` (up to 1/8
+ops change the image only. Ops: ``flip`` (x-flip), ``rot90`` (0-3 quarter turns), ``translation`` (up to 1/8
 of the side, zero fill), ``cutout`` (a square of half the side set to 0 in the image and the mask),
 ``color`` (brightness, contrast, and saturation on RGB).
 
@@ -33,8 +33,11 @@ def _chance(n: int, p: float, device: torch.device) -> torch.Tensor:
 
 
 def _flip(x: torch.Tensor, p: float) -> torch.Tensor:
+    return torch.where(_chance(x.shape[0], p, x.device)[:, None, None, None], x.flip(3), x)
+
+
+def _rot90(x: torch.Tensor, p: float) -> torch.Tensor:
     n = x.shape[0]
-    x = torch.where(_chance(n, p, x.device)[:, None, None, None], x.flip(3), x)
     turns = torch.randint(0, 4, (n,), device=x.device) * _chance(n, p, x.device)
     for k in (1, 2, 3):
         x = torch.where((turns == k)[:, None, None, None], torch.rot90(x, k, (2, 3)), x)
@@ -108,6 +111,8 @@ class AdaptiveAugment:
         x = torch.cat([img, mask], 1)  # geometric ops on both at once: one set of random parameters
         if "flip" in self.ops:
             x = _flip(x, self.p)
+        if "rot90" in self.ops:
+            x = _rot90(x, self.p)
         if "translation" in self.ops:
             x = _translate(x, self.p)
         if "cutout" in self.ops:

@@ -149,6 +149,23 @@ def test_augment_keeps_image_and_mask_aligned(channels: int) -> None:
     assert torch.equal(c_mask, mask) and not torch.equal(c_img, img)
 
 
+def test_flip_keeps_orientation_and_rot90_turns() -> None:
+    """Defect classes are oriented (most real Cracks near-vertical): x-flip keeps a horizontal bar horizontal,
+    quarter turns are their own op, off by default."""
+    torch.manual_seed(0)
+    bar = torch.zeros(64, 1, 16, 16)
+    bar[:, :, 7:9, 2:14] = 1.0  # horizontal
+
+    def horizontal(m: torch.Tensor) -> bool:  # wider than tall
+        return bool((m[0].sum(0) > 0).sum() > (m[0].sum(1) > 0).sum())
+
+    flipped, _ = AdaptiveAugment(["flip"], p=1.0)(bar, bar[:, :1])
+    assert all(horizontal(m) for m in flipped)
+    turned, _ = AdaptiveAugment(["rot90"], p=1.0)(bar, bar[:, :1])
+    assert 10 < sum(not horizontal(m) for m in turned) < 54  # about half the turns are odd
+    assert "rot90" not in AdaConfig().ops
+
+
 def test_adaptive_p_follows_overfitting() -> None:
     aug = AdaptiveAugment(["flip"], p=0.5, target=0.6, speed_kimg=1.0, interval=2)
     confident = torch.full((8,), 3.0)  # D sure of every real: r_t = 1 > 0.6
