@@ -6,7 +6,9 @@ data and the copy-paste baseline's material.
 
 Each connected part of a mask (parts closer than ``merge_px`` count as one) gives one crop: its
 bounding box grown by ``pad`` on every side, made square, taken with reflected borders where it
-leaves the image, resized to ``size`` (area for the image, nearest for the mask). A record with boxes
+leaves the image, resized to ``size`` (area for the image, nearest for the mask). ``views > 1`` adds
+views of each part whose square is up to ``jitter`` larger and shifted (the part stays whole inside),
+drawn from ``seed``: a GAN fitted on centred crops at one scale learns the centred blob first. A record with boxes
 and no mask uses the filled boxes as its mask. Records whose mask is empty or too small are skipped
 with a reason, never silently.
 """
@@ -53,9 +55,16 @@ def _mask_of(ds: Dataset, r: Record, shape: Tuple[int, int]) -> Optional[np.ndar
     return None
 
 
-def _square(x0: int, y0: int, x1: int, y1: int, pad: float) -> Tuple[int, int, int, int]:
+def _square(x0: int, y0: int, x1: int, y1: int, pad: float, rng: Optional[np.random.Generator] = None,
+            jitter: float = 0.0) -> Tuple[int, int, int, int]:
+    """The square around box (x0, y0, x1, y1) grown by ``pad``; with ``rng``, up to ``jitter`` larger and
+    shifted at random, the box still inside."""
     side = round(max(x1 - x0, y1 - y0) * (1 + 2 * pad)) + 2
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if rng is not None:
+        side = round(side * (1 + jitter * rng.random()))
+        cx += rng.uniform(-1, 1) * (side - (x1 - x0) - 2) / 2
+        cy += rng.uniform(-1, 1) * (side - (y1 - y0) - 2) / 2
     sx, sy = round(cx - side / 2), round(cy - side / 2)
     return sx, sy, sx + side, sy + side
 
@@ -72,16 +81,17 @@ def _take(a: np.ndarray, box: Tuple[int, int, int, int], border: int) -> np.ndar
 
 
 def defect_crops(ds: Dataset, records: Sequence[Record], size: int = 64, pad: float = 0.25,
-                 min_pixels: int = 16, merge_px: int = 8, channels: Optional[int] = None
-                 ) -> Tuple[List[Crop], List[str]]:
+                 min_pixels: int = 16, merge_px: int = 8, channels: Optional[int] = None, views: int = 1,
+                 jitter: float = 0.5, seed: int = 0) -> Tuple[List[Crop], List[str]]:
     """Crops of every defect part in ``records`` (OK-class records are ignored); returns (crops,
     skipped), ``skipped`` naming each record without a usable mask and why. ``channels`` 1 or 3
-    converts; None keeps what the files hold. Unreadable files raise :class:`DatasetError`."""
+    converts; None keeps what the files hold. ``views``: crops per part, the first centred, the others
+    jittered (see the module docstring). Unreadable files raise :class:`DatasetError`."""
     ok = ds.classes.ok_class
     crops: List[Crop] = []
     skipped: List[str] = []
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * merge_px + 1,) * 2) if merge_px > 0 else None
-    for r in records:
+    for i, r in enumerate(records):
         if r.label == ok:
             continue
         try:
@@ -107,16 +117,22 @@ def defect_crops(ds: Dataset, records: Sequence[Record], size: int = 64, pad: fl
             part = np.where(labels == k, m8, 0).astype(np.uint8)
             if (part > 0).sum() < min_pixels:
                 continue
-            box = _square(x, y, x + w, y + h, pad)
-            im = _take(img, box, cv2.BORDER_REFLECT_101)
-            mk = _take(part, box, cv2.BORDER_CONSTANT)
-            im = resize(im, (size, size))
-            mk = cv2.resize(mk, (size, size), interpolation=cv2.INTER_NEAREST)
-            if not mk.any():  # a part thinner than one output pixel: keep it visible
-                mk = cv2.resize(_take(part, box, cv2.BORDER_CONSTANT), (size, size), interpolation=cv2.INTER_AREA)
-                mk = np.where(mk > 0, 255, 0).astype(np.uint8)
-            crops.append(Crop(im, mk, r.label, r.id, box))
+            for v in range(views):
+                rng = np.random.default_rng([seed, i, k, v]) if v else None
+                box = _square(x, y, x + w, y + h, pad, rng, jitter)
+                crops.append(Crop(*_cut(img, part, box, size), r.label, r.id, box))
     return crops, skipped
+
+
+def _cut(img: np.ndarray, part: np.ndarray, box: Tuple[int, int, int, int], size: int
+         ) -> Tuple[np.ndarray, np.ndarray]:
+    """(image, mask) of ``box`` at ``size`` x ``size``."""
+    im = resize(_take(img, box, cv2.BORDER_REFLECT_101), (size, size))
+    mk = cv2.resize(_take(part, box, cv2.BORDER_CONSTANT), (size, size), interpolation=cv2.INTER_NEAREST)
+    if not mk.any():  # a part thinner than one output pixel: keep it visible
+        mk = cv2.resize(_take(part, box, cv2.BORDER_CONSTANT), (size, size), interpolation=cv2.INTER_AREA)
+        mk = np.where(mk > 0, 255, 0).astype(np.uint8)
+    return im, mk
 
 
 def group_by_class(crops: Sequence[Crop]) -> Dict[str, List[Crop]]:

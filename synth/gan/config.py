@@ -75,6 +75,10 @@ class GanConfig(StrictModel):
     ema_kimg: float = Field(10.0, ge=0.0, description="half-life of the EMA generator in kimg (0 = no EMA)")
     ema_rampup: float = Field(0.05, ge=0.0, description="half-life <= this x images seen (0 = no ramp-up)")
     augment: AdaConfig = Field(default_factory=AdaConfig)
+    crop_views: int = Field(1, ge=1, description="crops per real defect: the centred one, then views up to "
+                                                 "crop_jitter larger and shifted (centred crops at one scale make "
+                                                 "a centred blob G's first mode)")
+    crop_jitter: float = Field(0.5, ge=0.0, le=2.0, description="the jittered views' largest scale-up")
     oversample_power: float = Field(0.5, ge=0.0, le=1.0,
                                     description="crop weight count^-power: 0 natural, 1 class-balanced")
     # schedule
@@ -139,11 +143,12 @@ def cpu_preset() -> GanConfig:
     (measured on the 2-core dev machine: 39 s/kimg with both cores free, so ~52 min; 2.3 h on one core
     shared with another job); ADA steered fast (p 0 -> 1 in 20 kimg at most); R1 by ADA's rule
     (0.0002 * 64^2 / 16); a short EMA; the mapping network at 10x StyleGAN's learning-rate multiplier, so w
-    moves within the budget. Its generator made ~140 patches/s on that one busy core."""
+    moves within the budget; 4 views of each real defect (centred, then jittered). Its generator made ~140
+    patches/s on that one busy core."""
     return GanConfig(resolution=64, z_dim=128, w_dim=128, mapping_layers=2, mapping_lr_mul=0.1, channel_base=1536,
                      channel_max=128, batch_size=16, lr_g=0.002, lr_d=0.002, r1_gamma=0.05, style_mixing=0.5,
-                     ema_kimg=2.0, augment=AdaConfig(speed_kimg=20.0), kimg=80.0, tick_kimg=1.0, snapshot_kimg=5.0,
-                     sample_kimg=5.0)
+                     ema_kimg=2.0, augment=AdaConfig(speed_kimg=20.0), crop_views=4, kimg=80.0, tick_kimg=1.0,
+                     snapshot_kimg=5.0, sample_kimg=5.0)
 
 
 def gpu_preset() -> GanConfig:

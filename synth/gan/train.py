@@ -130,7 +130,8 @@ def load_training_data(data_dir: PathLike, cfg: GanConfig) -> TrainingData:
     ds = Dataset.load(data_dir)
     train = ds.split("train")
     records = train or ds.records
-    crops, skipped = defect_crops(ds, records, size=cfg.resolution, channels=cfg.channels)
+    crops, skipped = defect_crops(ds, records, size=cfg.resolution, channels=cfg.channels, views=cfg.crop_views,
+                                  jitter=cfg.crop_jitter, seed=cfg.seed)
     by_class = group_by_class(crops)
     classes = [c for c in ds.classes.defect_classes if any(r.label == c for r in records)]
     if not classes:

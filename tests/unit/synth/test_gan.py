@@ -17,6 +17,7 @@ from lineguard import LineguardError
 from lineguard.checkpoint import torch_device
 from lineguard.data.format import Dataset
 from lineguard.sim import SimulatorConfig, simulate_dataset
+from lineguard.synth.crops import defect_crops
 from lineguard.synth.gan.augment import AdaptiveAugment
 from lineguard.synth.gan.config import (
     GAN_YAML,
@@ -203,6 +204,27 @@ def test_training_steps_and_lazy_r1(sim: Path) -> None:
     assert all(np.isfinite([r["loss_d"], r["loss_g"]]).all() for r in rows)
     assert [r["r1"] > 0 for r in rows] == [True, False, False, True, False, False]
     assert trainer.nimg == 6 * cfg.batch_size
+
+
+def test_crop_views_jitter_scale_and_position_and_keep_the_defect_whole(sim: Path) -> None:
+    """views=3: each part's centred crop (the views=1 crop) and two squares up to 50% larger, shifted, still
+    holding the whole part; drawn from the seed."""
+    ds = Dataset.load(sim)
+    one, _ = defect_crops(ds, ds.records, size=32)
+    three, _ = defect_crops(ds, ds.records, size=32, views=3, jitter=0.5, seed=1)
+    assert len(three) == 3 * len(one) and one
+    for i, base in enumerate(one):
+        centred, *jittered = three[3 * i:3 * i + 3]
+        assert centred.box == base.box and np.array_equal(centred.mask, base.mask)
+        side = base.box[2] - base.box[0]
+        for view in jittered:
+            vx0, vy0, vx1, vy1 = view.box
+            assert side <= vx1 - vx0 <= round(1.5 * side) + 1 and vx1 - vx0 == vy1 - vy0
+            assert view.mask.any()
+        assert len({view.box for view in jittered} | {base.box}) == 3
+    again, _ = defect_crops(ds, ds.records, size=32, views=3, jitter=0.5, seed=1)
+    assert [c.box for c in again] == [c.box for c in three]
+    assert [c.box for c in defect_crops(ds, ds.records, size=32, views=3, seed=2)[0]] != [c.box for c in three]
 
 
 def test_pretraining_on_ok_patches(sim: Path) -> None:
