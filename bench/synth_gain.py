@@ -123,7 +123,7 @@ def train_run(args: argparse.Namespace, real: Path, synthetic: Optional[Path], s
     """The test figures of one training run (a finished run under ``out`` is read, not redone)."""
     cfg = TrainConfig(arch=args.arch, img_size=args.img_size, seed=seed, epochs=200, max_minutes=args.minutes,
                       patience=1000, synthetic=str(synthetic) if synthetic else None,
-                      synthetic_ratio=args.synthetic_ratio)
+                      synthetic_extra=args.synthetic_extra)
     if (out / "metrics.json").exists():
         if load_config(TrainConfig, out / "train.yaml") != cfg:
             raise SystemExit(f"{out}: trained with other settings than these; remove it or use another --work")
@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--minutes", type=float, default=15.0, help="training budget per run")
     ap.add_argument("--synthetic-n", type=int, default=4000, help="generated images per synthetic set")
-    ap.add_argument("--synthetic-ratio", type=float, default=0.3)
+    ap.add_argument("--synthetic-extra", type=float, default=0.5, help="synthetic draws on top of each real draw")
     ap.add_argument("--gan-kimg", type=float, default=80.0)
     ap.add_argument("--work", type=Path, default=Path("runs/bench/synth_gain"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench/synth_gain.json"))
@@ -178,7 +178,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, json.dumps({"benchmark": "synth_gain", "arch": args.arch, "seeds": args.seeds,
                                     "img_size": args.img_size, "minutes_per_run": args.minutes,
-                                    "synthetic_n": args.synthetic_n, "synthetic_ratio": args.synthetic_ratio,
+                                    "synthetic_n": args.synthetic_n, "synthetic_extra": args.synthetic_extra,
                                     "gan_kimg": args.gan_kimg,
                                     "table": table, "runs": runs, "seconds": timing}, indent=1))
     for k, v in table.items():

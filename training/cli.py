@@ -54,8 +54,9 @@ def train(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget; LR fitted to it."),
     target_escape: Optional[float] = typer.Option(None, "--target-escape", help="Pick the threshold on val."),
     synthetic: Optional[Path] = typer.Option(None, "--synthetic", help="Synthetic data set to train beside --data."),
-    synthetic_ratio: Optional[float] = typer.Option(None, "--synthetic-ratio",
-                                                    help="Share of each class's draws from --synthetic (0.3)."),
+    synthetic_extra: Optional[float] = typer.Option(
+        None, "--synthetic-extra", help="Synthetic draws on top of each real draw of a class --synthetic holds "
+                                        "(0.5; config: synthetic_extra, synthetic_real_epochs, synthetic_weight)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     device: Optional[str] = options.device(None, help="cpu | cuda[:N] (config: device, default cpu; under "
                                                         "torchrun each process takes cuda:LOCAL_RANK)."),
@@ -72,7 +73,7 @@ def train(
         "arch": arch, "weights": weights, "epochs": epochs, "batch_size": batch, "img_size": img_size,
         "fit": fit, "multi_label": multi_label, "precision": precision, "seed": seed, "max_minutes": max_minutes,
         "target_escape": target_escape,
-        "synthetic": str(synthetic) if synthetic else None, "synthetic_ratio": synthetic_ratio, "device": device})
+        "synthetic": str(synthetic) if synthetic else None, "synthetic_extra": synthetic_extra, "device": device})
     log_to_console(quiet)  # the epoch lines of the lineguard.train logger
     summary = run(cfg, data, out, resume=resume, progress=not quiet)
     if not summary:  # ranks other than 0

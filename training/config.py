@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, Literal, Optional, Tuple, Union
 
 import torch
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from ..config import StrictModel
 from .augment import AugmentConfig
@@ -63,9 +63,27 @@ class TrainConfig(StrictModel):
         None, gt=0, lt=1, description="pick the OK/NG threshold on val so that escapes stay below this")
     synthetic: Optional[str] = Field(
         None, description="a data set of synthetic images (no split or split train) trained beside the real ones")
-    synthetic_ratio: float = Field(
-        0.3, ge=0, lt=1, description="share of each class's draws taken from --synthetic (classes it holds)")
+    synthetic_extra: float = Field(
+        0.5, ge=0, le=10, description="synthetic draws on top of each real draw of a class --synthetic holds (the "
+                                      "real draws are those of a run without it)")
+    synthetic_real_epochs: int = Field(
+        0, ge=0, description="the last N epochs draw real images only (synthetic first, then real)")
+    synthetic_weight: float = Field(1.0, gt=0, le=1, description="class-loss weight of a synthetic image")
     augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_synthetic_ratio(cls, data: Any) -> Any:
+        """A train.yaml of before ``synthetic_extra`` names ``synthetic_ratio`` (synthetic draws in place of
+        real ones): without a synthetic set it meant nothing and is dropped; with one the run cannot go on
+        as it was, so it is an error saying so."""
+        if isinstance(data, dict) and "synthetic_ratio" in data:
+            data = dict(data)
+            ratio = data.pop("synthetic_ratio")
+            if data.get("synthetic") is not None:
+                raise ValueError(f"synthetic_ratio {ratio} drew synthetic images in place of real ones; that protocol "
+                                 "is gone: synthetic images are drawn on top of the real epoch (synthetic_extra)")
+        return data
 
     @field_validator("img_size", mode="before")
     @classmethod

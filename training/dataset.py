@@ -203,13 +203,19 @@ class DefectDataset(torch.utils.data.Dataset):
 
 class MixedDataset(torch.utils.data.ConcatDataset):
     """Real then synthetic :class:`DefectDataset` items under one index; ``set_epoch`` reaches both.
-    ``groups`` (0 real, 1 synthetic per item) is what :class:`~.sampler.BalancedSampler` mixes by."""
+    ``groups`` (0 real, 1 synthetic per item) is what :class:`~.sampler.BalancedSampler` mixes by; every item
+    carries its loss ``weight`` (1 real, ``synthetic_weight`` synthetic)."""
 
-    def __init__(self, real: DefectDataset, synthetic: DefectDataset) -> None:
+    def __init__(self, real: DefectDataset, synthetic: DefectDataset, synthetic_weight: float = 1.0) -> None:
         super().__init__([real, synthetic])
-        self.real, self.synthetic = real, synthetic
+        self.real, self.synthetic, self.synthetic_weight = real, synthetic, synthetic_weight
         self.labels = real.labels + synthetic.labels
         self.groups = [0] * len(real) + [1] * len(synthetic)
+
+    def __getitem__(self, i: int) -> Dict:
+        item = dict(super().__getitem__(i))
+        item["weight"] = torch.tensor(1.0 if i < len(self.real) else self.synthetic_weight)
+        return item
 
     def set_epoch(self, epoch: int) -> None:
         self.real.set_epoch(epoch)

@@ -8,9 +8,11 @@ a checkpoint every epoch with ``resume``, and DDP under ``torchrun`` (gloo on CP
 ``run_epoch`` (every rank), ``validate`` and ``checkpoint`` (rank 0), and ``finish`` (best weights,
 model.yaml, report). Rank 0 logs one line per epoch to the ``lineguard.train`` logger.
 
-``synthetic`` adds a synthetic data set: the class mix of each epoch's (unchanged number of) draws stays
-that of the real images, and ``synthetic_ratio`` of each class's draws come from the synthetic images of
-that class (classes it lacks, e.g. OK, stay real); val and test stay real.
+``synthetic`` adds a synthetic data set, drawn on top of the real epoch: the real draws stay those of a
+run without it (count and class mix), and each class the synthetic set holds gets ``synthetic_extra``
+synthetic draws per real draw (classes it lacks, e.g. OK, stay real); the last ``synthetic_real_epochs``
+epochs draw as many images, all real; a synthetic image's class loss weighs ``synthetic_weight``. Val and
+test stay real.
 
 Determinism: epoch ``e`` depends only on (seed, e): the sampler, the augmentation of every item and
 the dropout RNG are reseeded from them, so a run resumed after a kill ends like an unkilled one.
@@ -44,7 +46,7 @@ from ..metrics import classification_metrics
 from .config import TrainConfig
 from .dataset import DefectDataset, MixedDataset, data_loader
 from .evaluate import predict
-from .models import create_model, model_config
+from .models import ModelError, create_model, model_config
 from .report import finish_model_dir
 from .sampler import BalancedSampler
 from .weights import load_weights, save_weights
@@ -164,11 +166,15 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, state: TrainState):
 
 def class_loss(logits: torch.Tensor, batch: Dict, multi_label: bool, smoothing: float) -> torch.Tensor:
     """Cross-entropy on the label, or (``multi_label``) binary cross-entropy per class on the multi-hot targets,
-    smoothed towards 0.5 by ``smoothing / 2``."""
+    smoothed towards 0.5 by ``smoothing / 2``; the mean over the batch weighted by its ``weight`` (synthetic
+    images' loss weight; 1 without)."""
     if not multi_label:
-        return F.cross_entropy(logits, batch["label"], label_smoothing=smoothing)
-    target = batch["targets"] * (1 - smoothing) + smoothing / 2
-    return F.binary_cross_entropy_with_logits(logits, target)
+        each = F.cross_entropy(logits, batch["label"], label_smoothing=smoothing, reduction="none")
+    else:
+        target = batch["targets"] * (1 - smoothing) + smoothing / 2
+        each = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
+    weight = batch.get("weight")
+    return each.mean() if weight is None else (each * weight).sum() / weight.sum()
 
 
 def heatmap_loss(heatmap: torch.Tensor, mask: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
@@ -251,8 +257,11 @@ class Trainer:
     def _build_model(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.model = create_model(cfg.arch, num_classes=len(self.ds.classes.classes), in_chans=cfg.channels,
-                                  img_size=cfg.img_size, weights=cfg.resolved_weights(), **cfg.arch_options)
+        try:
+            self.model = create_model(cfg.arch, num_classes=len(self.ds.classes.classes), in_chans=cfg.channels,
+                                      img_size=cfg.img_size, weights=cfg.resolved_weights(), **cfg.arch_options)
+        except TypeError as e:  # an option the architecture does not take
+            raise ModelError(f"arch_options {cfg.arch_options}: model '{cfg.arch}' does not take them ({e})") from None
         self.model.backbone.freeze(cfg.frozen_stages)
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(self.dist.device, memory_format=self.fmt)  # before EMA and DDP take views of the parameters
@@ -277,14 +286,14 @@ class Trainer:
     def _synthetic_mix(self, real: DefectDataset) -> Tuple[torch.utils.data.Dataset, Dict]:
         """The training set (real, or real + synthetic) and the sampler's group arguments for it."""
         cfg = self.cfg
-        if cfg.synthetic is None or cfg.synthetic_ratio <= 0:
+        if cfg.synthetic is None or cfg.synthetic_extra <= 0:
             return real, {}
         syn = Dataset.load(cfg.synthetic)
         recs = synthetic_records(self.ds, syn)
         mixed = MixedDataset(real, DefectDataset(syn, recs, self.pre, cfg.augment, seed=cfg.seed + 1,
                                                  classes=self.ds.classes.classes,
-                                                 cache=len(recs) <= SYNTHETIC_CACHE_MAX))
-        return mixed, {"groups": mixed.groups, "group_shares": [1 - cfg.synthetic_ratio, cfg.synthetic_ratio]}
+                                                 cache=len(recs) <= SYNTHETIC_CACHE_MAX), cfg.synthetic_weight)
+        return mixed, {"groups": mixed.groups, "extra": cfg.synthetic_extra}
 
     def _build_optimiser(self, ck: Optional[Dict]) -> None:
         """AdamW, the LR schedule, the EMA; the checkpoint's state into all of them; DDP and autocast."""
@@ -317,7 +326,7 @@ class Trainer:
         was reached. After the first epoch a time budget fixes the planned epochs (rank 0's count)."""
         cfg, state, epoch = self.cfg, self.state, self.state.epoch
         t0 = time.perf_counter()
-        self.sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, real_only=epoch >= state.epochs(cfg) - cfg.synthetic_real_epochs)
         self.train_set.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch)
         self.net.train()

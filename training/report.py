@@ -70,10 +70,12 @@ def _provenance(ds: Dataset, cfg: TrainConfig) -> Dict:
     for s in ("train", "val", "test"):
         recs = ds.split(s)
         out["splits"][s] = {"classes": ds.counts(recs), "sources": dict(Counter(r.source for r in recs))}
-    if cfg.synthetic is not None and cfg.synthetic_ratio > 0:
+    if cfg.synthetic is not None and cfg.synthetic_extra > 0:
         syn = Dataset.load(cfg.synthetic)
         recs = synthetic_records(ds, syn)
-        out["synthetic"] = {"root": str(syn.root), "ratio": cfg.synthetic_ratio, "classes": syn.counts(recs),
+        out["synthetic"] = {"root": str(syn.root), "extra": cfg.synthetic_extra,
+                            "real_epochs": cfg.synthetic_real_epochs, "weight": cfg.synthetic_weight,
+                            "classes": syn.counts(recs),
                             "sources": dict(Counter(r.source for r in recs)), "origins": _origins(recs)}
     return out
 
@@ -151,5 +153,7 @@ def _ok_ng_figures(r: Dict, auroc: str) -> str:
 def _synthetic_line(syn) -> str:
     if not syn:
         return ""
-    return (f"\nSynthetic training images from `{syn['root']}`, {syn['ratio']:.0%} of the draws of each class "
-            f"they hold: {syn['classes']}, sources {syn['sources']}, made by {syn['origins']}.\n")
+    last = f"; the last {syn['real_epochs']} epochs real only" if syn["real_epochs"] else ""
+    return (f"\nSynthetic training images from `{syn['root']}`, {syn['extra']:g} draws on top of each real draw of a "
+            f"class they hold (class-loss weight {syn['weight']:g}{last}): {syn['classes']}, sources "
+            f"{syn['sources']}, made by {syn['origins']}.\n")

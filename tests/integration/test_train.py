@@ -29,7 +29,7 @@ from lineguard.data.split import split_dataset
 from lineguard.edge.evaluate import evaluate
 from lineguard.sim import SimulatorConfig, simulate_dataset
 from lineguard.training.config import TrainConfig
-from lineguard.training.engine import CHECKPOINT, train
+from lineguard.training.engine import CHECKPOINT, Trainer, train
 from lineguard.training.model_dir import load_model_dir
 from lineguard.training.models import ModelError, count_gmacs, create_model
 
@@ -83,10 +83,24 @@ def test_train_writes_model_dir_and_eval_reads_it(sim: Path, tmp_path: Path, cap
 
 def test_train_with_synthetic_set(sim: Path, tmp_path: Path) -> None:
     syn = simulate_dataset(tmp_path / "syn", n=24, seed=5, cfg=SimulatorConfig(size=96), workers=1, progress=False)
-    summary = train(TrainConfig(**{**SMALL, "epochs": 1}, synthetic=str(syn.root), synthetic_ratio=0.5), sim,
-                    tmp_path / "model", progress=False)
+    cfg = TrainConfig(**{**SMALL, "epochs": 2}, synthetic=str(syn.root), synthetic_extra=1.0, synthetic_real_epochs=1,
+                      synthetic_weight=0.5)
+    trainer = Trainer(cfg, sim, tmp_path / "setup", progress=False)
+    trainer.setup()
+    real_steps = len(train_loader_of(sim, tmp_path / "plain"))
+    assert len(trainer.loader) > real_steps  # the synthetic draws come on top of the real epoch
+    trainer.sampler.set_epoch(0)
+    assert (trainer.sampler.global_indices() >= len(trainer.train_set.real)).any()
+    batch = next(iter(trainer.loader))
+    assert set(batch["weight"].tolist()) <= {1.0, 0.5}
+    trainer.run_epoch()
+    assert not trainer.sampler.real_only
+    trainer.run_epoch()
+    assert trainer.sampler.real_only  # the last synthetic_real_epochs draw real images only
+    summary = train(cfg, sim, tmp_path / "model", progress=False)
     got = summary["data"]["synthetic"]
-    assert got["ratio"] == 0.5 and sum(got["classes"].values()) == 24 and got["sources"] == {"simulated": 24}
+    assert (got["extra"], got["real_epochs"], got["weight"]) == (1.0, 1, 0.5)
+    assert sum(got["classes"].values()) == 24 and got["sources"] == {"simulated": 24}
     assert summary["data"]["splits"]["test"]["sources"] == {"simulated": len(Dataset.load(sim).split("test"))}
     assert "Synthetic training images" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
     other = tmp_path / "other"
@@ -96,6 +110,21 @@ def test_train_with_synthetic_set(sim: Path, tmp_path: Path) -> None:
     (other / "manifest.jsonl").write_text((other / "manifest.jsonl").read_text().replace('"scratch"', '"crack"'))
     with pytest.raises(DatasetError, match=r"labels \['crack'\] are not classes"):
         train(TrainConfig(**SMALL, synthetic=str(other)), sim, tmp_path / "bad", progress=False)
+
+
+def train_loader_of(sim: Path, out: Path) -> torch.utils.data.DataLoader:
+    """The training loader of a run on ``sim`` without synthetic images."""
+    trainer = Trainer(TrainConfig(**{**SMALL, "epochs": 2}), sim, out, progress=False)
+    trainer.setup()
+    return trainer.loader
+
+
+def test_an_older_train_yaml_with_synthetic_ratio(tmp_path: Path) -> None:
+    """synthetic_ratio (synthetic draws in place of real ones) is gone: dropped where no synthetic set was used
+    (every older train.yaml carries it), refused with the reason where one was."""
+    assert TrainConfig(synthetic_ratio=0.3).synthetic is None
+    with pytest.raises(ValueError, match="in place of real ones; that protocol is gone"):
+        TrainConfig(synthetic="syn", synthetic_ratio=0.3)
 
 
 def test_resume_after_kill_matches_unkilled_run(sim: Path, tmp_path: Path) -> None:
@@ -217,7 +246,7 @@ def test_arch_options_reach_the_model_and_its_folder(sim: Path, tmp_path: Path) 
           progress=False, max_steps=1)
     loaded = load_model_dir(tmp_path / "m")
     assert len(loaded.model.fusion.blocks) == 1 and loaded.spec.arch["start_as_cnn"] is True
-    with pytest.raises(ModelError, match=r"model 'two_stream_lite0'.*'bogus'"):
+    with pytest.raises(ModelError, match=r"arch_options \{'bogus': 1\}: model 'two_stream_lite0' does not.*'bogus'"):
         train(TrainConfig(**QUICK, arch_options={"bogus": 1}), sim, tmp_path / "bad", progress=False, max_steps=1)
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
 

@@ -52,16 +52,13 @@ def create_model(
     """Build model ``name``; ``weights``: None (random), ``"imagenet-lite0"`` (Lite0 backbones only) or a file.
 
     A file whose keys are exactly the model's (a lineguard checkpoint) loads into the whole model; any other
-    file is read as a timm backbone checkpoint. An option the architecture does not take is a ``ModelError``.
+    file is read as a timm backbone checkpoint. Unknown ``kwargs`` raise ``TypeError``.
     """
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ModelError(f"unknown model '{name}'{hint} (models: {', '.join(list_models())})")
-    try:
-        model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
-    except TypeError as e:  # an option the architecture does not take (config: arch_options)
-        raise ModelError(f"model '{name}': {e}") from e
+    model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
     h, w = to_pair(img_size)
     model.arch = {"name": name, "num_classes": num_classes, "in_chans": in_chans,
                   "img_size": h if h == w else [h, w], **kwargs}  # fmt: skip

@@ -1,5 +1,5 @@
 """Class-balanced sampling: deterministic by (seed, epoch), split over ranks (also under torchrun with gloo),
-class balance, and the group mix of real and synthetic images."""
+class balance, and synthetic draws on top of the real ones."""
 
 from __future__ import annotations
 
@@ -51,28 +51,38 @@ def test_sampler_balances_classes() -> None:
         BalancedSampler(labels, rank=2, world_size=2)
 
 
-def test_sampler_groups_split_each_class_and_keep_the_class_mix() -> None:
+def test_synthetic_draws_come_on_top_of_the_real_epoch() -> None:
+    """extra=0.5: the real draws are those of a run without synthetic images (count and class mix), and each
+    class the synthetic set holds gets half as many synthetic draws again; a class only synthetic images
+    hold is drawn at its own count's weight; a real-only epoch draws as many, all real."""
     labels = [0] * 800 + [1] * 50 + [1] * 40 + [2] * 10  # real: 800 OK + 50 NG; synthetic: 40 NG + 10 of class 2
     groups = [0] * 850 + [1] * 50
-    s = BalancedSampler(labels, power=0.5, num_samples=60000, seed=0, groups=groups, group_shares=[0.7, 0.3])
-    drawn = s.global_indices()
-    synthetic = drawn >= 850
-    got = Counter(labels[i] for i in drawn)
+    plain = BalancedSampler(labels[:850], power=0.5, num_samples=20000, seed=0)
+    s = BalancedSampler(labels, power=0.5, num_samples=20000, seed=0, groups=groups, extra=0.5)
     mass = np.sqrt([800, 50, 10])  # class 2 is only synthetic: its own count
-    assert all(abs(got[c] / len(drawn) - mass[c] / mass.sum()) < 0.01 for c in range(3)), got
-    assert not synthetic[np.asarray(labels)[drawn] == 0].any()  # OK only real
-    ng = np.asarray(labels)[drawn] == 1
-    assert abs(synthetic[ng].mean() - 0.3) < 0.02  # the class's draws split 70 / 30
-    assert synthetic[np.asarray(labels)[drawn] == 2].all()
-    real_only = BalancedSampler(labels[:850], power=0.5, num_samples=60000, seed=0).global_indices()
-    mix = Counter(labels[i] for i in real_only)
-    assert abs(mix[1] / len(real_only) - (got[1]) / (got[0] + got[1])) < 0.01  # same OK/NG prior as real only
-    with pytest.raises(ValueError, match="sum to 1"):
-        BalancedSampler(labels, groups=groups, group_shares=[0.5, 0.3])
-    with pytest.raises(ValueError, match="no images"):
-        BalancedSampler(labels, groups=[0] * 450 + [2] * 450, group_shares=[0.5, 0.25, 0.25])
+    expected_total = 20000 * (mass[0] + 1.5 * mass[1] + mass[2]) / (mass[0] + mass[1])
+    assert s.num_samples == round(expected_total) and plain.num_samples == 20000
+    drawn = s.global_indices()
+    lab, synthetic = np.asarray(labels)[drawn], drawn >= 850
+    real_mix = Counter(lab[~synthetic])
+    assert abs((~synthetic).sum() - 20000) < 300  # the real draws: as many as without synthetic images
+    assert abs(real_mix[1] / (~synthetic).sum() - mass[1] / (mass[0] + mass[1])) < 0.01  # ... and their class mix
+    assert not synthetic[lab == 0].any() and synthetic[lab == 2].all()  # OK only real; class 2 only synthetic
+    assert abs(synthetic[lab == 1].sum() / (~synthetic[lab == 1]).sum() - 0.5) < 0.05  # half again, on top
+    s.set_epoch(1, real_only=True)
+    only = s.global_indices()
+    assert len(only) == len(drawn) and (only < 850).all()  # as many draws, all real
+    assert abs(Counter(np.asarray(labels)[only])[1] / len(only) - mass[1] / (mass[0] + mass[1])) < 0.01
+    s.set_epoch(1)
+    assert not np.array_equal(s.global_indices(), only)
+    none = BalancedSampler(labels, power=0.5, num_samples=1000, seed=0, groups=groups, extra=0.0)
+    assert (none.global_indices()[np.asarray(labels)[none.global_indices()] == 1] < 850).all()
+    with pytest.raises(ValueError, match="groups are 0"):
+        BalancedSampler(labels, groups=[0] * 450 + [2] * 450, extra=0.5)
     with pytest.raises(ValueError, match="power > 0"):
-        BalancedSampler(labels, power=0, groups=groups, group_shares=[0.7, 0.3])
+        BalancedSampler(labels, power=0, groups=groups, extra=0.5)
+    with pytest.raises(ValueError, match="extra must be >= 0"):
+        BalancedSampler(labels, groups=groups, extra=-1)
 
 
 _DDP_SCRIPT = textwrap.dedent("""
