@@ -41,6 +41,7 @@ class FitReport(BaseModel):
     rt: float  # its overfitting heuristic
     device: str
     sha256: str  # of generator.safetensors
+    shapes: Dict[str, Dict[str, Optional[float]]]  # per class: generated masks against the crops (synth.shapes)
 
 
 def fit(
@@ -70,4 +71,10 @@ def fit(
     rep = FitReport(**run(data, out, cfg, resume=resume, progress=not quiet))
     emit(rep, as_json, lambda r: console.print(
         f"{r.out}: {r.kimg} kimg in {r.seconds / 60:.1f} min on {r.device} ({r.sec_per_kimg:.1f} s/kimg); crops per "
-        f"class {r.crops}, {r.skipped} images skipped; augment p {r.augment_p:.2f}; weights {r.sha256[:16]}"), quiet)
+        f"class {r.crops}, {r.skipped} images skipped; augment p {r.augment_p:.2f}; weights {r.sha256[:16]}; mask "
+        "pair IoU generated/real (diversity: lower is more varied) "
+        + ", ".join(f"{c} {_iou(v['iou_fake'])}/{_iou(v['iou_real'])}" for c, v in r.shapes.items())), quiet)
+
+
+def _iou(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.2f}"

@@ -14,6 +14,9 @@ an EMA copy of G is what gets saved; Adam. The out folder::
     fit.yaml               the resolved config
     log.jsonl              a row per tick: losses, R1, augment p, r_t, s/kimg
     samples/               reals.png and kimg000123.png: a row per class, cells image | mask
+    shapes.jsonl           a row with every sample grid: per class, how the masks of 64 generated samples
+                           differ from the training crops' (orientation, elongation, area) and how varied
+                           both are (mean pairwise IoU; ``synth.shapes``)
     generator.safetensors  the EMA generator   } the GAN_DIR that GanSource reads,
     gan.yaml               what it is          } written every snapshot and at the end
 
@@ -53,6 +56,7 @@ from lineguard.data.imaging import ImageFileError, read_image, resize, write_png
 from lineguard.data.progress import track
 from lineguard.files import atomic_path, sha256_file
 from lineguard.synth.crops import defect_crops, group_by_class
+from lineguard.synth.shapes import shape_report, split_by_class
 
 from .augment import AdaptiveAugment
 from .config import ARCH_FIELDS, GAN_FORMAT, GAN_FORMAT_VERSION, GAN_YAML, WEIGHTS, GanConfig, GanFile
@@ -64,6 +68,7 @@ CHECKPOINT = "checkpoint.pt"
 STATE_KEYS = ("labels", "G", "D", "G_ema", "opt_g", "opt_d", "augment", "step", "nimg", "seconds", "rng_cpu",
               "rng_cuda")  # a checkpoint's keys besides format, version and config
 GRID_COLUMNS = 8
+SHAPE_SAMPLES = 64  # generated masks per class in shapes.jsonl
 OK_PATCHES_PER_IMAGE = 4
 OK_IMAGES_MAX = 1000
 PathLike = Union[str, os.PathLike]
@@ -303,6 +308,27 @@ def _sample_grid(G: Generator, n_classes: int, cfg: GanConfig, device: torch.dev
     return _grid(img, mask, n_classes)
 
 
+def _shapes(G: Generator, data: TrainingData, cfg: GanConfig, device: torch.device) -> Dict[str, Dict[str, Any]]:
+    """:func:`~lineguard.synth.shapes.shape_report` of ``SHAPE_SAMPLES`` masks per class from ``G`` (latents
+    and noise from their own seeded generators: the training RNG is not touched) against the crops."""
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    classes = tuple(data.classes)
+    z = torch.randn(len(classes) * SHAPE_SAMPLES, cfg.z_dim, generator=gen).to(device)
+    c = torch.arange(len(classes), device=device).repeat_interleave(SHAPE_SAMPLES)
+    with torch.no_grad():
+        _, mask = G(z, c, noise_gen=torch.Generator(device).manual_seed(cfg.seed + 4))
+    fake = split_by_class((mask[:, 0] >= 0.5).cpu().numpy(), c.cpu().numpy(), classes)
+    real = split_by_class(data.masks[:, 0].cpu().numpy() > 0.5, data.labels.cpu().numpy(), classes)
+    return shape_report(real, fake, seed=cfg.seed)
+
+
+def _log_shapes(path: Path, trainer: GanTrainer, data: TrainingData, cfg: GanConfig) -> Dict[str, Dict[str, Any]]:
+    report = _shapes(trainer.G_ema, data, cfg, trainer.device)
+    with path.open("a") as f:
+        f.write(json.dumps({"kimg": round(trainer.nimg / 1000, 3), "shapes": report}) + "\n")
+    return report
+
+
 def _reals_grid(data: TrainingData) -> np.ndarray:
     idx = torch.cat([torch.nonzero(data.labels == k)[:, 0].repeat(GRID_COLUMNS)[:GRID_COLUMNS]
                      for k in range(len(data.classes))])
@@ -382,6 +408,7 @@ def fit(data_dir: PathLike, out_dir: PathLike, cfg: GanConfig, resume: bool = Fa
         if _crossed(before, trainer.nimg, cfg.sample_kimg):
             write_png(out / "samples" / f"kimg{trainer.nimg // 1000:06d}.png",
                       _sample_grid(trainer.G_ema, len(data.classes), cfg, trainer.device))
+            _log_shapes(out / "shapes.jsonl", trainer, data, cfg)
         if _crossed(before, trainer.nimg, cfg.snapshot_kimg):
             _save_checkpoint(ck_path, trainer, cfg, data.label_names)
             _write_gan_dir(out, trainer, cfg, data)  # usable (generate, score) before the run ends
@@ -390,9 +417,10 @@ def fit(data_dir: PathLike, out_dir: PathLike, cfg: GanConfig, resume: bool = Fa
     _save_checkpoint(ck_path, trainer, cfg, data.label_names)
     write_png(out / "samples" / f"kimg{trainer.nimg // 1000:06d}.png",
               _sample_grid(trainer.G_ema, len(data.classes), cfg, trainer.device))
+    shapes = _log_shapes(out / "shapes.jsonl", trainer, data, cfg)
     sha = _write_gan_dir(out, trainer, cfg, data)
     return {"out": str(out), "classes": data.classes, "crops": data.provenance["crops"],
             "skipped": data.provenance["skipped"], "steps": trainer.step_count, "kimg": round(trainer.nimg / 1000, 3),
             "seconds": round(trainer.seconds, 1),
             "sec_per_kimg": round(trainer.seconds * 1000 / max(1, trainer.nimg), 2), "augment_p": trainer.augment.p,
-            "rt": trainer.augment.rt, "device": str(trainer.device), "sha256": sha}
+            "rt": trainer.augment.rt, "device": str(trainer.device), "sha256": sha, "shapes": shapes}

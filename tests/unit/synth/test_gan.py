@@ -288,6 +288,11 @@ def test_gan_dir_outputs(gan_dir: Path) -> None:
     assert meta["data"]["crops"] == {"dent": 4, "scratch": 7, "stain": 3}
     assert (gan_dir / "samples" / "reals.png").is_file() and (gan_dir / "samples" / "kimg000000.png").is_file()
     assert (gan_dir / "fit.yaml").is_file() and len((gan_dir / "log.jsonl").read_text().splitlines()) == 3
+    rows = [json.loads(line) for line in (gan_dir / "shapes.jsonl").read_text().splitlines()]
+    assert rows and rows[-1]["kimg"] == meta["kimg"]
+    assert set(rows[-1]["shapes"]) <= set(CLASSES)  # a class whose untrained masks are all empty is left out
+    for c, figures in rows[-1]["shapes"].items():
+        assert 0 <= figures["orientation_tv"] <= 1 and figures["real"] == meta["data"]["crops"][c]
 
 
 # the patch source
