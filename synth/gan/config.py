@@ -27,8 +27,8 @@ GAN_FORMAT_VERSION = 1
 GAN_YAML = "gan.yaml"  # a GAN_DIR: these two files
 WEIGHTS = "generator.safetensors"
 # settings that shape the networks' tensors: a checkpoint resumes only with the same values
-ARCH_FIELDS = ("resolution", "channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
-               "mbstd_group", "pretrain_ok_kimg")
+ARCH_FIELDS = ("resolution", "channels", "z_dim", "w_dim", "mapping_layers", "mapping_lr_mul", "channel_base",
+               "channel_max", "mbstd_group", "pretrain_ok_kimg")  # mapping_lr_mul: the stored weights' scale
 
 AugmentOp = Literal["flip", "rot90", "translation", "cutout", "color"]
 
