@@ -35,7 +35,7 @@ demo: setup
 	# Training at the simulator's 256 px (at 192 px faint scratches and stains blur away: 88%, at 128 px 81%), 3 epochs,
 	# batch 16, LR 2e-3 after a short warm-up; the CNN's first two stages stay at their ImageNet weights (1.3x the
 	# images/s); 10% more defect draws, synthetic, on top of the real ones (the CPU GAN's 'scratches' are blobs).
-	# Measured: 87.5-89% test in 4.6-5.6 min of training (the whole demo 9.8 min); 8 epochs (13.5 min) reach 92%.
+	# Measured: 87.3-89% test in 4.6-5.6 min of training (the whole demo 9.8 min); 8 epochs (13.5 min) reach 92%.
 	printf 'lr: 0.002\nbatch_size: 16\nwarmup_epochs: 0.3\nfrozen_stages: 2\n' > $(DEMO)/train-config.yaml
 	$(BIN)/lineguard train --data $(DEMO)/sim --out $(DEMO)/model --config $(DEMO)/train-config.yaml --img-size 256 \
 		--epochs 3 --weights imagenet-lite0 --synthetic $(DEMO)/synthetic --synthetic-extra 0.1
