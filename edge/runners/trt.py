@@ -126,11 +126,7 @@ class TrtRunner(Runner):
             raise RunnerError(f"{self.path}: TensorRT {trt.__version__} cannot deserialize this engine (truncated "
                               f"or corrupt file?){self._errors(mark)}; {REBUILD}")
         self.batch_range = self._check_io()
-        self._context = self._engine.create_execution_context()
-        h, w, c = self.input_shape
-        if self._context is None or not self._context.set_input_shape(INPUT, (self.batch_range[1], h, w, c)):
-            raise RunnerError(f"{self.path}: TensorRT could not create an execution context for "
-                              f"{self.batch_range[1]} frames{self._errors(mark)}")
+        self._context = self._new_context(self.batch_range[1], mark)
         self._stream = cuda.Stream()
         for name in (INPUT, *OUTPUTS):
             host = cuda.pagelocked_empty(_dims(self._context.get_tensor_shape(name)),
@@ -208,15 +204,13 @@ class TrtRunner(Runner):
             raise RunnerError(f"{self.path}: CUDA graph {what} failed: {result[0]}")
         return result[1] if len(result) > 1 else None
 
-    def _graph_context(self, n: int, mark: int) -> Any:
-        """A new execution context fixed at batch ``n``, wired to the shared buffers."""
+    def _new_context(self, n: int, mark: int) -> Any:
+        """A new execution context set to a batch of ``n`` frames (its tensor addresses not yet set)."""
         h, w, c = self.input_shape
         context = self._engine.create_execution_context()
         if context is None or not context.set_input_shape(INPUT, (n, h, w, c)):
-            raise RunnerError(f"{self.path}: TensorRT could not set up a context for a batch of {n}"
+            raise RunnerError(f"{self.path}: TensorRT could not create an execution context for {n} frames"
                               f"{self._errors(mark)}")
-        for name, buffer in self._dev.items():
-            context.set_tensor_address(name, int(buffer))
         return context
 
     def _launch_graph(self, n: int, mark: int) -> None:
@@ -225,7 +219,9 @@ class TrtRunner(Runner):
         rt = self._cudart
         stream = rt.cudaStream_t(self._stream.handle)
         if n not in self._graphs:
-            context = self._graph_context(n, mark)
+            context = self._new_context(n, mark)
+            for name, buffer in self._dev.items():  # the shared buffers
+                context.set_tensor_address(name, int(buffer))
             self._enqueue(context, mark)
             mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
             self._cuda_ok(rt.cudaStreamBeginCapture(stream, mode), "capture")
