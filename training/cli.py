@@ -1,9 +1,9 @@
-"""``lineguard train`` and ``lineguard synth score``."""
+"""``lineguard train``, ``lineguard cv``, ``lineguard synth score`` and ``lineguard synth filter``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import typer
 from pydantic import BaseModel
@@ -12,6 +12,7 @@ from .. import options
 from ..console import console, emit, shown
 
 if TYPE_CHECKING:
+    from .synth_filter import FilterReport
     from .synth_score import ScoreReport
 
 
@@ -139,6 +140,43 @@ def synth_score(
     rep = ScoreReport.model_validate(score(data, synthetic, model, split=split, max_images=max_images,
                                            progress=not quiet))
     emit(rep, as_json, _show, quiet)
+
+
+def synth_filter(
+    data: Path = options.data(help="Real data set the model was trained on."),
+    synthetic: Path = typer.Option(..., "--synthetic", help="Synthetic data set to filter."),
+    model: Path = options.model(help="Model folder trained on the real training split."),
+    out: Path = options.out(help="The filtered data set (new folder)."),
+    band: Optional[Tuple[float, float]] = typer.Option(
+        None, "--band", help="Keep p(intended class) in [LO, HI] (default 0.5 0.99)."),
+    probe_max: Optional[float] = typer.Option(
+        None, "--probe-max", help="Drop when the real-vs-synthetic probe's P(synthetic) reaches this (1: off)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Real split the model was trained on (train)."),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Keep the synthetic images that a model trained on the real split assigns to their class within a
+    confidence band and that a real-vs-synthetic probe does not tell apart; the reasons in filter-report.json."""
+    from ..config import load_config
+    from .synth_filter import FilterConfig, filter_synthetic
+
+    cfg = load_config(FilterConfig, None, {"band": band, "probe_max": probe_max, "split": split})
+    emit(filter_synthetic(data, synthetic, model, out, cfg, progress=not quiet), as_json,
+         lambda r: _show_filter(r, out), quiet)
+
+
+def _show_filter(rep: FilterReport, out: Path) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{rep.synthetic} filtered by {rep.model}: {rep.kept} of {rep.images} kept into {shown(out)}")
+    for col in ("class", "images", "kept", "off class", "too easy", "told apart", "median p(class)"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for c, r in rep.per_class.items():
+        t.add_row(c, str(r.images), str(r.kept), *(str(r.reasons[k]) for k in ("off_class", "too_easy", "told_apart")),
+                  f"{r.p_class_median:.3f}")
+    console.print(t)
+    for c, why in rep.not_probed.items():
+        console.print(f"{c}: not probed ({why})")
 
 
 def _show(rep: ScoreReport) -> None:

@@ -20,6 +20,7 @@ from .evaluate import measure_latency, predict, split_metrics
 from .model_dir import save_model_files
 from .models import count_gmacs
 from .plots import plot_confusion, plot_curves, plot_pr
+from .synth_filter import read_filter_report
 
 __all__ = ["finish_model_dir"]
 
@@ -76,7 +77,8 @@ def _provenance(ds: Dataset, cfg: TrainConfig) -> Dict:
         out["synthetic"] = {"root": str(syn.root), "extra": cfg.synthetic_extra,
                             "real_epochs": cfg.synthetic_real_epochs, "weight": cfg.synthetic_weight,
                             "classes": syn.counts(recs),
-                            "sources": dict(Counter(r.source for r in recs)), "origins": _origins(recs)}
+                            "sources": dict(Counter(r.source for r in recs)), "origins": _origins(recs),
+                            "filter": read_filter_report(syn.root)}
     return out
 
 
@@ -154,6 +156,9 @@ def _synthetic_line(syn) -> str:
     if not syn:
         return ""
     last = f"; the last {syn['real_epochs']} epochs real only" if syn["real_epochs"] else ""
+    f = syn.get("filter")
+    kept = (f" Filtered from `{f['source']}` by `{f['model']}` (class band {f['band']}, probe below "
+            f"{f['probe_max']:g}): {f['kept_share']:.1%} kept; dropped {f['dropped']}." if f else "")
     return (f"\nSynthetic training images from `{syn['root']}`, {syn['extra']:g} draws on top of each real draw of a "
             f"class they hold (class-loss weight {syn['weight']:g}{last}): {syn['classes']}, sources "
-            f"{syn['sources']}, made by {syn['origins']}.\n")
+            f"{syn['sources']}, made by {syn['origins']}.{kept}\n")

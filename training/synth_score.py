@@ -45,7 +45,7 @@ __all__ = [
     "ScoreError",
     "ScoreReport",
     "c2st_auc",
-    "features",
+    "embed",
     "frechet_distance",
     "kid",
     "near_copy_rate",
@@ -179,13 +179,15 @@ def _metrics(real: np.ndarray, synthetic: np.ndarray, seed: int, kid_subsets: in
 # features
 
 
-def features(model: torch.nn.Module, pre: Preprocess, ds: Dataset, records: Sequence[Record], batch_size: int = 32,
-             progress: bool = True, where: str = "model") -> np.ndarray:
-    """Pooled penultimate features of ``records`` (the input of the model's Linear ``head``), (N, d) float32."""
+def embed(model: torch.nn.Module, pre: Preprocess, ds: Dataset, records: Sequence[Record], batch_size: int = 32,
+          progress: bool = True, where: str = "model", multi_label: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Pooled penultimate features (the input of the model's Linear ``head``), (N, d) float32, and class
+    probabilities (softmax; sigmoid per class for a ``multi_label`` model), (N, K), of ``records``."""
     head = getattr(model, "head", None)
     if not isinstance(head, torch.nn.Linear):
         raise ScoreError(f"{where}: the model has no Linear `head` whose input are the pooled features")
     got: List[torch.Tensor] = []
+    probs: List[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _m, args: got.append(args[0].detach()))
     model.eval()
     try:
@@ -202,10 +204,11 @@ def features(model: torch.nn.Module, pre: Preprocess, ds: Dataset, records: Sequ
                                      f"written (sha256 {sha[:12]}..., manifest {r.sha256[:12]}...)")
                 batch.append(pre(img))
             with torch.inference_mode():
-                model(torch.from_numpy(np.stack(batch)))
+                logits = model(torch.from_numpy(np.stack(batch)))["logits"].float()
+            probs.append(logits.sigmoid() if multi_label else logits.softmax(1))
     finally:
         hook.remove()
-    return torch.cat(got).float().numpy()
+    return torch.cat(got).float().numpy(), torch.cat(probs).numpy()
 
 
 def _cap(records: List[Record], n: int, seed: int) -> List[Record]:
@@ -235,8 +238,8 @@ def score(real_dir: Union[str, Path], synthetic_dir: Union[str, Path], model_dir
     if len(synth_recs) <= K:
         raise ScoreError(f"{synth.root}: {len(synth_recs)} images (needs > {K})")
     loaded = load_model_dir(model_dir)
-    fr = features(loaded.model, loaded.spec.preprocess, real, real_recs, batch_size, progress, str(model_dir))
-    fs = features(loaded.model, loaded.spec.preprocess, synth, synth_recs, batch_size, progress, str(model_dir))
+    fr, _ = embed(loaded.model, loaded.spec.preprocess, real, real_recs, batch_size, progress, str(model_dir))
+    fs, _ = embed(loaded.model, loaded.spec.preprocess, synth, synth_recs, batch_size, progress, str(model_dir))
     per_class, skipped = {}, {}
     lr, ls = np.array([r.label for r in real_recs]), np.array([r.label for r in synth_recs])
     for c in labels:
