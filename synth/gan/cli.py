@@ -52,11 +52,16 @@ def fit(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     kimg: Optional[float] = typer.Option(None, "--kimg", help="Thousands of real images to show D (config: kimg)."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Patch side in px (config: resolution)."),
+    target: Optional[str] = typer.Option(
+        None, "--target", help="defects | surface: surface is stage 1, OK patches (config: target)."),
+    surface: Optional[Path] = typer.Option(
+        None, "--surface", help="Stage 2: the surface GAN_DIR to freeze under defect blocks (config: surface)."),
     device: Optional[str] = options.device(None, help="auto | cpu | cuda[:N] (config: device, default auto)."),
     as_json: bool = options.JSON,
     quiet: bool = options.QUIET,
 ) -> None:
-    """Train the class-conditional defect GAN (image + mask) on the real defects of a data set."""
+    """Train the class-conditional defect GAN (image + mask) on the real defects of a data set; or in two
+    stages: the surface on OK patches (--target surface), then defect blocks on it (--surface DIR)."""
     from lineguard.config import load_config
 
     from .config import GanConfig, cpu_preset, gpu_preset
@@ -67,7 +72,8 @@ def fit(
     base = {"cpu": cpu_preset, "gpu": gpu_preset}[preset]().model_dump(mode="json") if preset else {}
     if config is not None:
         base = _merge(base, load_config(GanConfig, config).model_dump(mode="json", exclude_unset=True))
-    cfg = load_config(GanConfig, None, {**base, "kimg": kimg, "resolution": resolution, "device": device})
+    cfg = load_config(GanConfig, None, {**base, "kimg": kimg, "resolution": resolution, "device": device,
+                                        "target": target, "surface": None if surface is None else str(surface)})
     rep = FitReport(**run(data, out, cfg, resume=resume, progress=not quiet))
     emit(rep, as_json, lambda r: console.print(
         f"{r.out}: {r.kimg} kimg in {r.seconds / 60:.1f} min on {r.device} ({r.sec_per_kimg:.1f} s/kimg); crops per "

@@ -12,7 +12,7 @@ rule), so ``channel_base`` sets the width at the top resolution and ``channel_ma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -20,7 +20,7 @@ from lineguard import LineguardError
 from lineguard.config import StrictModel, dump_config, read_mapping, validated
 
 __all__ = ["ARCH_FIELDS", "GAN_FORMAT", "GAN_FORMAT_VERSION", "GAN_YAML", "WEIGHTS", "AdaConfig", "GanConfig",
-           "GanDirError", "GanFile", "cpu_preset", "gpu_preset"]
+           "GanDirError", "GanFile", "SurfaceInfo", "cpu_preset", "gpu_preset"]
 
 GAN_FORMAT = "lineguard-gan"
 GAN_FORMAT_VERSION = 1
@@ -28,7 +28,8 @@ GAN_YAML = "gan.yaml"  # a GAN_DIR: these two files
 WEIGHTS = "generator.safetensors"
 # settings that shape the networks' tensors: a checkpoint resumes only with the same values
 ARCH_FIELDS = ("resolution", "channels", "z_dim", "w_dim", "mapping_layers", "mapping_lr_mul", "channel_base",
-               "channel_max", "mbstd_group", "pretrain_ok_kimg")  # mapping_lr_mul: the stored weights' scale
+               "channel_max", "mbstd_group", "target", "defect_start", "defect_channels")  # mapping_lr_mul: the
+# stored weights' scale; a stage-2 run also resumes only on the same surface (its weights' sha256)
 
 AugmentOp = Literal["flip", "rot90", "translation", "cutout", "color"]
 
@@ -81,9 +82,16 @@ class GanConfig(StrictModel):
     crop_jitter: float = Field(0.5, ge=0.0, le=2.0, description="the jittered views' largest scale-up")
     oversample_power: float = Field(0.5, ge=0.0, le=1.0,
                                     description="crop weight count^-power: 0 natural, 1 class-balanced")
+    # two stages (DFMGAN): the surface from OK patches, then defect blocks on the frozen surface
+    target: Literal["defects", "surface"] = Field(
+        "defects", description="surface: stage 1, fit on patches of the OK images (one label, empty masks); defects: "
+                               "the defect classes, alone or (with `surface`) as stage 2")
+    surface: Optional[str] = Field(None, description="stage 2: a GAN_DIR fitted with target surface, frozen under "
+                                                     "defect blocks (the mapping settings above are the blocks')")
+    defect_start: int = Field(16, description="stage 2: resolution of the first defect block (a power of 2, >= 8)")
+    defect_channels: int = Field(64, ge=1, description="stage 2: width of the defect blocks")
     # schedule
     kimg: float = Field(2000.0, gt=0.0, description="thousands of real images shown to D")
-    pretrain_ok_kimg: float = Field(0.0, ge=0.0, description="first train on OK-image patches (DFMGAN-like); 0 = off")
     tick_kimg: float = Field(4.0, gt=0.0, description="log a row to log.jsonl every this many kimg")
     snapshot_kimg: float = Field(50.0, gt=0.0, description="checkpoint every this many kimg")
     sample_kimg: float = Field(50.0, gt=0.0, description="sample grid every this many kimg")
@@ -97,10 +105,27 @@ class GanConfig(StrictModel):
             raise ValueError(f"resolution must be a power of 2 from 16 to 256, got {v}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _older_pretraining(cls, data: Any) -> Any:
+        """Files of before the two-stage fit name ``pretrain_ok_kimg`` (OK patches under an extra label of
+        one network): 0 meant nothing and is dropped; a positive value is an error naming the two stages."""
+        if isinstance(data, dict) and "pretrain_ok_kimg" in data:
+            data = dict(data)
+            if data.pop("pretrain_ok_kimg"):
+                raise ValueError("pretrain_ok_kimg is replaced by the two-stage fit: fit the surface with "
+                                 "target: surface, then the defects with surface: THAT_GAN_DIR")
+        return data
+
     @model_validator(mode="after")
     def _widths(self) -> GanConfig:
         if self.channel_base < self.resolution:
             raise ValueError(f"channel_base {self.channel_base} < resolution {self.resolution}: no channels at the top")
+        if self.defect_start & (self.defect_start - 1) or not 8 <= self.defect_start <= self.resolution:
+            raise ValueError(f"defect_start must be a power of 2 from 8 to resolution {self.resolution}, got "
+                             f"{self.defect_start}")
+        if self.target == "surface" and self.surface is not None:
+            raise ValueError("target surface is stage 1: it takes no `surface` (that is stage 2's)")
         return self
 
 
@@ -108,13 +133,22 @@ class GanDirError(LineguardError):
     """A GAN_DIR that cannot be used; the message names the file and what is wrong."""
 
 
+class SurfaceInfo(StrictModel):
+    """The frozen stage-1 generator a stage-2 GAN_DIR holds (its weights are the ``surface.*`` tensors)."""
+
+    sha256: str  # of the surface GAN_DIR's weights file
+    kimg: float
+    labels: List[str]
+    config: GanConfig
+
+
 class GanFile(StrictModel):
     """``gan.yaml``: what a GAN_DIR holds, written by the trainer with its weights, read by the patch source."""
 
     format: Literal["lineguard-gan"] = GAN_FORMAT
     version: Literal[1] = GAN_FORMAT_VERSION
-    classes: List[str]  # the defect classes it makes
-    labels: List[str]  # the generator's class indices: the classes, then the OK class when it was pretrained
+    classes: List[str]  # the defect classes it makes (none for a surface)
+    labels: List[str]  # the generator's class indices: the classes (a surface: the OK class)
     resolution: int
     channels: Literal[1, 3]
     weights: str = WEIGHTS  # file name in the GAN_DIR
@@ -123,6 +157,7 @@ class GanFile(StrictModel):
     steps: int
     data: Dict[str, Any]  # where the training crops came from
     config: GanConfig
+    surface: Optional[SurfaceInfo] = None  # stage 2: the frozen surface
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> GanFile:
@@ -153,8 +188,7 @@ def cpu_preset() -> GanConfig:
 
 def gpu_preset() -> GanConfig:
     """64x64 on one GPU: StyleGAN2-ADA-like widths (256 at every resolution), batch 32, R1 by ADA's rule
-    (0.0002 * 64^2 / 32), 3000 kimg of which the first 500 on OK-image patches (DFMGAN-like; the training
-    records need OK images)."""
+    (0.0002 * 64^2 / 32), 3000 kimg."""
     return GanConfig(resolution=64, channel_base=16384, channel_max=256, batch_size=32, r1_gamma=0.0256,
-                     ema_kimg=10.0, augment=AdaConfig(speed_kimg=100.0), kimg=3000.0, pretrain_ok_kimg=500.0,
-                     tick_kimg=4.0, snapshot_kimg=100.0, sample_kimg=50.0)
+                     ema_kimg=10.0, augment=AdaConfig(speed_kimg=100.0), kimg=3000.0, tick_kimg=4.0,
+                     snapshot_kimg=100.0, sample_kimg=50.0)

@@ -26,7 +26,7 @@ from torch import nn
 
 from .config import GanConfig
 
-__all__ = ["Discriminator", "Generator", "make_discriminator", "make_generator"]
+__all__ = ["DefectGenerator", "Discriminator", "Generator", "make_discriminator", "make_generator"]
 
 SQRT2 = math.sqrt(2.0)
 
@@ -82,18 +82,20 @@ class StyleLayer(nn.Module):
     channel is rescaled to unit expected variance (demodulation). Computed as scale input -> one shared
     conv -> scale output, which equals StyleGAN2's per-sample weights and runs as one plain conv."""
 
-    def __init__(self, cin: int, cout: int, w_dim: int, up: bool = False) -> None:
+    def __init__(self, cin: int, cout: int, w_dim: int, up: bool = False, noise: bool = True) -> None:
         super().__init__()
         self.affine = EqLinear(w_dim, cin, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3))
-        self.noise_strength = nn.Parameter(torch.zeros(()))
+        self.noise_strength = nn.Parameter(torch.zeros(())) if noise else None
         self.bias = nn.Parameter(torch.zeros(cout))
         self.scale, self.up = 1 / math.sqrt(cin * 9), up
         if up:  # [1, 3, 3, 1] binomial filter, gain 4 (the transposed conv leaves 3 of 4 taps empty on average)
             k = torch.tensor([1.0, 3.0, 3.0, 1.0])
             self.register_buffer("blur", (k[:, None] * k / 16).repeat(cout, 1, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_gen: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_gen: Optional[torch.Generator] = None,
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``noise`` (N or 1, 1, H, W) in place of drawing it from ``noise_gen`` (the global RNG when None)."""
         s = self.affine(w)  # (N, cin)
         weight = self.weight * self.scale
         x = x * s[:, :, None, None]
@@ -103,9 +105,17 @@ class StyleLayer(nn.Module):
         else:
             x = F.conv2d(x, weight, padding=1)
         d = (s.square() @ weight.square().sum((2, 3)).t() + 1e-8).rsqrt() * SQRT2  # (N, cout), with the lrelu gain
-        noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype, generator=noise_gen)
         x = torch.addcmul(self.bias[:, None, None] * SQRT2, x, d[:, :, None, None])
-        return F.leaky_relu_(x.add_(noise * (self.noise_strength * SQRT2)), 0.2)
+        if self.noise_strength is not None:
+            if noise is None:
+                noise = self.draw_noise(x.shape[0], x.shape[-1], x, noise_gen)
+            x = x.add_(noise * (self.noise_strength * SQRT2))
+        return F.leaky_relu_(x, 0.2)
+
+    @staticmethod
+    def draw_noise(n: int, res: int, like: torch.Tensor, noise_gen: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The per-pixel noise input of one layer at ``res`` (N, 1, res, res)."""
+        return torch.randn(n, 1, res, res, device=like.device, dtype=like.dtype, generator=noise_gen)
 
 
 class ToOutput(nn.Module):
@@ -126,31 +136,16 @@ class ToOutput(nn.Module):
         return y.reshape(n, h, wd, -1).permute(0, 3, 1, 2)
 
 
-class Generator(nn.Module):
-    """``G(z, c) -> (image, mask)``: class-conditional mapping network, constant 4x4 input, two style
-    layers per resolution, skip outputs for the image (``channels``) and, through its own layers, the mask.
+class _Mapped(nn.Module):
+    """A class-conditional mapping network ``map(z, c) -> w``: the class's embedding row (N(0, 1)), normalised
+    like z and concatenated to it, through ``mapping_layers`` equalized-lr layers at ``lr_mul``; ``w_avg`` holds
+    the running mean of w per class (updated in training mode) for the truncation trick."""
 
-    ``w_avg`` holds the running mean of w per class (updated in training mode) for the truncation trick."""
-
-    def __init__(self, resolution: int, channels: int, n_classes: int, z_dim: int = 256, w_dim: int = 256,
-                 mapping_layers: int = 4, channel_base: int = 8192, channel_max: int = 256,
-                 mapping_lr_mul: float = 0.01) -> None:
-        super().__init__()
-        self.z_dim, self.w_dim = z_dim, w_dim
-        self.embed = nn.Embedding(n_classes, z_dim)  # N(0, 1) rows, normalised like z and concatenated to it
-        self.mapping = nn.Sequential(*[EqLinear(2 * z_dim if i == 0 else w_dim, w_dim, lr_mul=mapping_lr_mul,
-                                                act=True) for i in range(mapping_layers)])
+    def _init_mapping(self, n_classes: int, z_dim: int, w_dim: int, mapping_layers: int, lr_mul: float) -> None:
+        self.embed = nn.Embedding(n_classes, z_dim)
+        self.mapping = nn.Sequential(*[EqLinear(2 * z_dim if i == 0 else w_dim, w_dim, lr_mul=lr_mul, act=True)
+                                       for i in range(mapping_layers)])
         self.register_buffer("w_avg", torch.zeros(n_classes, w_dim))
-        ch = _widths(channel_base, channel_max)
-        self.const = nn.Parameter(torch.randn(ch(4), 4, 4))
-        self.layers = nn.ModuleList([StyleLayer(ch(4), ch(4), w_dim)])
-        self.to_img = nn.ModuleList([ToOutput(ch(4), channels, w_dim)])
-        self.to_mask = nn.ModuleList([ToOutput(ch(4), 1, w_dim)])
-        for res in (2 ** k for k in range(3, int(math.log2(resolution)) + 1)):
-            self.layers.extend([StyleLayer(ch(res // 2), ch(res), w_dim, up=True), StyleLayer(ch(res), ch(res), w_dim)])
-            self.to_img.append(ToOutput(ch(res), channels, w_dim))
-            self.to_mask.append(ToOutput(ch(res), 1, w_dim))
-        self.num_ws = len(self.layers) + 1  # each output layer shares the w of the next conv; the last has its own
 
     def map(self, z: torch.Tensor, c: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
         """w (N, w_dim) for latents ``z`` (N, z_dim) and class indices ``c`` (N,); ``truncation`` < 1 pulls
@@ -163,6 +158,29 @@ class Generator(nn.Module):
                 seen = n[:, 0] > 0
                 self.w_avg[seen] = torch.lerp(sums[seen] / n[seen], self.w_avg[seen], 0.995)
         return w if truncation == 1.0 else torch.lerp(self.w_avg[c], w, truncation)
+
+
+class Generator(_Mapped):
+    """``G(z, c) -> (image, mask)``: class-conditional mapping network, constant 4x4 input, two style
+    layers per resolution, skip outputs for the image (``channels``) and, through its own layers, the mask."""
+
+    def __init__(self, resolution: int, channels: int, n_classes: int, z_dim: int = 256, w_dim: int = 256,
+                 mapping_layers: int = 4, channel_base: int = 8192, channel_max: int = 256,
+                 mapping_lr_mul: float = 0.01) -> None:
+        super().__init__()
+        self.z_dim, self.w_dim = z_dim, w_dim
+        self._init_mapping(n_classes, z_dim, w_dim, mapping_layers, mapping_lr_mul)
+        ch = _widths(channel_base, channel_max)
+        self.widths = [ch(4 * 2 ** i) for i in range(int(math.log2(resolution)) - 1)]  # per resolution 4, 8, ...
+        self.const = nn.Parameter(torch.randn(ch(4), 4, 4))
+        self.layers = nn.ModuleList([StyleLayer(ch(4), ch(4), w_dim)])
+        self.to_img = nn.ModuleList([ToOutput(ch(4), channels, w_dim)])
+        self.to_mask = nn.ModuleList([ToOutput(ch(4), 1, w_dim)])
+        for res in (2 ** k for k in range(3, int(math.log2(resolution)) + 1)):
+            self.layers.extend([StyleLayer(ch(res // 2), ch(res), w_dim, up=True), StyleLayer(ch(res), ch(res), w_dim)])
+            self.to_img.append(ToOutput(ch(res), channels, w_dim))
+            self.to_mask.append(ToOutput(ch(res), 1, w_dim))
+        self.num_ws = len(self.layers) + 1  # each output layer shares the w of the next conv; the last has its own
 
     def synthesis(self, ws: torch.Tensor, noise_gen: Optional[torch.Generator] = None):
         """(image, mask) from per-layer styles ``ws`` (N, num_ws, w_dim). Both outputs are linear, as StyleGAN
@@ -189,6 +207,91 @@ class Generator(nn.Module):
         if z_mix is not None:
             ws[:, crossover:] = self.map(z_mix, c, truncation).unsqueeze(1)
         return self.synthesis(ws, noise_gen)
+
+
+class DefectGenerator(_Mapped):
+    """Stage 2 of the two-stage GAN (after DFMGAN, Duan et al. 2023): ``surface`` is a :class:`Generator`
+    fitted on OK patches (stage 1, one label), frozen; trainable defect blocks change its features inside a
+    mask they generate. ``G(z, c) -> (image, mask)`` with ``z = [surface z | defect z]`` (``z_dim`` = the sum).
+
+    From resolution ``start`` on, a defect path (its own class-conditional mapping network and style layers,
+    ``channels`` wide, no noise inputs) reads the surface's features at ``start``, grows a mask by skip
+    outputs like StyleGAN's image, and adds its features, through a zero-initialised 1x1 conv, to the
+    surface's features at each resolution, gated by the mask there (``clamp(m, 0, 1)`` of the linear
+    mask). The surface runs twice from ``start`` (batched): as it is (the OK sample) and with the additions.
+    The image is the OK sample blended with the changed one by the full-resolution gate, so a defect sample
+    differs from its OK sample (same surface z and noise) only where its mask is above 0; the noise inputs
+    are shared by both branches. At initialisation the image is the OK sample itself."""
+
+    def __init__(self, surface: Generator, n_classes: int, z_dim: int = 128, w_dim: int = 128,
+                 mapping_layers: int = 2, mapping_lr_mul: float = 0.01, start: int = 16, channels: int = 64) -> None:
+        super().__init__()
+        top = 4 * 2 ** (len(surface.widths) - 1)
+        if start & (start - 1) or not 8 <= start <= top:
+            raise ValueError(f"defect blocks start at a power of 2 from 8 to the resolution {top}, got {start}")
+        self.surface = surface.eval().requires_grad_(False)
+        self.defect_z_dim, self.w_dim = z_dim, w_dim
+        self.z_dim = surface.z_dim + z_dim
+        self._init_mapping(n_classes, z_dim, w_dim, mapping_layers, mapping_lr_mul)
+        self.first = int(math.log2(start)) - 2  # index of the start resolution in surface.widths
+        levels = range(self.first, len(surface.widths))
+        self.enter = StyleLayer(surface.widths[self.first], channels, w_dim, noise=False)
+        self.ups = nn.ModuleList([StyleLayer(channels, channels, w_dim, up=True, noise=False) for _ in levels][1:])
+        self.convs = nn.ModuleList([StyleLayer(channels, channels, w_dim, noise=False) for _ in levels])
+        self.to_mask = nn.ModuleList([ToOutput(channels, 1, w_dim) for _ in levels])
+        self.inject = nn.ModuleList([EqConv2d(channels, surface.widths[i], 1) for i in levels])
+        for conv in self.inject:
+            nn.init.zeros_(conv.weight)
+        self.num_ws = 2 * len(levels) + 1  # enter, (up, conv) per level after the first, conv; to_mask's own
+
+    def train(self, mode: bool = True) -> DefectGenerator:
+        super().train(mode)
+        self.surface.eval()  # frozen: its w_avg keeps the stage-1 value
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> DefectGenerator:
+        super().requires_grad_(requires_grad)
+        self.surface.requires_grad_(False)  # frozen whatever a trainer toggles
+        return self
+
+    def synthesis(self, ws_s: torch.Tensor, ws: torch.Tensor, noise_gen: Optional[torch.Generator] = None):
+        """(image, mask) from the surface's styles ``ws_s`` (N, surface.num_ws, w) and the defect styles ``ws``
+        (N, num_ws, w)."""
+        S, n = self.surface, ws_s.shape[0]
+        x = S.const.expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+        x = S.layers[0](x, ws_s[:, 0], noise_gen)
+        img = S.to_img[0](x, ws_s[:, 1])
+        branches = [(x, img)]  # the OK sample; from the start resolution also the changed one
+        r = mask = None
+        for i in range(1, len(S.to_img)):
+            noises = [StyleLayer.draw_noise(n, 4 * 2 ** i, x, noise_gen) for _ in range(2)]
+            xs = [S.layers[2 * i](S.layers[2 * i - 1](b, ws_s[:, 2 * i - 1], noise=noises[0]), ws_s[:, 2 * i],
+                                  noise=noises[1]) for b, _ in branches]
+            if i >= self.first:
+                k = i - self.first  # defect level
+                if k == 0:
+                    r = self.convs[0](self.enter(xs[0], ws[:, 0]), ws[:, 1])
+                    mask = self.to_mask[0](r, ws[:, 2])
+                    xs.append(xs[0])
+                    branches.append(branches[0])
+                else:
+                    r = self.convs[k](self.ups[k - 1](r, ws[:, 2 * k]), ws[:, 2 * k + 1])
+                    mask = _up(mask) + self.to_mask[k](r, ws[:, 2 * k + 2])
+                xs[1] = xs[1] + ((mask + 1) * 0.5).clamp(0, 1) * self.inject[k](r)
+            branches = [(b, _up(img) + S.to_img[i](b, ws_s[:, 2 * i + 1])) for b, (_, img) in zip(xs, branches)]
+        (_, ok), (_, changed) = branches
+        return torch.lerp(ok, changed, ((mask + 1) * 0.5).clamp(0, 1)), (mask + 1) * 0.5
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor, truncation: float = 1.0, z_mix: Optional[torch.Tensor] = None,
+                crossover: Optional[int] = None, noise_gen: Optional[torch.Generator] = None):
+        """(image, mask) for ``z`` = [surface z | defect z] and defect classes ``c``; style mixing (``z_mix``,
+        ``crossover``) on the defect styles, as :meth:`Generator.forward`."""
+        zs, zd = z[:, :self.surface.z_dim], z[:, self.surface.z_dim:]
+        ws_s = self.surface.map(zs, torch.zeros_like(c), truncation).unsqueeze(1).repeat(1, self.surface.num_ws, 1)
+        ws = self.map(zd, c, truncation).unsqueeze(1).repeat(1, self.num_ws, 1)
+        if z_mix is not None:
+            ws[:, crossover:] = self.map(z_mix[:, self.surface.z_dim:], c, truncation).unsqueeze(1)
+        return self.synthesis(ws_s, ws, noise_gen)
 
 
 def _minibatch_stddev(x: torch.Tensor, group: int) -> torch.Tensor:
@@ -239,7 +342,11 @@ class Discriminator(nn.Module):
         return self.out(h).squeeze(1) + (h * self.embed(c)).sum(1) * self.proj_scale
 
 
-def make_generator(cfg: GanConfig, n_classes: int) -> Generator:
+def make_generator(cfg: GanConfig, n_classes: int, surface: Optional[Generator] = None) -> nn.Module:
+    """The :class:`Generator` of ``cfg``; with ``surface`` (stage 2) the :class:`DefectGenerator` on it."""
+    if surface is not None:
+        return DefectGenerator(surface, n_classes, cfg.z_dim, cfg.w_dim, cfg.mapping_layers, cfg.mapping_lr_mul,
+                               cfg.defect_start, cfg.defect_channels)
     return Generator(cfg.resolution, cfg.channels, n_classes, cfg.z_dim, cfg.w_dim, cfg.mapping_layers,
                      cfg.channel_base, cfg.channel_max, cfg.mapping_lr_mul)
 

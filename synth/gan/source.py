@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import List, Union
+from typing import List, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,10 +29,39 @@ from lineguard.synth.patches import Patch, PatchSource
 from .config import GAN_YAML, GanDirError, GanFile
 from .networks import make_generator
 
-__all__ = ["GanSource"]
+__all__ = ["GanSource", "load_generator"]
 
 BATCH = 64
 REDRAW_ROUNDS = 3  # rounds of redrawing patches whose mask came out empty before giving up on them
+
+
+def load_generator(gan_dir: Union[str, os.PathLike]) -> Tuple[torch.nn.Module, GanFile]:
+    """The generator of a GAN_DIR (CPU, eval mode, frozen) and its ``gan.yaml``; a stage-2 GAN_DIR's
+    generator is the :class:`~.networks.DefectGenerator` on its surface. A GAN_DIR that cannot be used is one
+    :class:`GanDirError` line."""
+    gan_dir = Path(gan_dir)
+    fix = f"train one with `lineguard synth fit --data DATA --out {gan_dir}`"
+    meta_path = gan_dir / GAN_YAML
+    if not meta_path.is_file():
+        raise GanDirError(f"{meta_path}: missing, {gan_dir} is not a GAN_DIR; {fix}")
+    try:
+        info = GanFile.load(meta_path)
+    except GanDirError as e:
+        raise GanDirError(f"{e}; retrain: {fix}") from None
+    weights = gan_dir / info.weights
+    if not weights.is_file():
+        raise GanDirError(f"{weights}: missing (named by {meta_path}); {fix}")
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if sha != info.sha256:
+        raise GanDirError(f"{weights}: sha256 {sha[:16]}... differs from the {meta_path} record "
+                          f"{info.sha256[:16]}...; the files do not belong together, {fix}")
+    try:
+        surface = None if info.surface is None else make_generator(info.surface.config, len(info.surface.labels))
+        G = make_generator(info.config, len(info.labels), surface)
+        G.load_state_dict(load_file(str(weights)))
+    except (SafetensorError, RuntimeError, ValueError) as e:
+        raise GanDirError(f"{meta_path} / {weights}: cannot build the generator ({e}); {fix}") from None
+    return G.eval().requires_grad_(False), info
 
 
 class GanSource(PatchSource):
@@ -52,29 +81,12 @@ class GanSource(PatchSource):
     def load(cls, gan_dir: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
              truncation: float = 1.0) -> GanSource:
         """The GAN of ``gan_dir`` on ``device``; a GAN_DIR that cannot be used is one clear line."""
-        gan_dir = Path(gan_dir)
-        fix = f"train one with `lineguard synth fit --data DATA --out {gan_dir}`"
-        meta_path = gan_dir / GAN_YAML
-        if not meta_path.is_file():
-            raise GanDirError(f"{meta_path}: missing, {gan_dir} is not a GAN_DIR; {fix}")
-        try:
-            info = GanFile.load(meta_path)
-        except GanDirError as e:
-            raise GanDirError(f"{e}; retrain: {fix}") from None
+        G, info = load_generator(gan_dir)
+        if not info.classes:
+            raise GanDirError(f"{gan_dir}: a surface GAN (stage 1: OK patches, no defect classes); fit the defects "
+                              f"on it: `lineguard synth fit --data DATA --surface {gan_dir} --out GAN_DIR`")
         dev = torch_device(device)
-        weights = gan_dir / info.weights
-        if not weights.is_file():
-            raise GanDirError(f"{weights}: missing (named by {meta_path}); {fix}")
-        sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-        if sha != info.sha256:
-            raise GanDirError(f"{weights}: sha256 {sha[:16]}... differs from the {meta_path} record "
-                              f"{info.sha256[:16]}...; the files do not belong together, {fix}")
-        try:
-            G = make_generator(info.config, len(info.labels))
-            G.load_state_dict(load_file(str(weights)))
-        except (SafetensorError, RuntimeError) as e:
-            raise GanDirError(f"{meta_path} / {weights}: cannot build the generator ({e}); {fix}") from None
-        return cls(G.eval().requires_grad_(False).to(dev), info, gan_dir, dev, truncation)
+        return cls(G.to(dev), info, Path(gan_dir), dev, truncation)
 
     @property
     def classes(self) -> List[str]:

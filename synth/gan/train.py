@@ -2,9 +2,12 @@
 
 Data: a square crop around every real defect with its mask (:func:`~lineguard.synth.crops.defect_crops`)
 of the defect classes in the train split (all records when the data set has no split); rare classes
-are drawn more often (weight ``count ** -oversample_power`` per crop). With ``pretrain_ok_kimg`` the
-first kimg show random patches of OK images with an empty mask under one extra label, the OK class,
-so that G learns the surface before the defects (DFMGAN's two stages, in one network).
+are drawn more often (weight ``count ** -oversample_power`` per crop).
+
+Two stages (DFMGAN): ``target: surface`` fits the generator on random patches of the OK images (at the
+defect crops' scale, one label, empty masks); a fit with ``surface: THAT_GAN_DIR`` freezes that generator
+and trains only the defect blocks of a :class:`~lineguard.synth.gan.networks.DefectGenerator` on it (the
+stage-2 GAN_DIR holds both; its ``gan.yaml`` names the surface's weights by sha256).
 
 Losses: non-saturating logistic; lazy R1 on the reals (image and mask) every ``r1_interval`` D steps;
 an EMA copy of G is what gets saved; Adam. The out folder::
@@ -59,14 +62,15 @@ from lineguard.synth.crops import defect_crops, group_by_class
 from lineguard.synth.shapes import shape_report, split_by_class
 
 from .augment import AdaptiveAugment
-from .config import ARCH_FIELDS, GAN_FORMAT, GAN_FORMAT_VERSION, GAN_YAML, WEIGHTS, GanConfig, GanFile
+from .config import ARCH_FIELDS, GAN_FORMAT, GAN_FORMAT_VERSION, GAN_YAML, WEIGHTS, GanConfig, GanFile, SurfaceInfo
 from .networks import Generator, make_discriminator, make_generator
+from .source import load_generator
 
-__all__ = ["CHECKPOINT", "GanTrainer", "TrainingData", "fit", "load_training_data"]
+__all__ = ["CHECKPOINT", "GanTrainer", "TrainingData", "fit", "load_surface", "load_training_data"]
 
 CHECKPOINT = "checkpoint.pt"
-STATE_KEYS = ("labels", "G", "D", "G_ema", "opt_g", "opt_d", "augment", "step", "nimg", "seconds", "rng_cpu",
-              "rng_cuda")  # a checkpoint's keys besides format, version and config
+STATE_KEYS = ("labels", "surface", "G", "D", "G_ema", "opt_g", "opt_d", "augment", "step", "nimg", "seconds",
+              "rng_cpu", "rng_cuda")  # a checkpoint's keys besides format, version and config
 GRID_COLUMNS = 8
 SHAPE_SAMPLES = 64  # generated masks per class in shapes.jsonl
 OK_PATCHES_PER_IMAGE = 4
@@ -77,16 +81,15 @@ PathLike = Union[str, os.PathLike]
 @dataclass
 class TrainingData:
     """Crops as tensors: ``images`` (N, C, R, R) in [-1, 1], ``masks`` (N, 1, R, R) in {0, 1}, ``labels``
-    (N,) indices into ``label_names`` (the classes, then the OK class when pretraining), ``weights`` the
-    sampling weight of each crop; ``ok_images`` the OK patches for pretraining, else None."""
+    (N,) indices into ``label_names`` (the defect classes; for a surface fit the OK class alone, its masks
+    empty), ``weights`` the sampling weight of each crop."""
 
-    classes: List[str]
+    classes: List[str]  # the defect classes the generator makes (none for a surface)
     label_names: List[str]
     images: torch.Tensor
     masks: torch.Tensor
     labels: torch.Tensor
     weights: torch.Tensor
-    ok_images: Optional[torch.Tensor]
     provenance: Dict[str, Any]
 
 
@@ -111,8 +114,7 @@ def _ok_patches(ds: Dataset, records: List[Record], sides: List[int], cfg: GanCo
     if not ok:
         held = "a defect-type set (no OK class)" if ds.classes.ok_class is None else \
             f"no '{ds.classes.ok_class}' image in the training records"
-        raise LineguardError(f"{ds.root}: pretrain_ok_kimg is {cfg.pretrain_ok_kimg} but there is {held}; set "
-                             "pretrain_ok_kimg: 0")
+        raise LineguardError(f"{ds.root}: a surface fit trains on OK images, and there is {held}")
     rng = np.random.default_rng(cfg.seed)
     out = []
     for i in rng.permutation(len(ok))[:OK_IMAGES_MAX]:
@@ -153,31 +155,50 @@ def load_training_data(data_dir: PathLike, cfg: GanConfig) -> TrainingData:
     counts = {c: len(by_class[c]) for c in classes}
     labels = torch.tensor([classes.index(x.label) for x in ordered])
     weights = torch.tensor([counts[c] for c in classes], dtype=torch.float64).pow(-cfg.oversample_power)[labels]
-    ok_images = None
-    names = list(classes)
-    if cfg.pretrain_ok_kimg > 0:
-        ok_images = _ok_patches(ds, records, [x.box[2] - x.box[0] for x in ordered], cfg)
-        names.append(ds.classes.ok_class)
     provenance = {"data": str(ds.root.resolve()), "split": "train" if train else "all records",
-                  "records": len(records), "crops": counts, "ok_patches": 0 if ok_images is None else len(ok_images),
-                  "skipped": len(skipped), "skipped_examples": skipped[:5]}
-    return TrainingData(classes, names, _to_tensor([x.image for x in ordered]),
+                  "records": len(records), "crops": counts, "skipped": len(skipped), "skipped_examples": skipped[:5]}
+    if cfg.target == "surface":  # OK patches at the scale of the defect crops, one label, empty masks
+        images = _ok_patches(ds, records, [x.box[2] - x.box[0] for x in ordered], cfg)
+        provenance["ok_patches"] = len(images)
+        return TrainingData([], [ds.classes.ok_class], images, torch.zeros_like(images[:, :1]),
+                            torch.zeros(len(images), dtype=torch.long), torch.ones(len(images)), provenance)
+    return TrainingData(classes, list(classes), _to_tensor([x.image for x in ordered]),
                         torch.from_numpy(np.stack([x.mask for x in ordered]) > 127).float()[:, None],
-                        labels, weights, ok_images, provenance)
+                        labels, weights, provenance)
+
+
+def load_surface(cfg: GanConfig) -> Optional[Tuple[Generator, SurfaceInfo]]:
+    """Stage 2's frozen surface generator (``cfg.surface``) and what it is; None without one. The surface
+    must be a stage-1 fit of the same resolution and channels."""
+    if cfg.surface is None:
+        return None
+    G, info = load_generator(cfg.surface)
+    if info.config.target != "surface" or info.surface is not None:
+        raise LineguardError(f"{cfg.surface}: not a surface GAN (it makes {info.classes}); fit one with "
+                             "target: surface (`lineguard synth fit --target surface`)")
+    got, want = (info.resolution, info.channels), (cfg.resolution, cfg.channels)
+    if got != want:
+        raise LineguardError(f"{cfg.surface}: a surface of {got[0]} px and {got[1]} channel(s); this fit is "
+                             f"{want[0]} px and {want[1]}: fit both stages at one resolution")
+    return G, SurfaceInfo(sha256=info.sha256, kimg=info.kimg, labels=info.labels, config=info.config)
 
 
 class GanTrainer:
     """G, D, the EMA generator, their optimisers, the augmentation and the counters of one run;
     :meth:`step` trains one batch (a D step, then a G step)."""
 
-    def __init__(self, cfg: GanConfig, data: TrainingData, device: Union[str, torch.device] = "cpu") -> None:
+    def __init__(self, cfg: GanConfig, data: TrainingData, device: Union[str, torch.device] = "cpu",
+                 surface: Optional[Tuple[Generator, SurfaceInfo]] = None) -> None:
+        """``surface``: stage 2's frozen stage-1 generator and what it is (:func:`load_surface`)."""
         self.cfg, self.device = cfg, torch.device(device)
+        self.surface = None if surface is None else surface[1]
         torch.manual_seed(cfg.seed)
         n = len(data.label_names)
-        self.G = make_generator(cfg, n).to(self.device)
+        self.G = make_generator(cfg, n, None if surface is None else surface[0]).to(self.device)
         self.D = make_discriminator(cfg, n).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
+        trainable = [p for p in self.G.parameters() if p.requires_grad]  # stage 2: the defect blocks only
+        self.opt_g = torch.optim.Adam(trainable, lr=cfg.lr_g, betas=cfg.betas)
         lazy = cfg.r1_interval / (cfg.r1_interval + 1)  # StyleGAN2's correction for lazy regularisation
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d * lazy,
                                       betas=(cfg.betas[0] ** lazy, cfg.betas[1] ** lazy))
@@ -185,25 +206,15 @@ class GanTrainer:
         self.augment = AdaptiveAugment(a.ops, a.p_init, a.target, a.speed_kimg, a.interval, a.adaptive, a.p_max)
         self.images, self.masks = data.images.to(self.device), data.masks.to(self.device)
         self.labels, self.weights = data.labels.to(self.device), data.weights.float().to(self.device)
-        self.ok_images = None if data.ok_images is None else data.ok_images.to(self.device)
-        self.ok_label = len(data.classes)
         self.step_count, self.nimg, self.seconds = 0, 0, 0.0
-
-    @property
-    def stage(self) -> str:
-        return "ok" if self.ok_images is not None and self.nimg < self.cfg.pretrain_ok_kimg * 1000 else "defects"
 
     def _reals(self):
         b = self.cfg.batch_size
-        if self.stage == "ok":
-            idx = torch.randint(len(self.ok_images), (b,), device=self.device)
-            img = self.ok_images[idx]
-            return img, torch.zeros_like(img[:, :1]), torch.full((b,), self.ok_label, device=self.device)
         idx = torch.multinomial(self.weights, b, replacement=True)
         return self.images[idx], self.masks[idx], self.labels[idx]
 
     def _fakes(self, c: torch.Tensor):
-        z = torch.randn(len(c), self.cfg.z_dim, device=self.device)
+        z = torch.randn(len(c), self.G.z_dim, device=self.device)
         if torch.rand(()) < self.cfg.style_mixing:
             crossover = int(torch.randint(1, self.G.num_ws, ()))
             return self.G(z, c, z_mix=torch.randn_like(z), crossover=crossover)
@@ -298,22 +309,25 @@ def _grid(img: torch.Tensor, mask: torch.Tensor, rows: int) -> np.ndarray:
     return g[:, :, 0] if c == 1 else g
 
 
-def _sample_grid(G: Generator, n_classes: int, cfg: GanConfig, device: torch.device) -> np.ndarray:
+def _sample_grid(G: torch.nn.Module, n_classes: int, cfg: GanConfig, device: torch.device) -> np.ndarray:
     """The same latents and noise every time (seeded by ``cfg.seed``), so grids show progress."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    z = torch.randn(n_classes * GRID_COLUMNS, cfg.z_dim, generator=gen).to(device)
+    z = torch.randn(n_classes * GRID_COLUMNS, G.z_dim, generator=gen).to(device)
     c = torch.arange(n_classes, device=device).repeat_interleave(GRID_COLUMNS)
     with torch.no_grad():
         img, mask = G(z, c, noise_gen=torch.Generator(device).manual_seed(cfg.seed + 2))
     return _grid(img, mask, n_classes)
 
 
-def _shapes(G: Generator, data: TrainingData, cfg: GanConfig, device: torch.device) -> Dict[str, Dict[str, Any]]:
+def _shapes(G: torch.nn.Module, data: TrainingData, cfg: GanConfig, device: torch.device
+            ) -> Dict[str, Dict[str, Any]]:
     """:func:`~lineguard.synth.shapes.shape_report` of ``SHAPE_SAMPLES`` masks per class from ``G`` (latents
     and noise from their own seeded generators: the training RNG is not touched) against the crops."""
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     classes = tuple(data.classes)
-    z = torch.randn(len(classes) * SHAPE_SAMPLES, cfg.z_dim, generator=gen).to(device)
+    if not classes:  # a surface: no masks to compare
+        return {}
+    z = torch.randn(len(classes) * SHAPE_SAMPLES, G.z_dim, generator=gen).to(device)
     c = torch.arange(len(classes), device=device).repeat_interleave(SHAPE_SAMPLES)
     with torch.no_grad():
         _, mask = G(z, c, noise_gen=torch.Generator(device).manual_seed(cfg.seed + 4))
@@ -331,21 +345,30 @@ def _log_shapes(path: Path, trainer: GanTrainer, data: TrainingData, cfg: GanCon
 
 def _reals_grid(data: TrainingData) -> np.ndarray:
     idx = torch.cat([torch.nonzero(data.labels == k)[:, 0].repeat(GRID_COLUMNS)[:GRID_COLUMNS]
-                     for k in range(len(data.classes))])
-    return _grid(data.images[idx], data.masks[idx], len(data.classes))
+                     for k in range(len(data.label_names))])
+    return _grid(data.images[idx], data.masks[idx], len(data.label_names))
+
+
+def _surface_sha(trainer: GanTrainer) -> Optional[str]:
+    return None if trainer.surface is None else trainer.surface.sha256
 
 
 def _save_checkpoint(path: Path, trainer: GanTrainer, cfg: GanConfig, labels: List[str]) -> None:
-    save_checkpoint(path, {"labels": labels, **trainer.state_dict()}, cfg, GAN_FORMAT, GAN_FORMAT_VERSION)
+    save_checkpoint(path, {"labels": labels, "surface": _surface_sha(trainer), **trainer.state_dict()}, cfg,
+                    GAN_FORMAT, GAN_FORMAT_VERSION)
 
 
 def _resume(path: Path, trainer: GanTrainer, cfg: GanConfig, labels: List[str]) -> None:
-    """Continue ``trainer`` from the checkpoint at ``path``: same architecture settings, same labels."""
+    """Continue ``trainer`` from the checkpoint at ``path``: same architecture settings, labels and surface."""
     ck = load_checkpoint(path, GAN_FORMAT, GAN_FORMAT_VERSION, STATE_KEYS)
     check_settings(path, ck["config"], cfg, ARCH_FIELDS, what="architecture settings")
     if ck["labels"] != labels:
         raise CheckpointError(f"{path}: the run was trained on classes {ck['labels']}, the data now gives {labels}; "
                               "resume on the same data or train into a new folder")
+    if ck["surface"] != _surface_sha(trainer):
+        raise CheckpointError(f"{path}: the run was started on the surface with weights {str(ck['surface'])[:16]}, "
+                              f"{cfg.surface} now holds {str(_surface_sha(trainer))[:16]}; resume on that surface or "
+                              "train into a new folder")
     with restoring(path):
         trainer.load_state_dict(ck)
 
@@ -357,7 +380,7 @@ def _write_gan_dir(out: Path, trainer: GanTrainer, cfg: GanConfig, data: Trainin
     sha = sha256_file(out / WEIGHTS)
     GanFile(classes=data.classes, labels=data.label_names, resolution=cfg.resolution, channels=cfg.channels,
             sha256=sha, kimg=round(trainer.nimg / 1000, 3), steps=trainer.step_count, data=data.provenance,
-            config=cfg).save(out / GAN_YAML)
+            config=cfg, surface=trainer.surface).save(out / GAN_YAML)
     return sha
 
 
@@ -370,7 +393,7 @@ def _log_tick(path: Path, rows: List[Dict[str, Any]], trainer: GanTrainer, since
     """Append one row to log.jsonl: the means of the tick's ``rows``, p and r_t at its end, its speed."""
     r1 = [r["r1"] for r in rows if r["r1"] > 0]
     nimg, seconds = trainer.nimg - since[0], trainer.seconds - since[1]
-    row = {"step": trainer.step_count, "kimg": round(trainer.nimg / 1000, 3), "stage": trainer.stage,
+    row = {"step": trainer.step_count, "kimg": round(trainer.nimg / 1000, 3), "stage": trainer.cfg.target,
            "loss_d": float(np.mean([r["loss_d"] for r in rows])), "loss_g": float(np.mean([r["loss_g"] for r in rows])),
            "r1": float(np.mean(r1)) if r1 else None, "p": rows[-1]["p"], "rt": rows[-1]["rt"],
            "sec_per_kimg": round(seconds * 1000 / max(1, nimg), 2), "seconds": round(trainer.seconds, 1)}
@@ -387,7 +410,7 @@ def fit(data_dir: PathLike, out_dir: PathLike, cfg: GanConfig, resume: bool = Fa
     if not resume and (ck_path.exists() or (out / GAN_YAML).exists()):
         raise LineguardError(f"{out}: holds a GAN run already; pass --resume to continue it or pick a new folder")
     data = load_training_data(data_dir, cfg)
-    trainer = GanTrainer(cfg, data, _device(cfg.device))
+    trainer = GanTrainer(cfg, data, _device(cfg.device), load_surface(cfg))
     if resume:
         _resume(ck_path, trainer, cfg, data.label_names)
     (out / "samples").mkdir(parents=True, exist_ok=True)
@@ -407,7 +430,7 @@ def fit(data_dir: PathLike, out_dir: PathLike, cfg: GanConfig, resume: bool = Fa
             rows, since = [], (trainer.nimg, trainer.seconds)
         if _crossed(before, trainer.nimg, cfg.sample_kimg):
             write_png(out / "samples" / f"kimg{trainer.nimg // 1000:06d}.png",
-                      _sample_grid(trainer.G_ema, len(data.classes), cfg, trainer.device))
+                      _sample_grid(trainer.G_ema, len(data.label_names), cfg, trainer.device))
             _log_shapes(out / "shapes.jsonl", trainer, data, cfg)
         if _crossed(before, trainer.nimg, cfg.snapshot_kimg):
             _save_checkpoint(ck_path, trainer, cfg, data.label_names)
@@ -416,7 +439,7 @@ def fit(data_dir: PathLike, out_dir: PathLike, cfg: GanConfig, resume: bool = Fa
         _log_tick(out / "log.jsonl", rows, trainer, since)
     _save_checkpoint(ck_path, trainer, cfg, data.label_names)
     write_png(out / "samples" / f"kimg{trainer.nimg // 1000:06d}.png",
-              _sample_grid(trainer.G_ema, len(data.classes), cfg, trainer.device))
+              _sample_grid(trainer.G_ema, len(data.label_names), cfg, trainer.device))
     shapes = _log_shapes(out / "shapes.jsonl", trainer, data, cfg)
     sha = _write_gan_dir(out, trainer, cfg, data)
     return {"out": str(out), "classes": data.classes, "crops": data.provenance["crops"],

@@ -197,7 +197,7 @@ def test_adaptive_p_follows_overfitting() -> None:
 def test_training_steps_and_lazy_r1(sim: Path) -> None:
     cfg = tiny(r1_interval=3)
     data = load_training_data(sim, cfg)
-    assert data.classes == CLASSES and data.label_names == CLASSES and data.ok_images is None
+    assert data.classes == CLASSES and data.label_names == CLASSES
     assert data.images.shape[1:] == (1, 16, 16) and set(data.masks.unique().tolist()) == {0.0, 1.0}
     trainer = GanTrainer(cfg, data)
     rows = [trainer.step() for _ in range(6)]
@@ -227,16 +227,81 @@ def test_crop_views_jitter_scale_and_position_and_keep_the_defect_whole(sim: Pat
     assert [c.box for c in defect_crops(ds, ds.records, size=32, views=3, seed=2)[0]] != [c.box for c in three]
 
 
-def test_pretraining_on_ok_patches(sim: Path) -> None:
-    cfg = tiny(pretrain_ok_kimg=0.008)  # the first 2 steps
-    data = load_training_data(sim, cfg)
-    assert data.label_names == [*CLASSES, "ok"] and data.ok_images is not None and len(data.ok_images) > 0
-    trainer = GanTrainer(cfg, data)
-    stages = []
-    for _ in range(3):
-        stages.append(trainer.stage)
-        trainer.step()
-    assert stages == ["ok", "ok", "defects"]
+@pytest.fixture(scope="module")
+def surface_dir(sim: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gan") / "surface"
+    fit(sim, out, tiny(target="surface"), progress=False, max_steps=2)
+    return out
+
+
+def test_surface_fit_learns_ok_patches_and_is_no_defect_source(sim: Path, surface_dir: Path) -> None:
+    data = load_training_data(sim, tiny(target="surface"))
+    n_ok = sum(r.label == "ok" for r in Dataset.load(sim).records)
+    assert data.classes == [] and data.label_names == ["ok"] and len(data.images) == 4 * n_ok > 0
+    assert data.masks.abs().sum() == 0 and set(data.labels.tolist()) == {0}
+    meta = GanFile.load(surface_dir / GAN_YAML)
+    assert meta.classes == [] and meta.labels == ["ok"] and meta.config.target == "surface" and meta.surface is None
+    assert meta.data["ok_patches"] == len(data.images)
+    rows = [json.loads(line) for line in (surface_dir / "shapes.jsonl").read_text().splitlines()]
+    assert rows and all(r["shapes"] == {} for r in rows)  # no masks to compare
+    with pytest.raises(GanDirError, match=r"a surface GAN \(stage 1.*--surface"):
+        GanSource.load(surface_dir)
+    with pytest.raises(ValueError, match="target surface is stage 1"):
+        tiny(target="surface", surface=str(surface_dir))
+
+
+def test_stage_two_trains_defect_blocks_on_a_frozen_surface(sim: Path, surface_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    surface = load_file(str(surface_dir / WEIGHTS))
+    out = tmp_path / "g2"
+    rep = fit(sim, out, tiny(surface=str(surface_dir)), progress=False, max_steps=3)
+    assert rep["classes"] == CLASSES and rep["steps"] == 3
+    weights = load_file(str(out / WEIGHTS))
+    stage1 = {k[len("surface."):]: v for k, v in weights.items() if k.startswith("surface.")}
+    assert stage1.keys() == surface.keys()
+    assert all(torch.equal(stage1[k], surface[k]) for k in surface)  # bit-identical after training
+    ck = torch.load(out / CHECKPOINT, weights_only=True)
+    for name in ("G", "G_ema"):
+        assert all(torch.equal(ck[name][f"surface.{k}"], v) for k, v in surface.items())
+    meta = GanFile.load(out / GAN_YAML)
+    assert meta.surface is not None and meta.surface.sha256 == GanFile.load(surface_dir / GAN_YAML).sha256
+    # the GAN_DIR is self-contained: it generates with the surface folder gone
+    moved = tmp_path / "moved"
+    shutil.copytree(surface_dir, moved)
+    shutil.rmtree(surface_dir)
+    try:
+        src = GanSource.load(out)
+        assert all(p.mask.any() for p in src.sample("scratch", 4, np.random.default_rng(0)))
+    finally:
+        shutil.copytree(moved, surface_dir)
+    # a defect sample differs from its OK sample (the surface alone, same z and noise) only inside its mask
+    G = src.G
+    z = torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(0))
+    c = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    with torch.no_grad():
+        img, mask = G(z, c, noise_gen=torch.Generator().manual_seed(1))
+        ok, _ = G.surface(z[:, :G.surface.z_dim], torch.zeros_like(c), noise_gen=torch.Generator().manual_seed(1))
+    changed = (img != ok)[:, 0]
+    assert changed.any() and not (changed & (mask[:, 0] <= 0)).any()
+
+
+def test_stage_two_refuses_what_is_not_its_surface(sim: Path, surface_dir: Path, gan_dir: Path, tmp_path: Path
+                                                   ) -> None:
+    with pytest.raises(LineguardError, match=r"not a surface GAN \(it makes \['dent'"):
+        fit(sim, tmp_path / "a", tiny(surface=str(gan_dir)), progress=False, max_steps=1)
+    with pytest.raises(LineguardError, match=r"a surface of 16 px and 1 channel.*this fit is 32 px"):
+        fit(sim, tmp_path / "b", tiny(surface=str(surface_dir), resolution=32), progress=False, max_steps=1)
+    out = tmp_path / "c"
+    fit(sim, out, tiny(surface=str(surface_dir)), progress=False, max_steps=1)
+    other = tmp_path / "other-surface"
+    fit(sim, other, tiny(target="surface", seed=1), progress=False, max_steps=1)
+    with pytest.raises(LineguardError, match="started on the surface with weights"):
+        fit(sim, out, tiny(surface=str(other)), resume=True, progress=False, max_steps=2)
+    fit(sim, out, tiny(surface=str(surface_dir)), resume=True, progress=False, max_steps=2)
+    with pytest.raises(ValueError, match="pretrain_ok_kimg is replaced by the two-stage fit"):
+        GanConfig(pretrain_ok_kimg=500)
+    assert GanConfig.model_validate({"pretrain_ok_kimg": 0.0}) == GanConfig()  # older files: 0 meant nothing
 
 
 def test_resume_continues_like_an_uninterrupted_run(sim: Path, tmp_path: Path) -> None:
