@@ -43,13 +43,13 @@ from ..data.preprocess import Preprocess
 from ..data.progress import track
 from ..data.split import check_training_split, synthetic_records
 from ..metrics import classification_metrics
+from ..weights import load_weights, save_weights
 from .config import TrainConfig
 from .dataset import DefectDataset, MixedDataset, data_loader
 from .evaluate import predict
 from .models import ModelError, create_model, model_config
 from .report import finish_model_dir
 from .sampler import BalancedSampler
-from .weights import load_weights, save_weights
 
 __all__ = ["CHECKPOINT", "Dist", "TrainState", "Trainer", "train"]
 

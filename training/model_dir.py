@@ -19,8 +19,8 @@ import torch
 
 from ..data.format import CLASSES_FILE, ClassFile
 from ..data.modelspec import MODEL_FILE, SPEC_FILE, ModelSpec
+from ..weights import WeightsError, load_weights, save_weights
 from .models import ModelError, create_model, list_models
-from .weights import WeightsError, load_weights, save_weights
 
 __all__ = ["LoadedModel", "build_model", "fit_weights", "load_model_dir", "save_model_files"]
 

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lineguard import LineguardError
 
-from ..weights import IMAGENET_LITE0, load_backbone_weights, read_checkpoint
+from ...weights import IMAGENET_LITE0, load_backbone_weights, read_checkpoint
 
 ImgSize = Union[int, Sequence[int]]
 LITE0_BACKBONE = "tf_efficientnet_lite0"

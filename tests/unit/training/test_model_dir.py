@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from lineguard import weights as weights_module
 from lineguard.cli import main
 from lineguard.config import ConfigError, load_config
 from lineguard.data.format import Dataset, DatasetError
@@ -21,12 +22,11 @@ from lineguard.data.imaging import read_image, write_png
 from lineguard.data.modelspec import MAX_SIDE, MODEL_FILE, SPEC_FILE, ModelSpec
 from lineguard.data.preprocess import Preprocess
 from lineguard.edge.evaluate import evaluate
-from lineguard.training import weights as weights_module
 from lineguard.training.config import TrainConfig
 from lineguard.training.dataset import DefectDataset
 from lineguard.training.model_dir import load_model_dir
 from lineguard.training.models import ModelError
-from lineguard.training.weights import WeightsError, load_weights, save_weights
+from lineguard.weights import WeightsError, load_weights, save_weights
 
 INPUT = 32
 

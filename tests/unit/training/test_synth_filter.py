@@ -21,7 +21,7 @@ from lineguard.training.model_dir import load_model_dir
 from lineguard.training.report import _provenance, _synthetic_line
 from lineguard.training.synth_filter import FILTER_REPORT, FilterConfig, filter_synthetic, probe_scores
 from lineguard.training.synth_score import ScoreError
-from lineguard.training.weights import save_weights
+from lineguard.weights import save_weights
 
 SIZE = 64
 INPUT = 32

