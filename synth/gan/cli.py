@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from lineguard import options
 from lineguard.console import console, emit
 
-PRESETS = ("cpu", "gpu")
+PRESETS = ("cpu", "cpu-projected", "gpu")
 
 
 def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
@@ -48,7 +48,8 @@ def fit(
     data: Path = options.data(help="Data set folder (its train split, else all records)."),
     out: Path = options.out(help="GAN_DIR to write (generator.safetensors + gan.yaml)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="GanConfig YAML, over the preset."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="cpu | gpu: the settings to start from."),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", help="cpu | cpu-projected | gpu: the settings to start from."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     kimg: Optional[float] = typer.Option(None, "--kimg", help="Thousands of real images to show D (config: kimg)."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Patch side in px (config: resolution)."),
@@ -64,12 +65,13 @@ def fit(
     stages: the surface on OK patches (--target surface), then defect blocks on it (--surface DIR)."""
     from lineguard.config import load_config
 
-    from .config import GanConfig, cpu_preset, gpu_preset
+    from .config import GanConfig, cpu_preset, cpu_projected_preset, gpu_preset
     from .train import fit as run
 
     if preset is not None and preset not in PRESETS:
         raise typer.BadParameter(f"'{preset}' is not one of {', '.join(PRESETS)}", param_hint="--preset")
-    base = {"cpu": cpu_preset, "gpu": gpu_preset}[preset]().model_dump(mode="json") if preset else {}
+    presets = {"cpu": cpu_preset, "cpu-projected": cpu_projected_preset, "gpu": gpu_preset}
+    base = presets[preset]().model_dump(mode="json") if preset else {}
     if config is not None:
         base = _merge(base, load_config(GanConfig, config).model_dump(mode="json", exclude_unset=True))
     cfg = load_config(GanConfig, None, {**base, "kimg": kimg, "resolution": resolution, "device": device,

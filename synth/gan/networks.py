@@ -351,5 +351,11 @@ def make_generator(cfg: GanConfig, n_classes: int, surface: Optional[Generator] 
                      cfg.channel_base, cfg.channel_max, cfg.mapping_lr_mul)
 
 
-def make_discriminator(cfg: GanConfig, n_classes: int) -> Discriminator:
+def make_discriminator(cfg: GanConfig, n_classes: int) -> nn.Module:
+    """The pixel :class:`Discriminator`, or with ``discriminator: projected`` the one on frozen Lite0 features."""
+    if cfg.discriminator == "projected":
+        from .projected import ProjectedDiscriminator
+
+        return ProjectedDiscriminator(cfg.resolution, cfg.channels, n_classes, cfg.projected_weights,
+                                      cfg.projected_width)
     return Discriminator(cfg.resolution, cfg.channels, n_classes, cfg.channel_base, cfg.channel_max, cfg.mbstd_group)

@@ -27,6 +27,7 @@ from lineguard.synth.gan.config import (
     GanDirError,
     GanFile,
     cpu_preset,
+    cpu_projected_preset,
     gpu_preset,
 )
 from lineguard.synth.gan.networks import Discriminator, Generator, make_generator
@@ -448,8 +449,68 @@ def test_source_samples_patches_deterministically(gan_dir: Path) -> None:
 
 
 def test_presets_are_valid() -> None:
-    cpu, gpu = cpu_preset(), gpu_preset()
+    cpu, gpu, projected = cpu_preset(), gpu_preset(), cpu_projected_preset()
     assert cpu.resolution == gpu.resolution == 64
+    assert projected.discriminator == "projected" and projected.r1_gamma == 0 and projected.augment.p_init == 1.0
+    assert not projected.augment.adaptive and projected.model_dump(exclude={"discriminator", "r1_gamma", "augment"}) \
+        == cpu.model_dump(exclude={"discriminator", "r1_gamma", "augment"})
     assert cpu.channel_base // 64 <= 32 and cpu.channel_max <= 128 and 16 <= cpu.batch_size <= 32
     with pytest.raises(ValueError, match="power of 2"):
         GanConfig(resolution=48)
+
+
+# the projected discriminator
+
+
+def test_projected_discriminator_is_frozen_lite0_with_trainable_heads(sim: Path, tmp_path: Path) -> None:
+    from lineguard.synth.gan.projected import ProjectedDiscriminator
+
+    torch.manual_seed(0)
+    D = ProjectedDiscriminator(32, 1, 3, width=8)
+    assert "imagenet-lite0" in D.report.source and D.report.adapted  # the gray stem from the RGB weights
+    assert len(D.heads) == 2  # strides 4 and 8 at 32 px (the stride-16 map would be 2 x 2)
+    frozen = {k: v.clone() for k, v in D.features.state_dict().items()}
+    heads = {k: v.clone() for k, v in D.heads.state_dict().items()}
+    img = torch.randn(4, 1, 32, 32, requires_grad=True)
+    mask = (torch.rand(4, 1, 32, 32) > 0.5).float().requires_grad_(True)
+    c = torch.tensor([0, 1, 2, 0])
+    D.requires_grad_(True).train()
+    opt = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=0.01)
+    logits = D(img, mask, c)
+    assert logits.shape == (4,)
+    logits.sum().backward()
+    opt.step()
+    assert img.grad.abs().sum() > 0 and mask.grad.abs().sum() > 0  # G learns through the frozen features
+    assert all(torch.equal(v, D.features.state_dict()[k]) for k, v in frozen.items())  # BN statistics too
+    assert any(not torch.equal(v, D.heads.state_dict()[k]) for k, v in heads.items())
+    assert not D.features.training and all(not p.requires_grad for p in D.features.parameters())
+    # the class projection: the same image and mask judged as another class scores differently
+    with torch.no_grad():
+        assert not torch.allclose(D(img, mask, c), D(img, mask, (c + 1) % 3))
+    # weights from a file (--weights PATH), and a file that is not one
+    from safetensors.torch import save_file
+
+    from lineguard.weights import WeightsError
+
+    path = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in D.features.state_dict().items()}, str(path))
+    again = ProjectedDiscriminator(32, 1, 3, weights=str(path), width=8)
+    assert again.report.source == str(path) and not again.report.missing
+    assert all(torch.equal(v, again.features.state_dict()[k]) for k, v in D.features.state_dict().items())
+    (tmp_path / "bad.safetensors").write_bytes(b"not weights")
+    with pytest.raises(WeightsError, match=r"bad.safetensors: not a readable safetensors file"):
+        ProjectedDiscriminator(32, 1, 3, weights=str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="projected discriminator needs resolution 32 or more"):
+        tiny(discriminator="projected")
+
+
+def test_fit_with_the_projected_discriminator_and_the_two_stages(sim: Path, tmp_path: Path) -> None:
+    cfg = dict(resolution=32, discriminator="projected", projected_width=8, r1_gamma=0.0)
+    fit(sim, tmp_path / "s", tiny(target="surface", **cfg), progress=False, max_steps=1)
+    rep = fit(sim, tmp_path / "g", tiny(surface=str(tmp_path / "s"), **cfg), progress=False, max_steps=2)
+    assert rep["steps"] == 2 and rep["classes"] == CLASSES
+    src = GanSource.load(tmp_path / "g")
+    assert src.resolution == 32 and src.sample("dent", 2, np.random.default_rng(0)) is not None
+    with pytest.raises(LineguardError, match=r"checkpoint.pt.*architecture.*discriminator"):
+        fit(sim, tmp_path / "g", tiny(surface=str(tmp_path / "s"), **{**cfg, "discriminator": "pixel"}),
+            resume=True, progress=False, max_steps=3)
