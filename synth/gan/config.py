@@ -88,6 +88,11 @@ class GanConfig(StrictModel):
                                                  "crop_jitter larger and shifted (centred crops at one scale make "
                                                  "a centred blob G's first mode)")
     crop_jitter: float = Field(0.5, ge=0.0, le=2.0, description="the jittered views' largest scale-up")
+    shape_views: int = Field(
+        0, ge=0, description="shape prior: warped copies of each real crop (flips, rotation within shape_rotate, "
+                             "scale, elastic; image and mask together) beside the crops, for masks that collapse onto "
+                             "a few shapes (shapes.jsonl)")
+    shape_rotate: float = Field(15.0, ge=0.0, le=180.0, description="the shape prior's largest rotation in degrees")
     oversample_power: float = Field(0.5, ge=0.0, le=1.0,
                                     description="crop weight count^-power: 0 natural, 1 class-balanced")
     # two stages (DFMGAN): the surface from OK patches, then defect blocks on the frozen surface

@@ -58,7 +58,7 @@ from lineguard.data.format import Dataset, DatasetError, Record
 from lineguard.data.imaging import ImageFileError, read_image, resize, write_png
 from lineguard.data.progress import track
 from lineguard.files import atomic_path, sha256_file
-from lineguard.synth.crops import defect_crops, group_by_class
+from lineguard.synth.crops import defect_crops, group_by_class, shape_views
 from lineguard.synth.shapes import shape_report, split_by_class
 
 from .augment import AdaptiveAugment
@@ -82,7 +82,8 @@ PathLike = Union[str, os.PathLike]
 class TrainingData:
     """Crops as tensors: ``images`` (N, C, R, R) in [-1, 1], ``masks`` (N, 1, R, R) in {0, 1}, ``labels``
     (N,) indices into ``label_names`` (the defect classes; for a surface fit the OK class alone, its masks
-    empty), ``weights`` the sampling weight of each crop."""
+    empty), ``weights`` the sampling weight of each crop, ``prior`` (N,) True for the shape prior's warped
+    copies (``shape_views``)."""
 
     classes: List[str]  # the defect classes the generator makes (none for a surface)
     label_names: List[str]
@@ -90,6 +91,7 @@ class TrainingData:
     masks: torch.Tensor
     labels: torch.Tensor
     weights: torch.Tensor
+    prior: torch.Tensor
     provenance: Dict[str, Any]
 
 
@@ -151,20 +153,25 @@ def load_training_data(data_dir: PathLike, cfg: GanConfig) -> TrainingData:
                 f"{ds.root}: class '{c}' has no usable defect crop ({len(why)} of its images skipped: "
                 f"{'; '.join(why[:3])}{' ...' if len(why) > 3 else ''}); give its images masks or boxes, or "
                 "drop the class from the training records")
-    ordered = [crop for c in classes for crop in by_class[c]]
     counts = {c: len(by_class[c]) for c in classes}
+    prior = {c: shape_views(by_class[c], cfg.shape_views, cfg.shape_rotate, seed=cfg.seed) for c in classes}
+    ordered = [crop for c in classes for crop in by_class[c] + prior[c]]
+    is_prior = torch.tensor([k >= counts[c] for c in classes for k in range(counts[c] + len(prior[c]))])
     labels = torch.tensor([classes.index(x.label) for x in ordered])
-    weights = torch.tensor([counts[c] for c in classes], dtype=torch.float64).pow(-cfg.oversample_power)[labels]
+    sizes = torch.tensor([counts[c] + len(prior[c]) for c in classes], dtype=torch.float64)
+    weights = sizes.pow(-cfg.oversample_power)[labels]
     provenance = {"data": str(ds.root.resolve()), "split": "train" if train else "all records",
-                  "records": len(records), "crops": counts, "skipped": len(skipped), "skipped_examples": skipped[:5]}
+                  "records": len(records), "crops": counts, "shape_prior": {c: len(v) for c, v in prior.items()},
+                  "skipped": len(skipped), "skipped_examples": skipped[:5]}
     if cfg.target == "surface":  # OK patches at the scale of the defect crops, one label, empty masks
         images = _ok_patches(ds, records, [x.box[2] - x.box[0] for x in ordered], cfg)
         provenance["ok_patches"] = len(images)
         return TrainingData([], [ds.classes.ok_class], images, torch.zeros_like(images[:, :1]),
-                            torch.zeros(len(images), dtype=torch.long), torch.ones(len(images)), provenance)
+                            torch.zeros(len(images), dtype=torch.long), torch.ones(len(images)),
+                            torch.zeros(len(images), dtype=torch.bool), provenance)
     return TrainingData(classes, list(classes), _to_tensor([x.image for x in ordered]),
                         torch.from_numpy(np.stack([x.mask for x in ordered]) > 127).float()[:, None],
-                        labels, weights, provenance)
+                        labels, weights, is_prior, provenance)
 
 
 def load_surface(cfg: GanConfig) -> Optional[Tuple[Generator, SurfaceInfo]]:
@@ -332,7 +339,8 @@ def _shapes(G: torch.nn.Module, data: TrainingData, cfg: GanConfig, device: torc
     with torch.no_grad():
         _, mask = G(z, c, noise_gen=torch.Generator(device).manual_seed(cfg.seed + 4))
     fake = split_by_class((mask[:, 0] >= 0.5).cpu().numpy(), c.cpu().numpy(), classes)
-    real = split_by_class(data.masks[:, 0].cpu().numpy() > 0.5, data.labels.cpu().numpy(), classes)
+    crops = ~data.prior  # the real crops, not the shape prior's copies
+    real = split_by_class(data.masks[crops, 0].cpu().numpy() > 0.5, data.labels[crops].cpu().numpy(), classes)
     return shape_report(real, fake, seed=cfg.seed)
 
 

@@ -514,3 +514,35 @@ def test_fit_with_the_projected_discriminator_and_the_two_stages(sim: Path, tmp_
     with pytest.raises(LineguardError, match=r"checkpoint.pt.*architecture.*discriminator"):
         fit(sim, tmp_path / "g", tiny(surface=str(tmp_path / "s"), **{**cfg, "discriminator": "pixel"}),
             resume=True, progress=False, max_steps=3)
+
+
+def test_shape_prior_adds_warped_real_crops_and_shapes_compare_with_the_real_ones(sim: Path) -> None:
+    from lineguard.synth.crops import shape_views
+
+    plain = load_training_data(sim, tiny())
+    data = load_training_data(sim, tiny(shape_views=3))
+    n = len(plain.images)
+    assert not plain.prior.any() and data.provenance["crops"] == plain.provenance["crops"]
+    assert len(data.images) == n + int(data.prior.sum()) and 0.8 * 3 * n <= int(data.prior.sum()) <= 3 * n
+    assert sum(data.provenance["shape_prior"].values()) == int(data.prior.sum())
+    assert torch.equal(data.images[~data.prior], plain.images) and torch.equal(data.masks[~data.prior], plain.masks)
+    copies = data.masks[data.prior]
+    assert copies.flatten(1).amax(1).min() == 1 and set(copies.unique().tolist()) == {0.0, 1.0}
+    # a vertical bar stays a bar, turned by at most the rotation (and flipped)
+    ds = Dataset.load(sim)
+    crops, _ = defect_crops(ds, ds.records, size=32)
+    bar = crops[0]
+    bar.mask[:] = 0
+    bar.mask[4:28, 15:17] = 255
+    for v in shape_views([bar], 20, rotate=15.0, elastic_p=0.0, seed=0):
+        ys, xs = np.nonzero(v.mask)
+        angle = np.degrees(np.arctan2(np.ptp(xs), np.ptp(ys)))
+        assert angle < 25 and v.label == bar.label and v.image.shape == bar.image.shape
+    assert [v.mask.tobytes() for v in shape_views([bar], 4, seed=1)] == \
+        [v.mask.tobytes() for v in shape_views([bar], 4, seed=1)]
+    # shapes.jsonl compares the generated masks with the real crops, not with the prior's copies
+    trainer = GanTrainer(tiny(shape_views=3), data)
+    from lineguard.synth.gan.train import _shapes
+
+    report = _shapes(trainer.G_ema, data, tiny(), trainer.device)
+    assert all(v["real"] == plain.provenance["crops"][c] for c, v in report.items())
