@@ -1,5 +1,5 @@
-"""GAN settings (:class:`GanConfig`), the two presets ``cpu_preset()`` and ``gpu_preset()``, and what a GAN_DIR
-says it holds (:class:`GanFile`, its ``gan.yaml``).
+"""GAN settings (:class:`GanConfig`), the presets ``cpu_preset()``, ``cpu_projected_preset()`` and
+``gpu_preset()``, and what a GAN_DIR says it holds (:class:`GanFile`, its ``gan.yaml``).
 
     cfg = load_config(GanConfig, "fit.yaml", {"kimg": 50})
     cfg = cpu_preset()                   # 64x64 defects in about 2 h on a 2-core CPU
@@ -210,8 +210,9 @@ def cpu_projected_preset() -> GanConfig:
 
 
 def gpu_preset() -> GanConfig:
-    """64x64 on one GPU: StyleGAN2-ADA-like widths (256 at every resolution), batch 32, R1 by ADA's rule
-    (0.0002 * 64^2 / 32), 3000 kimg."""
-    return GanConfig(resolution=64, channel_base=16384, channel_max=256, batch_size=32, r1_gamma=0.0256,
-                     ema_kimg=10.0, augment=AdaConfig(speed_kimg=100.0), kimg=3000.0, tick_kimg=4.0,
+    """128x128 on one GPU: StyleGAN2-ADA-like widths (256 channels from 128 px down), batch 32, R1 by ADA's rule
+    (0.0002 * 128^2 / 32), 3000 kimg; for both stages of a two-stage fit (``target: surface``, then
+    ``surface: DIR``), as on the CPU."""
+    return GanConfig(resolution=128, channel_base=32768, channel_max=256, batch_size=32, r1_gamma=0.1024,
+                     ema_kimg=10.0, augment=AdaConfig(speed_kimg=100.0), kimg=3000.0, crop_views=4, tick_kimg=4.0,
                      snapshot_kimg=100.0, sample_kimg=50.0)

@@ -450,7 +450,7 @@ def test_source_samples_patches_deterministically(gan_dir: Path) -> None:
 
 def test_presets_are_valid() -> None:
     cpu, gpu, projected = cpu_preset(), gpu_preset(), cpu_projected_preset()
-    assert cpu.resolution == gpu.resolution == 64
+    assert cpu.resolution == 64 and gpu.resolution == 128 and gpu.r1_gamma == pytest.approx(0.0002 * 128 ** 2 / 32)
     assert projected.discriminator == "projected" and projected.r1_gamma == 0 and projected.augment.p_init == 1.0
     assert not projected.augment.adaptive and projected.model_dump(exclude={"discriminator", "r1_gamma", "augment"}) \
         == cpu.model_dump(exclude={"discriminator", "r1_gamma", "augment"})
