@@ -1,60 +1,119 @@
-"""Does synthesis help? Train the inspection model with 25% and 100% of the real defect training images,
-each (a) real only, (b) + copy-paste and Perlin patches, (c) + StyleGAN patches; several seeds; one real
-test split. Writes JSON (macro-F1, Fray/Crack recall, mean and std over seeds) and per-class sample
-grids of real crops vs generated patches.
+"""Does synthesis help? Issue 16's benchmark: stratified folds x seeds, paired differences with bootstrap intervals.
 
     LINEGUARD_REAL_DATA=../shared/datasets/magnetic-tile python bench/synth_gain.py \\
-        --fractions 0.25 1.0 --seeds 0 1 2 --minutes 15 --gan-kimg 80 --out runs/bench/synth_gain.json
+        --work runs/bench/synth_gain --out runs/bench/synth_gain.json
 
-Every step resumes: data, GAN fits, generated sets and finished training runs are kept under --work.
-Cost on our 2-core CPU: a GAN fit per fraction (cpu preset, ~2 h for 80 kimg) plus
-len(fractions) x 3 x len(seeds) training runs of --minutes each.
+Protocol. The data set is dealt into ``--folds`` stratified folds; fold k is held out (the test images), the others
+train, 10% of them (per class, seeded) select the best epoch (val). At fraction f every OK training image is kept
+and a share f of each defect class's. Per fold and fraction, with nothing from the held-out fold:
+
+1. arm (a), ``real``: real images, classical augmentation, class-balanced sampling; ``--seeds`` runs. Its seed-0
+   model is the filter's classifier (trained on the training fold only);
+2. the synthetic sets: copy-paste + Perlin patches of the training defects (``baseline``), and the two-stage
+   StyleGAN (the surface fitted on the fold's OK training images, shared by the fractions; defect blocks on the
+   fraction's defect crops) (``gan``), ``--synthetic-n`` images each, pasted on OK training images; both
+   filtered by ``lineguard synth filter`` with the arm-(a) model;
+3. the screen: frozen ImageNet Lite0 features, logistic-regression heads on the real training images plus
+   synthetic draws at each ``--shares`` (with and without the filter), ``--screen-seeds`` draws each, scored on
+   val (never the held-out fold): the filter setting and share with the best mean gain over the folds and both
+   synthetic arms are used for
+4. arms (b) ``baseline`` and (c) ``gan``: the same training with ``synthetic_extra`` = that share;
+5. per fraction, paired differences per held-out image (c-a, b-a, c-b) of macro-F1 (the mean over fold x seed
+   of the per-run difference), accuracy, and per class F1 and recall (``--report-classes``), with bootstrap 95%
+   intervals (images resampled within each fold x seed); offline scores (``lineguard synth score``) and the
+   shape figures of the GAN samples kept, unfiltered and (``--before-kimg``) of a one-stage GAN on fold 0;
+   real-vs-generated grids per class (under --work: they hold real crops, keep them out of the repository).
+
+Whether arm (a) converged: each run's best epoch and its val macro-F1 over the last quarter of the epochs
+(within a point of the best = a plateau) are reported. Every step resumes: data, GAN fits, generated and
+filtered sets, screens and finished runs are kept under --work. Cost with the defaults on our 2-core CPU:
+about 6 hours (the GAN fits ~2.5 h, 36 trainings ~3 h).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-from _magnetic_tile import prepared_split
 
 from lineguard.config import load_config
-from lineguard.data.format import Dataset
+from lineguard.console import log_to_console
+from lineguard.data.format import Dataset, Record
+from lineguard.data.imaging import read_image
+from lineguard.data.importers import import_dataset
+from lineguard.data.preprocess import Preprocess
+from lineguard.data.split import split_dataset
 from lineguard.files import atomic_write
+from lineguard.metrics import bootstrap_ci, confusion, macro_f1
 from lineguard.synth.baselines import CopyPasteSource, PerlinSource
 from lineguard.synth.crops import defect_crops, group_by_class
-from lineguard.synth.gan.config import cpu_preset
+from lineguard.synth.gan.config import GAN_YAML, GanConfig, GanFile, cpu_preset
 from lineguard.synth.gan.source import GanSource
 from lineguard.synth.gan.train import fit
 from lineguard.synth.generate import NearCopyConfig, SourceFactory, generate
 from lineguard.training.config import TrainConfig
+from lineguard.training.cv import fold_sets
+from lineguard.training.dataset import DefectDataset
 from lineguard.training.engine import train
+from lineguard.training.evaluate import predict
+from lineguard.training.model_dir import load_model_dir
+from lineguard.training.synth_filter import FilterConfig, filter_synthetic
+from lineguard.training.synth_score import ScoreError, score
 
-VARIANTS = ("real", "baseline", "gan")
-RECALL_OF = ("Fray", "Crack")
+ARMS = ("real", "baseline", "gan")  # (a), (b), (c)
+PAIRS = (("gan", "real"), ("baseline", "real"), ("gan", "baseline"))
+VAL_SHARE = 0.1
 
 
-def subset(data: Path, out: Path, fraction: float, seed: int = 0) -> Path:
-    """``data`` with ``fraction`` of each defect class's train images (val, test and OK train kept)."""
+# ---------------------------------------------------------------------------------------------- data
+
+
+def folded(args: argparse.Namespace) -> Path:
+    """``--data`` (or ``$LINEGUARD_REAL_DATA`` imported into work/data), dealt into ``--folds`` stratified folds."""
+    data = args.work / "data"
+    if not (data / "manifest.jsonl").exists():
+        src = args.data or os.environ.get("LINEGUARD_REAL_DATA")
+        if not src:
+            raise SystemExit("give --data DIR or set LINEGUARD_REAL_DATA to the magnetic-tile folder")
+        if (Path(src) / "manifest.jsonl").exists():
+            ds = Dataset.load(src)
+            rows = [r.model_copy(update={"image": str(ds.path(r.image).resolve()),
+                                         "mask": str(ds.path(r.mask).resolve()) if r.mask else None})
+                    for r in ds.records]
+            Dataset(data, ds.classes, rows).save()
+        else:
+            import_dataset(src, data, progress=False)
+        split_dataset(Dataset.load(data), val=0.0, test=0.0, seed=0, folds=args.folds)
+    return data
+
+
+def _absolute(ds: Dataset, r: Record, split: str) -> Record:
+    return r.model_copy(update={"image": str(ds.path(r.image).resolve()), "split": split, "fold": None,
+                                "mask": str(ds.path(r.mask).resolve()) if r.mask else None})
+
+
+def real_set(ds: Dataset, sets: List[List[Record]], k: int, fraction: float, out: Path) -> Path:
+    """Fold ``k`` as test; of the other folds every OK image and ``fraction`` of each defect class's, 10% of
+    each class (at least one) as val, the rest train. Seeded by the fold; nothing is copied."""
     if (out / "manifest.jsonl").exists():
         return out
-    ds = Dataset.load(data)
-    rng = np.random.default_rng(seed)
-    keep = []
+    rng = np.random.default_rng([k, 7])
+    rows = [_absolute(ds, r, "test") for r in sets[k]]
+    pool = [r for j, s in enumerate(sets) if j != k for r in s]
     for c in ds.classes.classes:
-        recs = [r for r in ds.split("train") if r.label == c]
+        recs = sorted((r for r in pool if r.label == c), key=lambda r: r.id)
+        recs = [recs[i] for i in rng.permutation(len(recs))]  # one order per fold: 25% is inside 100%
         if c != ds.classes.ok_class:
-            n = max(1, round(len(recs) * fraction))
-            recs = [recs[i] for i in sorted(rng.choice(len(recs), size=n, replace=False))]
-        keep += recs
-    rows = [r.model_copy(update={"image": str(ds.path(r.image).resolve()),
-                                 "mask": str(ds.path(r.mask).resolve()) if r.mask else None})
-            for r in keep + [r for r in ds.records if r.split in ("val", "test")]]
+            recs = recs[:max(2, round(len(recs) * fraction))]
+        n_val = max(1, round(len(recs) * VAL_SHARE))
+        rows += [_absolute(ds, r, "val") for r in recs[:n_val]] + [_absolute(ds, r, "train") for r in recs[n_val:]]
     Dataset(out, ds.classes, rows).save()
     return out
 
@@ -71,119 +130,369 @@ def merged(parts: List[Path], out: Path) -> Path:
     return out
 
 
-def sample_grid(real: Path, gan_dir: Path, out: Path, per_class: int = 8, size: int = 64) -> None:
+# ---------------------------------------------------------------------------------------------- synthesis
+
+
+def gan_config(args: argparse.Namespace, **over) -> GanConfig:
+    base = cpu_preset().model_dump(mode="json")
+    if args.gan_config is not None:
+        base.update(load_config(GanConfig, args.gan_config).model_dump(mode="json", exclude_unset=True))
+    return GanConfig.model_validate({**base, **over})
+
+
+def fitted(data: Path, out: Path, cfg: GanConfig, timing: Dict[str, float], key: str) -> Path:
+    """A GAN_DIR at ``cfg.kimg`` (resumed where a run stopped)."""
+    if (out / GAN_YAML).exists() and GanFile.load(out / GAN_YAML).kimg >= cfg.kimg:
+        return out
+    t0 = time.perf_counter()
+    fit(data, out, cfg, resume=(out / "checkpoint.pt").exists(), progress=False)
+    timing[key] = timing.get(key, 0.0) + time.perf_counter() - t0
+    return out
+
+
+def generated(source, real: Path, n: int, out: Path, timing: Dict[str, float], key: str, **kw) -> Path:
+    """The synthetic set ``out`` of ``n`` images (generated, resumed, or found complete)."""
+    if (out / "generate-report.json").exists():
+        return out
+    t0 = time.perf_counter()
+    g = generate(source, real, n, out, progress=False, **kw)
+    timing[key] = time.perf_counter() - t0
+    timing[f"{key}/images_per_s"] = n / timing[key]
+    return g.dataset.root
+
+
+def filtered(args: argparse.Namespace, real: Path, synthetic: Path, model: Path, out: Path) -> Optional[Path]:
+    """``synthetic`` filtered by ``model`` into ``out``; None (and ``out.none`` saying why) when nothing is kept."""
+    none = out.with_suffix(".none")
+    if none.exists():
+        return None
+    if not (out / "manifest.jsonl").exists():
+        try:
+            filter_synthetic(real, synthetic, model, out, FilterConfig(band=args.band, probe_max=args.probe_max),
+                             progress=False)
+        except ScoreError as e:
+            if "keeps none" not in str(e):
+                raise
+            atomic_write(none, str(e))
+            return None
+    return out
+
+
+def sample_grid(real: Path, gan_dir: Path, out: Path, per_class: int = 8) -> None:
     """Rows per class: ``per_class`` real crops, then as many generated patches (image over mask)."""
+    src = GanSource.load(gan_dir)
+    size = src.resolution
     ds = Dataset.load(real)
     crops = group_by_class(defect_crops(ds, ds.split("train"), size=size, channels=1)[0])
-    src = GanSource.load(gan_dir)
     rows = []
     for c in src.classes:
-        reals = crops.get(c, [])[:per_class]
-        fakes = src.sample(c, per_class, np.random.default_rng(0))
-        cells = [np.vstack([x.image, x.mask]) for x in reals] + [np.vstack([p.image if p.image.ndim == 2 else
-                                                                              cv2.cvtColor(p.image, cv2.COLOR_RGB2GRAY),
-                                                                              p.mask]) for p in fakes]
-        gap = np.full((2 * size, 8), 255, np.uint8)
-        rows.append(np.hstack([*cells[:len(reals)], gap, *cells[len(reals):]]))
+        cells = [np.vstack([x.image, x.mask]) for x in crops.get(c, [])[:per_class]]
+        n_real = len(cells)
+        for p in src.sample(c, per_class, np.random.default_rng(0)):
+            img = p.image if p.image.ndim == 2 else cv2.cvtColor(p.image, cv2.COLOR_RGB2GRAY)
+            cells.append(np.vstack([img, p.mask]))
+        rows.append(np.hstack([*cells[:n_real], np.full((2 * size, 8), 255, np.uint8), *cells[n_real:]]))
     width = max(r.shape[1] for r in rows)
     cv2.imwrite(str(out), np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1])), constant_values=255) for r in rows]))
 
 
-def synthetic_sets(args: argparse.Namespace, tag: str, real: Path, timing: Dict[str, float]) -> Dict[str, Path]:
-    """The synthetic sets of one fraction: {variant: data set} for "baseline" and "gan" (kept under --work)."""
-    synthetic: Dict[str, Path] = {}
-    work = args.work / tag
-    if "baseline" in args.variants:
-        ds = Dataset.load(real)
-        half = args.synthetic_n // 2
-        t0 = time.perf_counter()
-        cp = generate(CopyPasteSource.from_dataset(ds, channels=1), real, half, work / "copy-paste",
-                      near_copy=NearCopyConfig(enabled=False), progress=False)  # real crops by design
-        pl = generate(PerlinSource.from_dataset(ds), real, args.synthetic_n - half, work / "perlin", seed=1,
-                      progress=False)
-        timing[f"{tag}/baseline-generate"] = time.perf_counter() - t0
-        synthetic["baseline"] = merged([cp.dataset.root, pl.dataset.root], work / "baseline")
-    if "gan" in args.variants:
-        gan_dir = work / "gan"
-        if not (gan_dir / "gan.yaml").exists():
-            t0 = time.perf_counter()
-            cfg = cpu_preset().model_copy(update={"kimg": args.gan_kimg})
-            fit(real, gan_dir, cfg, resume=(gan_dir / "checkpoint.pt").exists(), progress=False)
-            timing[f"{tag}/gan-fit"] = time.perf_counter() - t0
-        sample_grid(real, gan_dir, args.work / f"{tag}-real-vs-gan.png")
-        t0 = time.perf_counter()
-        g = generate(SourceFactory(GanSource.load, (str(gan_dir),)), real, args.synthetic_n, work / "gan-set",
-                     progress=False)
-        timing[f"{tag}/gan-generate"] = time.perf_counter() - t0
-        synthetic["gan"] = g.dataset.root
-    return synthetic
+# ---------------------------------------------------------------------------------------------- training
 
 
-def train_run(args: argparse.Namespace, real: Path, synthetic: Optional[Path], seed: int, out: Path) -> Dict:
-    """The test figures of one training run (a finished run under ``out`` is read, not redone)."""
-    cfg = TrainConfig(arch=args.arch, img_size=args.img_size, seed=seed, epochs=200, max_minutes=args.minutes,
-                      patience=1000, synthetic=str(synthetic) if synthetic else None,
-                      synthetic_extra=args.synthetic_extra)
-    if (out / "metrics.json").exists():
-        if load_config(TrainConfig, out / "train.yaml") != cfg:
+def trained(args: argparse.Namespace, real: Path, synthetic: Optional[Path], share: float, seed: int,
+            out: Path) -> Dict:
+    """Held-out predictions and figures of the run whose model folder is ``out`` (a finished run is read)."""
+    extra = {"synthetic": str(synthetic), "synthetic_extra": share} if synthetic else {}
+    cfg = TrainConfig(arch=args.arch, img_size=args.img_size, seed=seed, epochs=args.epochs, batch_size=args.batch,
+                      patience=args.epochs, min_train_share=1.0, **extra)
+    done = out / "held_out.npz"
+    if not done.exists():
+        if (out / "train.yaml").exists() and load_config(TrainConfig, out / "train.yaml") != cfg:
             raise SystemExit(f"{out}: trained with other settings than these; remove it or use another --work")
-        m = json.loads((out / "metrics.json").read_text())
-    else:
-        m = train(cfg, real, out, resume=(out / "checkpoint.pt").exists(), progress=False)
-    t = m["test"]
-    return {"macro_f1": t["macro_f1"], "accuracy": t["accuracy"], "auroc": t["ok_ng_auroc"],
-            **{f"recall_{c}": t["per_class"][c]["recall"] for c in RECALL_OF}, "train_minutes": m["train_minutes"]}
+        if not (out / "metrics.json").exists():
+            train(cfg, real, out, resume=(out / "checkpoint.pt").exists(), progress=False)
+        loaded = load_model_dir(out)
+        ds = Dataset.load(real)
+        p = predict(loaded.model, DefectDataset(ds, ds.split("test"), loaded.spec.preprocess, None),
+                    loaded.spec.ok_index)
+        np.savez(done, labels=p.labels, pred=p.probs.argmax(1))
+    held = dict(np.load(done))
+    m = json.loads((out / "metrics.json").read_text())
+    curve = [h["val_macro_f1"] for h in m["history"]]
+    tail = curve[-max(1, len(curve) // 4):]
+    return {"labels": held["labels"], "pred": held["pred"], "best_epoch": m["best_epoch"], "epochs": len(curve),
+            "plateau": bool(max(curve) - min(tail) <= 0.01), "train_minutes": m["train_minutes"]}
 
 
-def summary(args: argparse.Namespace, runs: Dict[str, Dict]) -> Dict[str, Dict]:
-    """Mean and std over seeds per fraction and variant."""
-    table = {}
-    for f in args.fractions:
-        for v in args.variants:
-            rows = [r for r in runs.values() if r["fraction"] == f and r["variant"] == v]
-            table[f"{f:g}/{v}"] = {k: {"mean": float(np.mean([r[k] for r in rows])),
-                                       "std": float(np.std([r[k] for r in rows]))}
-                                   for k in ("macro_f1", "accuracy", *[f"recall_{c}" for c in RECALL_OF])}
+# ---------------------------------------------------------------------------------------------- the screen
+
+
+class Lite0Features:
+    """Pooled ImageNet EfficientNet-Lite0 features (gray stem), frozen, at the benchmark's input size."""
+
+    def __init__(self, size: int) -> None:
+        import timm
+        import torch
+
+        from lineguard.weights import load_backbone_weights
+
+        self.torch = torch
+        self.net = timm.create_model("tf_efficientnet_lite0", num_classes=0, in_chans=1, pretrained=False)
+        load_backbone_weights(self.net, "imagenet-lite0", in_chans=1)
+        self.net.eval()
+        self.pre = Preprocess(size=(size, size), channels=1, mean=[0.449], std=[0.226])
+        self.cache: Dict[str, np.ndarray] = {}
+
+    def __call__(self, ds: Dataset, records: Sequence[Record]) -> np.ndarray:
+        out = []
+        for s in range(0, len(records), 64):
+            batch = np.stack([self.pre(read_image(ds.path(r.image))[0]) for r in records[s:s + 64]])
+            with self.torch.inference_mode():
+                out.append(self.net(self.torch.from_numpy(batch)).numpy())
+        return np.concatenate(out)
+
+
+def screen(args: argparse.Namespace, real: Path, synthetic: Dict[str, Path], feats: Lite0Features, out: Path
+           ) -> Dict[str, Dict[str, float]]:
+    """Val macro-F1 gain of linear heads on real + synthetic draws over real alone, mean over seeds, per
+    ``arm/filter/share`` (cached in ``out``)."""
+    if out.exists():
+        return json.loads(out.read_text())
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ds = Dataset.load(real)
+    classes = ds.classes.classes
+    tr, va = ds.split("train"), ds.split("val")
+    xt, xv = feats(ds, tr), feats(ds, va)
+    yt, yv = np.array([classes.index(r.label) for r in tr]), np.array([classes.index(r.label) for r in va])
+    defects = int(sum(r.label != ds.classes.ok_class for r in tr))
+
+    def val_f1(x: np.ndarray, y: np.ndarray) -> float:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced"))
+        clf.fit(x, y)
+        return macro_f1(confusion(yv, clf.predict(xv), len(classes)))
+
+    base = val_f1(xt, yt)
+    table: Dict[str, Dict[str, float]] = {"real": {"val_macro_f1": base}}
+    for key, root in synthetic.items():
+        syn = Dataset.load(root)
+        recs = syn.records[:args.screen_max]
+        xs, ys = feats(syn, recs), np.array([classes.index(r.label) for r in recs])
+        for share in args.shares:
+            m = min(len(recs), round(share * defects))
+            gains = []
+            for seed in range(args.screen_seeds):
+                pick = np.random.default_rng(seed).choice(len(recs), m, replace=False)
+                gains.append(val_f1(np.vstack([xt, xs[pick]]), np.concatenate([yt, ys[pick]])) - base)
+            table[f"{key}/{share:g}"] = {"gain": float(np.mean(gains)), "std": float(np.std(gains)), "draws": m}
+    atomic_write(out, json.dumps(table, indent=1))
     return table
+
+
+def choose(args: argparse.Namespace, screens: List[Dict]) -> Tuple[bool, float, Dict[str, float]]:
+    """(filter on, share): the best mean gain over folds and the two synthetic arms; ties to the filter and the
+    smaller share."""
+    means = {}
+    for filt in (True, False):
+        for share in args.shares:
+            keys = [f"{arm}{'-kept' if filt else ''}/{share:g}" for arm in ("baseline", "gan")]
+            if all(k in s for s in screens for k in keys):  # a filter that kept nothing somewhere is out
+                means[f"{'filtered' if filt else 'unfiltered'}/{share:g}"] = float(
+                    np.mean([s[k]["gain"] for s in screens for k in keys]))
+    best = max(means, key=lambda k: (round(means[k], 6), k.startswith("filtered"), -float(k.split("/")[1])))
+    return best.startswith("filtered"), float(best.split("/")[1]), means
+
+
+# ---------------------------------------------------------------------------------------------- the comparison
+
+
+def per_class(y: np.ndarray, p: np.ndarray, c: int) -> Tuple[float, float]:
+    """(F1, recall) of class ``c``."""
+    tp, fp, fn = int(((p == c) & (y == c)).sum()), int(((p == c) & (y != c)).sum()), int(((p != c) & (y == c)).sum())
+    return (2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0), (tp / (tp + fn) if tp + fn else 0.0)
+
+
+def _run_mean_delta(f, y: np.ndarray, pa: np.ndarray, pb: np.ndarray, g: np.ndarray, i: np.ndarray) -> float:
+    """Mean over the runs (groups ``g``) of figure ``f`` of B minus A on the images ``i``."""
+    y, pa, pb, g = y[i], pa[i], pb[i], g[i]
+    return float(np.mean([f(y[g == u], pb[g == u]) - f(y[g == u], pa[g == u]) for u in np.unique(g)]))
+
+
+def paired(runs: Dict[str, List[Dict]], k: int, report: Dict[str, int], reps: int) -> Dict[str, Dict]:
+    """B - A per pair, per figure: (estimate, low, high) in points, images resampled within each fold x seed."""
+    figures = {"macro_f1": lambda t, p: macro_f1(confusion(t, p, k)),
+               "accuracy": lambda t, p: float((t == p).mean())}
+    for name, c in report.items():
+        figures[f"f1_{name}"] = lambda t, p, c=c: per_class(t, p, c)[0]
+        figures[f"recall_{name}"] = lambda t, p, c=c: per_class(t, p, c)[1]
+    out = {}
+    for b, a in PAIRS:
+        y = np.concatenate([r["labels"] for r in runs[a]])
+        if not np.array_equal(y, np.concatenate([r["labels"] for r in runs[b]])):
+            raise SystemExit(f"arms {a} and {b} were evaluated on other images: remove their held_out.npz files")
+        pa, pb = (np.concatenate([r["pred"] for r in runs[x]]) for x in (a, b))
+        g = np.concatenate([np.full(len(r["labels"]), i) for i, r in enumerate(runs[a])])
+        out[f"{b}-{a}"] = {
+            n: [v * 100 for v in bootstrap_ci(partial(_run_mean_delta, f, y, pa, pb, g), len(y), groups=g, reps=reps)]
+            for n, f in figures.items()}
+    return out
+
+
+def summary(runs: Dict[str, List[Dict]], k: int, report: Dict[str, int]) -> Dict[str, Dict]:
+    """Mean and std over fold x seed of each arm's figures (points)."""
+    out = {}
+    for arm, rows in runs.items():
+        figs: Dict[str, List[float]] = {"macro_f1": [], "accuracy": []}
+        for r in rows:
+            figs["macro_f1"].append(100 * macro_f1(confusion(r["labels"], r["pred"], k)))
+            figs["accuracy"].append(100 * float((r["labels"] == r["pred"]).mean()))
+            for name, c in report.items():
+                f1, rec = per_class(r["labels"], r["pred"], c)
+                figs.setdefault(f"f1_{name}", []).append(100 * f1)
+                figs.setdefault(f"recall_{name}", []).append(100 * rec)
+        out[arm] = {n: {"mean": float(np.mean(v)), "std": float(np.std(v))} for n, v in figs.items()}
+        out[arm]["converged"] = [{"best_epoch": r["best_epoch"], "epochs": r["epochs"], "plateau": r["plateau"]}
+                                 for r in rows]
+    return out
+
+
+def verdict(deltas: Dict[str, Dict], fraction: float) -> Dict[str, Optional[bool]]:
+    """The issue's goals at this fraction (None where an arm is missing)."""
+    ca, cb = deltas.get("gan-real", {}).get("macro_f1"), deltas.get("gan-baseline", {}).get("macro_f1")
+    if fraction < 1:
+        return {"c-a >= +2 points, interval above 0": None if ca is None else bool(ca[0] >= 2 and ca[1] > 0),
+                "c >= b": None if cb is None else bool(cb[0] >= 0)}
+    return {"c no worse than a beyond the interval": None if ca is None else bool(ca[2] >= 0)}
+
+
+def markdown(result: Dict) -> str:
+    names = result["report_classes"]
+    lines = ["| fraction | arm | macro-F1 | accuracy | " + " | ".join(f"{n} F1 / recall" for n in names) + " |",
+             "|" + "---|" * (4 + len(names))]
+    for f, r in result["fractions"].items():
+        for arm, s in r["arms"].items():
+            cells = [f"{s[f'f1_{n}']['mean']:.1f} / {s[f'recall_{n}']['mean']:.1f}" for n in result["report_classes"]]
+            lines.append(f"| {f} | {arm} | {s['macro_f1']['mean']:.2f} +- {s['macro_f1']['std']:.2f} | "
+                         f"{s['accuracy']['mean']:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "| fraction | pair | d macro-F1 [95%] | d accuracy | goals |", "|---|---|---|---|---|"]
+    for f, r in result["fractions"].items():
+        for pair, d in r["paired"].items():
+            m, acc = d["macro_f1"], d["accuracy"]
+            lines.append(f"| {f} | {pair} | {m[0]:+.2f} [{m[1]:+.2f}, {m[2]:+.2f}] | {acc[0]:+.2f} | "
+                         f"{r['goals'] if pair == 'gan-real' else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- main
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="a lineguard data set (else $LINEGUARD_REAL_DATA is imported)")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 1.0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    ap.add_argument("--arch", default="two_stream_lite0")
-    ap.add_argument("--img-size", type=int, default=224)
-    ap.add_argument("--minutes", type=float, default=15.0, help="training budget per run")
-    ap.add_argument("--synthetic-n", type=int, default=4000, help="generated images per synthetic set")
-    ap.add_argument("--synthetic-extra", type=float, default=0.5, help="synthetic draws on top of each real draw")
-    ap.add_argument("--gan-kimg", type=float, default=80.0)
+    ap.add_argument("--arch", default="cnn_lite0")
+    ap.add_argument("--img-size", type=int, default=160)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--synthetic-n", type=int, default=2000, help="generated images per synthetic set")
+    ap.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 1.0],
+                    help="synthetic draws per real defect draw the screen tries")
+    ap.add_argument("--screen-seeds", type=int, default=10)
+    ap.add_argument("--band", type=float, nargs=2, default=list(FilterConfig().band), help="the filter's class band")
+    ap.add_argument("--probe-max", type=float, default=FilterConfig().probe_max)
+    ap.add_argument("--screen-max", type=int, default=2000, help="synthetic images per set the screen embeds")
+    ap.add_argument("--gan-config", type=Path, help="GanConfig YAML over the cpu preset (both stages)")
+    ap.add_argument("--surface-kimg", type=float, default=20.0)
+    ap.add_argument("--gan-kimg", type=float, default=20.0)
+    ap.add_argument("--before-kimg", type=float, default=0.0, help="a one-stage GAN on fold 0 for the scores (0 off)")
+    ap.add_argument("--report-classes", nargs="+", default=["Fray", "Crack", "Break"])
+    ap.add_argument("--reps", type=int, default=2000)
     ap.add_argument("--work", type=Path, default=Path("runs/bench/synth_gain"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench/synth_gain.json"))
     args = ap.parse_args()
-    data = prepared_split(args.work)
-    runs: Dict[str, Dict] = {}
+    log_to_console(False)
+    t0 = time.perf_counter()
+    ds = Dataset.load(folded(args))
+    sets = fold_sets(ds, args.folds)
+    classes = ds.classes.classes
+    report = {n: classes.index(n) for n in args.report_classes if n in classes}
     timing: Dict[str, float] = {}
+    feats = Lite0Features(args.img_size)
+    stage: Dict[Tuple[int, float], Dict] = {}
+    for f in args.fractions:  # arm (a), the synthetic sets, their filtered versions, the screen
+        for k in range(args.folds):
+            tag = args.work / f"f{round(f * 100):03d}" / f"fold{k}"
+            key = f"{tag.parent.name}/{tag.name}"
+            real = real_set(ds, sets, k, f, tag / "data")
+            full = real_set(ds, sets, k, 1.0, args.work / "f100" / f"fold{k}" / "data")
+            a = {s: trained(args, real, None, 0.0, s, tag / "train" / "real" / f"seed{s}") for s in args.seeds}
+            clf = tag / "train" / "real" / f"seed{args.seeds[0]}"  # the filter's classifier
+            rds = Dataset.load(real)
+            half = args.synthetic_n // 2
+            cp = generated(CopyPasteSource.from_dataset(rds, channels=1), real, half, tag / "copy-paste", timing,
+                           f"{key}/copy-paste", near_copy=NearCopyConfig(enabled=False))  # real crops by design
+            pl = generated(PerlinSource.from_dataset(rds), real, args.synthetic_n - half, tag / "perlin", timing,
+                           f"{key}/perlin", seed=1)
+            surface = fitted(full, args.work / "surface" / f"fold{k}", gan_config(
+                args, target="surface", kimg=args.surface_kimg), timing, f"fold{k}/surface-fit")
+            gan = fitted(real, tag / "gan", gan_config(args, surface=str(surface), kimg=args.gan_kimg), timing,
+                         f"{key}/gan-fit")
+            sample_grid(real, gan, tag / "real-vs-gan.png")
+            syn = {"baseline": merged([cp, pl], tag / "baseline"),
+                   "gan": generated(SourceFactory(GanSource.load, (str(gan),)), real, args.synthetic_n,
+                                    tag / "gan-set", timing, f"{key}/gan-generate")}
+            for arm in ("baseline", "gan"):
+                kept = filtered(args, real, syn[arm], clf, tag / f"{arm}-kept")
+                if kept is not None:
+                    syn[f"{arm}-kept"] = kept
+            stage[(k, f)] = {"real": real, "a": a, "syn": syn, "gan": gan, "clf": clf,
+                             "screen": screen(args, real, syn, feats, tag / "screen.json")}
+    result: Dict = {"benchmark": "synth_gain", "folds": args.folds, "seeds": args.seeds, "arch": args.arch,
+                    "img_size": args.img_size, "epochs": args.epochs, "batch": args.batch,
+                    "synthetic_n": args.synthetic_n,
+                    "surface_kimg": args.surface_kimg, "gan_kimg": args.gan_kimg,
+                    "report_classes": list(report), "fractions": {}}
     for f in args.fractions:
-        tag = f"f{round(f * 100):03d}"
-        real = subset(data, args.work / tag / "data", f)
-        synthetic = synthetic_sets(args, tag, real, timing)
-        for v in args.variants:
-            for seed in args.seeds:
-                name = f"{tag}/{v}/seed{seed}"
-                figures = train_run(args, real, synthetic.get(v), seed, args.work / tag / "train" / v / f"seed{seed}")
-                runs[name] = {"fraction": f, "variant": v, "seed": seed, **figures}
-                print(json.dumps({"run": name, **runs[name]}), flush=True)
-    table = summary(args, runs)
+        use_filter, share, means = choose(args, [stage[(k, f)]["screen"] for k in range(args.folds)])
+        runs: Dict[str, List[Dict]] = {arm: [] for arm in ARMS}
+        scores = {}
+        for k in range(args.folds):
+            st, tag = stage[(k, f)], args.work / f"f{round(f * 100):03d}" / f"fold{k}"
+            runs["real"] += [st["a"][s] for s in args.seeds]
+            for arm in ("baseline", "gan"):
+                root = st["syn"][f"{arm}-kept" if use_filter else arm]
+                runs[arm] += [trained(args, st["real"], root, share, s, tag / "train" / arm / f"seed{s}")
+                              for s in args.seeds]
+            scores[f"fold{k}"] = {
+                **{key: score(st["real"], st["syn"][key], st["clf"], progress=False)["per_class"]
+                   for key in ("gan", "gan-kept") if key in st["syn"]},
+                "shapes": json.loads((st["gan"] / "shapes.jsonl").read_text().splitlines()[-1])["shapes"],
+                "kept_share": {arm: json.loads((st["syn"][f"{arm}-kept"] / "filter-report.json").read_text())[
+                    "kept_share"] if f"{arm}-kept" in st["syn"] else 0.0 for arm in ("baseline", "gan")}}
+        deltas = paired(runs, len(classes), report, args.reps)
+        result["fractions"][f"{f:g}"] = {"filter": use_filter, "share": share, "screen_means": means,
+                                          "arms": summary(runs, len(classes), report), "paired": deltas,
+                                          "goals": verdict(deltas, f), "scores": scores}
+    if args.before_kimg > 0:  # the one-stage GAN as it was before the two stages, on fold 0 of the first fraction
+        st = stage[(0, args.fractions[0])]
+        tag = args.work / f"f{round(args.fractions[0] * 100):03d}" / "fold0"
+        before = fitted(st["real"], tag / "gan-one-stage", gan_config(args, kimg=args.before_kimg), timing,
+                        "fold0/one-stage-fit")
+        sample_grid(st["real"], before, tag / "real-vs-one-stage.png")
+        root = generated(SourceFactory(GanSource.load, (str(before),)), st["real"], args.synthetic_n,
+                         tag / "one-stage-set", timing, "fold0/one-stage-generate")
+        result["one_stage_fold0"] = {
+            "scores": score(st["real"], root, st["clf"], progress=False)["per_class"],
+            "shapes": json.loads((before / "shapes.jsonl").read_text().splitlines()[-1])["shapes"]}
+    result["seconds"] = {**timing, "total": time.perf_counter() - t0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, json.dumps({"benchmark": "synth_gain", "arch": args.arch, "seeds": args.seeds,
-                                    "img_size": args.img_size, "minutes_per_run": args.minutes,
-                                    "synthetic_n": args.synthetic_n, "synthetic_extra": args.synthetic_extra,
-                                    "gan_kimg": args.gan_kimg,
-                                    "table": table, "runs": runs, "seconds": timing}, indent=1))
-    for k, v in table.items():
-        print(f"{k:18s} macro-F1 {v['macro_f1']['mean']:.4f} ± {v['macro_f1']['std']:.4f}  "
-              + "  ".join(f"{c} recall {v[f'recall_{c}']['mean']:.3f}" for c in RECALL_OF))
+    atomic_write(args.out, json.dumps(result, indent=1))
+    atomic_write(args.out.with_suffix(".md"), markdown(result))
+    print(markdown(result))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""bench/synth_gain.py at toy scale on a simulated set: every step of the protocol runs (folds, arm (a), the
+two-stage GAN, copy-paste / Perlin, the filter, the Lite0 screen, arms (b) and (c), the paired intervals), nothing
+of the held-out fold reaches the generators or the filter's classifier, and a second run resumes everything."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from lineguard.data.format import Dataset
+from lineguard.sim import SimulatorConfig, simulate_dataset
+from lineguard.synth.gan.config import GanFile
+
+TINY_GAN = """\
+resolution: 16
+z_dim: 16
+w_dim: 16
+mapping_layers: 2
+channel_base: 128
+channel_max: 16
+batch_size: 4
+crop_views: 1
+defect_channels: 8
+tick_kimg: 0.004
+snapshot_kimg: 0.5
+sample_kimg: 0.5
+device: cpu
+"""
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("synth_gain", Path(__file__).parents[2] / "bench" / "synth_gain.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "synth_gain", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_synth_gain_protocol_end_to_end_and_resumed(bench: types.ModuleType, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = tmp_path / "sim"
+    simulate_dataset(sim, n=48, seed=0, cfg=SimulatorConfig(size=64), workers=1, progress=False)
+    (tmp_path / "gan.yaml").write_text(TINY_GAN)
+    work, out = tmp_path / "work", tmp_path / "out.json"
+    argv = ["synth_gain.py", "--data", str(sim), "--work", str(work), "--out", str(out), "--folds", "2", "--seeds", "0",
+            "--fractions", "0.5", "--img-size", "32", "--epochs", "1", "--batch", "8", "--synthetic-n", "12",
+            "--shares", "0.5", "1.0", "--screen-seeds", "2", "--gan-config", str(tmp_path / "gan.yaml"),
+            "--surface-kimg", "0.008", "--gan-kimg", "0.008", "--band", "0", "1", "--report-classes", "dent",
+            "scratch", "--reps", "20", "--arch", "cnn_resnet18"]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    result = json.loads(out.read_text())
+    f = result["fractions"]["0.5"]
+    assert set(f["arms"]) == {"real", "baseline", "gan"} and set(f["paired"]) == {"gan-real", "baseline-real",
+                                                                                   "gan-baseline"}
+    for d in f["paired"].values():
+        assert set(d) == {"macro_f1", "accuracy", "f1_dent", "recall_dent", "f1_scratch", "recall_scratch"}
+        assert all(lo <= est <= hi for est, lo, hi in d.values())
+    assert len(f["arms"]["real"]["converged"]) == 2 and f["share"] in (0.5, 1.0)
+    assert set(f["screen_means"]) <= {f"{w}/{s}" for w in ("filtered", "unfiltered") for s in ("0.5", "1")}
+    assert set(f["goals"]) == {"c-a >= +2 points, interval above 0", "c >= b"}
+    assert "| 0.5 | gan-real |" in out.with_suffix(".md").read_text()
+    # nothing of the held-out fold in the generators' or the classifier's data
+    full = Dataset.load(work / "data")
+    for k in range(2):
+        fold = work / "f050" / f"fold{k}"
+        data = Dataset.load(fold / "data")
+        test = {r.image for r in data.split("test")}
+        assert test == {str(full.path(r.image).resolve()) for r in full.records if r.fold == k}
+        assert not test & {r.image for r in data.records if r.split != "test"}
+        gan = GanFile.load(fold / "gan" / "gan.yaml")
+        assert gan.data["data"] == str((fold / "data").resolve()) and gan.data["split"] == "train"
+        assert gan.surface is not None
+        surface = GanFile.load(work / "surface" / f"fold{k}" / "gan.yaml")
+        assert surface.data["split"] == "train" and surface.sha256 == gan.surface.sha256
+        assert json.loads((fold / "gan-kept" / "filter-report.json").read_text())["model"] == str(
+            fold / "train" / "real" / "seed0")
+        assert (fold / "real-vs-gan.png").is_file()
+    # a second run trains, fits and generates nothing again
+    stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*")
+              if p.name in ("held_out.npz", "generator.safetensors") or ("images" in p.parts and p.is_file())}
+    assert len(stamps) == 2 * (3 + 2 + 6 + 6 + 12)  # per fold: runs, surface + GAN, copy-paste, Perlin, GAN images
+    bench.main()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    again = json.loads(out.read_text())
+    assert again["fractions"]["0.5"]["paired"] == f["paired"]
