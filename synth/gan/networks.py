@@ -1,6 +1,7 @@
 """StyleGAN2-style networks for defect patches, in plain PyTorch (no custom ops; CPU or GPU).
 
 The generator makes an image and its defect mask for a class; the discriminator judges both together.
+:class:`DefectGenerator` is the two-stage variant: defect blocks on a frozen generator of the OK surface.
 Written from the papers' ideas, no code copied: StyleGAN2 (Karras et al. 2020: mapping network, weight
 (de)modulation, noise inputs, skip outputs, equalized learning rate, residual D with minibatch stddev)
 and the projection discriminator (Miyato & Koyama 2018).
@@ -218,10 +219,10 @@ class DefectGenerator(_Mapped):
     ``channels`` wide, no noise inputs) reads the surface's features at ``start``, grows a mask by skip
     outputs like StyleGAN's image, and adds its features, through a zero-initialised 1x1 conv, to the
     surface's features at each resolution, gated by the mask there (``clamp(m, 0, 1)`` of the linear
-    mask). The surface runs twice from ``start`` (batched): as it is (the OK sample) and with the additions.
-    The image is the OK sample blended with the changed one by the full-resolution gate, so a defect sample
-    differs from its OK sample (same surface z and noise) only where its mask is above 0; the noise inputs
-    are shared by both branches. At initialisation the image is the OK sample itself."""
+    mask). The surface runs twice from ``start``: as it is (the OK sample, computed exactly as the surface
+    alone computes it) and with the additions, the noise inputs shared. The image is the OK sample blended
+    with the changed one by the full-resolution gate, so a defect sample differs from its OK sample (same
+    surface z and noise) only where its mask is above 0. At initialisation the image is the OK sample."""
 
     def __init__(self, surface: Generator, n_classes: int, z_dim: int = 128, w_dim: int = 128,
                  mapping_layers: int = 2, mapping_lr_mul: float = 0.01, start: int = 16, channels: int = 64) -> None:
