@@ -1,8 +1,11 @@
-"""Shared fixtures: the real data set (from LINEGUARD_REAL_DATA) and a small simulated one."""
+"""Shared fixtures: the real data set (from LINEGUARD_REAL_DATA), a small simulated one, the bench scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -141,3 +144,18 @@ def small_tmpfs(tmp_path: Path):
     yield make
     for mnt in mounted:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.fixture
+def bench_script(monkeypatch: pytest.MonkeyPatch):
+    """``bench_script(name)``: ``bench/NAME.py`` as a module, registered in ``sys.modules`` while the test runs
+    (its dataclasses need that)."""
+
+    def load(name: str) -> types.ModuleType:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

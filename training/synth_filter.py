@@ -34,11 +34,11 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from ..config import StrictModel
-from ..data.format import Dataset, Record
+from ..data.format import Dataset
 from ..data.split import synthetic_records
 from ..files import TMP_SUFFIX, atomic_write
 from .model_dir import load_model_dir
-from .synth_score import ScoreError, embed
+from .synth_score import ScoreError, embed, sample_records
 
 __all__ = ["FILTER_REPORT", "FilterConfig", "FilterReport", "filter_synthetic", "probe_scores", "read_filter_report"]
 
@@ -113,13 +113,6 @@ def probe_scores(real: np.ndarray, synthetic: np.ndarray, folds: int = 5, seed: 
     return p[len(real):]
 
 
-def _sample(records: List[Record], n: int, seed: int) -> List[Record]:
-    if len(records) <= n:
-        return records
-    keep = np.sort(np.random.default_rng(seed).choice(len(records), n, replace=False))
-    return [records[int(i)] for i in keep]
-
-
 def filter_synthetic(real_dir: Union[str, Path], synthetic_dir: Union[str, Path], model_dir: Union[str, Path],
                      out: Union[str, Path], cfg: Optional[FilterConfig] = None, progress: bool = True
                      ) -> FilterReport:
@@ -152,7 +145,7 @@ def filter_synthetic(real_dir: Union[str, Path], synthetic_dir: Union[str, Path]
     not_probed: Dict[str, str] = {}
     for c in [c for c in spec.classes if c in set(labels)]:
         rows = np.flatnonzero(labels == c)
-        real_c = _sample([r for r in real.split(cfg.split) if r.label == c], cfg.max_real, cfg.seed)
+        real_c = sample_records([r for r in real.split(cfg.split) if r.label == c], cfg.max_real, cfg.seed)
         probed = cfg.probe_max < 1 and len(real_c) >= 2 and len(rows) >= 2
         if probed:
             fr, _ = embed(loaded.model, spec.preprocess, real, real_c, cfg.batch_size, progress, str(model_dir))

@@ -50,6 +50,7 @@ __all__ = [
     "kid",
     "near_copy_rate",
     "precision_recall",
+    "sample_records",
     "score",
 ]
 
@@ -211,7 +212,8 @@ def embed(model: torch.nn.Module, pre: Preprocess, ds: Dataset, records: Sequenc
     return torch.cat(got).float().numpy(), torch.cat(probs).numpy()
 
 
-def _cap(records: List[Record], n: int, seed: int) -> List[Record]:
+def sample_records(records: List[Record], n: int, seed: int) -> List[Record]:
+    """At most ``n`` of ``records``, a seeded sample in their order."""
     if len(records) <= n:
         return records
     keep = np.sort(np.random.default_rng(seed).choice(len(records), n, replace=False))
@@ -230,11 +232,11 @@ def score(real_dir: Union[str, Path], synthetic_dir: Union[str, Path], model_dir
         raise ScoreError(f"{synth.root}: labels {foreign or 'none'} are not classes of {real.root} "
                          f"({real.classes.classes})")
     labels = [c for c in real.classes.classes if c in present]
-    real_recs = _cap([r for r in real.split(split) if r.label in labels], max_images, seed)
+    real_recs = sample_records([r for r in real.split(split) if r.label in labels], max_images, seed)
     if len(real_recs) <= K:
         raise ScoreError(f"{real.root}: split '{split}' has {len(real_recs)} images of the classes {labels} "
                          f"(needs > {K}; run `lineguard data split`?)")
-    synth_recs = _cap(list(synth.records), max_images, seed)
+    synth_recs = sample_records(list(synth.records), max_images, seed)
     if len(synth_recs) <= K:
         raise ScoreError(f"{synth.root}: {len(synth_recs)} images (needs > {K})")
     loaded = load_model_dir(model_dir)

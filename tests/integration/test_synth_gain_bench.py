@@ -4,10 +4,8 @@ of the held-out fold reaches the generators or the filter's classifier, and a se
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -33,17 +31,9 @@ device: cpu
 """
 
 
-@pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("synth_gain", Path(__file__).parents[2] / "bench" / "synth_gain.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "synth_gain", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_synth_gain_protocol_end_to_end_and_resumed(bench: types.ModuleType, tmp_path: Path,
+def test_synth_gain_protocol_end_to_end_and_resumed(bench_script, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = bench_script("synth_gain")
     sim = tmp_path / "sim"
     simulate_dataset(sim, n=48, seed=0, cfg=SimulatorConfig(size=64), workers=1, progress=False)
     (tmp_path / "gan.yaml").write_text(TINY_GAN)

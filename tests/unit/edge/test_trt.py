@@ -10,7 +10,6 @@ TensorRT, pycuda and a GPU exist.
 from __future__ import annotations
 
 import enum
-import importlib.util
 import json
 import sys
 import types
@@ -1210,13 +1209,8 @@ def test_cuda_graph_without_cuda_python_is_an_error(fakes: Fakes, monkeypatch: p
 # ---------------------------------------------------------------- the hardware smoke script, against the fakes
 
 @pytest.fixture
-def smoke(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """bench/trt_smoke.py as a module (registered while the test runs: its dataclass needs that)."""
-    spec = importlib.util.spec_from_file_location("trt_smoke", Path(__file__).parents[3] / "bench" / "trt_smoke.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "trt_smoke", module)
-    spec.loader.exec_module(module)
-    return module
+def smoke(bench_script) -> types.ModuleType:
+    return bench_script("trt_smoke")
 
 
 def test_smoke_script_dry_run_lists_every_check(smoke: types.ModuleType, monkeypatch: pytest.MonkeyPatch,
