@@ -102,7 +102,8 @@ class GanConfig(StrictModel):
     surface: Optional[str] = Field(None, description="stage 2: a GAN_DIR fitted with target surface, frozen under "
                                                      "defect blocks (the mapping settings above are the blocks')")
     defect_start: int = Field(16, description="stage 2: resolution of the first defect block (a power of 2, >= 8)")
-    defect_channels: int = Field(64, ge=1, description="stage 2: width of the defect blocks")
+    defect_channels: int = Field(64, ge=1, description="stage 2: the defect blocks' width (at most the surface's at "
+                                                       "each resolution)")
     # schedule
     kimg: float = Field(2000.0, gt=0.0, description="thousands of real images shown to D")
     tick_kimg: float = Field(4.0, gt=0.0, description="log a row to log.jsonl every this many kimg")

@@ -216,13 +216,13 @@ class DefectGenerator(_Mapped):
     mask they generate. ``G(z, c) -> (image, mask)`` with ``z = [surface z | defect z]`` (``z_dim`` = the sum).
 
     From resolution ``start`` on, a defect path (its own class-conditional mapping network and style layers,
-    ``channels`` wide, no noise inputs) reads the surface's features at ``start``, grows a mask by skip
-    outputs like StyleGAN's image, and adds its features, through a zero-initialised 1x1 conv, to the
-    surface's features at each resolution, gated by the mask there (``clamp(m, 0, 1)`` of the linear
-    mask). The surface runs twice from ``start``: as it is (the OK sample, computed exactly as the surface
-    alone computes it) and with the additions, the noise inputs shared. The image is the OK sample blended
-    with the changed one by the full-resolution gate, so a defect sample differs from its OK sample (same
-    surface z and noise) only where its mask is above 0. At initialisation the image is the OK sample."""
+    ``channels`` wide at most and never wider than the surface, no noise inputs) reads the surface's features at
+    ``start``, grows a mask by skip outputs like StyleGAN's image, and adds its features, through a zero-initialised
+    1x1 conv, to the surface's features at each resolution, gated by the mask there (``clamp(m, 0, 1)`` of the
+    linear mask). The surface runs twice from ``start``: as it is (the OK sample, computed exactly as the surface
+    alone computes it) and with the additions, the noise inputs shared. The image is the OK sample blended with the
+    changed one by the full-resolution gate, so a defect sample differs from its OK sample (same surface z and
+    noise) only where its mask is above 0. At initialisation the image is the OK sample."""
 
     def __init__(self, surface: Generator, n_classes: int, z_dim: int = 128, w_dim: int = 128,
                  mapping_layers: int = 2, mapping_lr_mul: float = 0.01, start: int = 16, channels: int = 64) -> None:
@@ -236,11 +236,12 @@ class DefectGenerator(_Mapped):
         self._init_mapping(n_classes, z_dim, w_dim, mapping_layers, mapping_lr_mul)
         self.first = int(math.log2(start)) - 2  # index of the start resolution in surface.widths
         levels = range(self.first, len(surface.widths))
-        self.enter = StyleLayer(surface.widths[self.first], channels, w_dim, noise=False)
-        self.ups = nn.ModuleList([StyleLayer(channels, channels, w_dim, up=True, noise=False) for _ in levels][1:])
-        self.convs = nn.ModuleList([StyleLayer(channels, channels, w_dim, noise=False) for _ in levels])
-        self.to_mask = nn.ModuleList([ToOutput(channels, 1, w_dim) for _ in levels])
-        self.inject = nn.ModuleList([EqConv2d(channels, surface.widths[i], 1) for i in levels])
+        wd = [min(channels, surface.widths[i]) for i in levels]  # no wider than the surface at any resolution
+        self.enter = StyleLayer(surface.widths[self.first], wd[0], w_dim, noise=False)
+        self.ups = nn.ModuleList([StyleLayer(a, b, w_dim, up=True, noise=False) for a, b in zip(wd, wd[1:])])
+        self.convs = nn.ModuleList([StyleLayer(c, c, w_dim, noise=False) for c in wd])
+        self.to_mask = nn.ModuleList([ToOutput(c, 1, w_dim) for c in wd])
+        self.inject = nn.ModuleList([EqConv2d(c, surface.widths[i], 1) for c, i in zip(wd, levels)])
         for conv in self.inject:
             nn.init.zeros_(conv.weight)
         self.num_ws = 2 * len(levels) + 1  # enter, (up, conv) per level after the first, conv; to_mask's own

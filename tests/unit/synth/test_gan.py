@@ -109,7 +109,7 @@ def test_mapping_lr_multiplier_is_configured_and_older_gan_files_keep_stylegans(
     older = cpu_preset().model_dump()
     del older["mapping_lr_mul"]
     assert GanConfig.model_validate(older).mapping_lr_mul == 0.01
-    assert gpu_preset().r1_gamma == pytest.approx(0.0002 * 64 ** 2 / 32)  # ADA's rule at batch 32
+    assert gpu_preset().r1_gamma == pytest.approx(0.0002 * 128 ** 2 / 32)  # ADA's rule at 128 px, batch 32
 
 
 def test_class_conditioning_and_truncation() -> None:
