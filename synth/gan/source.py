@@ -35,12 +35,12 @@ BATCH = 64
 REDRAW_ROUNDS = 3  # rounds of redrawing patches whose mask came out empty before giving up on them
 
 
-def load_generator(gan_dir: Union[str, os.PathLike]) -> Tuple[torch.nn.Module, GanFile]:
+def load_generator(gan_dir: Union[str, os.PathLike], fit_flags: str = "") -> Tuple[torch.nn.Module, GanFile]:
     """The generator of a GAN_DIR (CPU, eval mode, frozen) and its ``gan.yaml``; a stage-2 GAN_DIR's
     generator is the :class:`~.networks.DefectGenerator` on its surface. A GAN_DIR that cannot be used is one
-    :class:`GanDirError` line."""
+    :class:`GanDirError` line, whose remedy names ``fit_flags`` (e.g. ``--target surface``)."""
     gan_dir = Path(gan_dir)
-    fix = f"train one with `lineguard synth fit --data DATA --out {gan_dir}`"
+    fix = f"train one with `lineguard synth fit --data DATA{fit_flags} --out {gan_dir}`"
     meta_path = gan_dir / GAN_YAML
     if not meta_path.is_file():
         raise GanDirError(f"{meta_path}: missing, {gan_dir} is not a GAN_DIR; {fix}")

@@ -179,7 +179,7 @@ def load_surface(cfg: GanConfig) -> Optional[Tuple[Generator, SurfaceInfo]]:
     must be a stage-1 fit of the same resolution and channels."""
     if cfg.surface is None:
         return None
-    G, info = load_generator(cfg.surface)
+    G, info = load_generator(cfg.surface, " --target surface")
     if info.config.target != "surface" or info.surface is not None:
         raise LineguardError(f"{cfg.surface}: not a surface GAN (it makes {info.classes}); fit one with "
                              "target: surface (`lineguard synth fit --target surface`)")
