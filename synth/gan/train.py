@@ -69,8 +69,9 @@ from .source import load_generator
 __all__ = ["CHECKPOINT", "GanTrainer", "TrainingData", "fit", "load_surface", "load_training_data"]
 
 CHECKPOINT = "checkpoint.pt"
-STATE_KEYS = ("labels", "surface", "G", "D", "G_ema", "opt_g", "opt_d", "augment", "step", "nimg", "seconds",
-              "rng_cpu", "rng_cuda")  # a checkpoint's keys besides format, version and config
+STATE_KEYS = ("labels", "G", "D", "G_ema", "opt_g", "opt_d", "augment", "step", "nimg", "seconds", "rng_cpu",
+              "rng_cuda")  # a checkpoint's keys besides format, version and config; "surface" (the stage-1
+# weights' sha256) since the two stages, absent in older checkpoints (one-stage runs)
 GRID_COLUMNS = 8
 SHAPE_SAMPLES = 64  # generated masks per class in shapes.jsonl
 OK_PATCHES_PER_IMAGE = 4
@@ -373,8 +374,8 @@ def _resume(path: Path, trainer: GanTrainer, cfg: GanConfig, labels: List[str]) 
     if ck["labels"] != labels:
         raise CheckpointError(f"{path}: the run was trained on classes {ck['labels']}, the data now gives {labels}; "
                               "resume on the same data or train into a new folder")
-    if ck["surface"] != _surface_sha(trainer):
-        raise CheckpointError(f"{path}: the run was started on the surface with weights {str(ck['surface'])[:16]}, "
+    if ck.get("surface") != _surface_sha(trainer):
+        raise CheckpointError(f"{path}: the run was started on the surface with weights {str(ck.get('surface'))[:16]}, "
                               f"{cfg.surface} now holds {str(_surface_sha(trainer))[:16]}; resume on that surface or "
                               "train into a new folder")
     with restoring(path):

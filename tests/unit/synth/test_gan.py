@@ -313,6 +313,9 @@ def test_resume_continues_like_an_uninterrupted_run(sim: Path, tmp_path: Path) -
     assert ck["step"] == 2 and ck["version"] == 1 and ck["config"]["resolution"] == 16
     with pytest.raises(LineguardError, match="--resume"):
         fit(sim, tmp_path / "b", cfg, progress=False, max_steps=4)
+    assert ck["surface"] is None
+    del ck["surface"]  # as a checkpoint of before the two stages: it resumes all the same
+    torch.save(ck, tmp_path / "b" / CHECKPOINT)
     fit(sim, tmp_path / "b", cfg, resume=True, progress=False, max_steps=4)
     logs = [[json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in "ab"]
     assert [r["step"] for r in logs[1]] == [1, 2, 3, 4]
