@@ -12,9 +12,8 @@ A generated image is kept when both hold:
 * **probe**: a real-vs-synthetic logistic regression on the classifier's pooled features (one per class,
   real images of that class from the real ``split`` against the synthetic ones, class-balanced, C = 1:
   probabilities sharp enough to mean "told apart", out-of-fold predictions, identical feature rows in one
-  fold) gives it a probability of being synthetic
-  below ``probe_max`` (``told_apart`` otherwise; a class with too few real images is not probed, and the
-  report says so).
+  fold) gives it a probability of being synthetic below ``probe_max`` (``told_apart`` otherwise; a class
+  with too few real images is not probed, and the report says so; ``probe_max = 1`` turns the probe off).
 
 The filtered set is a data set of its own (``out``): the synthetic set's class file, the kept records with
 absolute image and mask paths (the files stay where the generator wrote them), and ``filter-report.json``
