@@ -26,11 +26,11 @@ GAN_FORMAT = "lineguard-gan"
 GAN_FORMAT_VERSION = 1
 GAN_YAML = "gan.yaml"  # a GAN_DIR: these two files
 WEIGHTS = "generator.safetensors"
-# settings that shape the networks' tensors: a checkpoint resumes only with the same values
+# settings that shape the networks' tensors (mapping_lr_mul: the stored weights' scale): a checkpoint resumes only
+# with the same values; a stage-2 run also only on the same surface (its weights' sha256)
 ARCH_FIELDS = ("resolution", "channels", "z_dim", "w_dim", "mapping_layers", "mapping_lr_mul", "channel_base",
                "channel_max", "mbstd_group", "target", "defect_start", "defect_channels", "discriminator",
-               "projected_width")  # mapping_lr_mul: the
-# stored weights' scale; a stage-2 run also resumes only on the same surface (its weights' sha256)
+               "projected_width")
 
 AugmentOp = Literal["flip", "rot90", "translation", "cutout", "color"]
 
