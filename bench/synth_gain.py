@@ -84,19 +84,11 @@ def folded(args: argparse.Namespace) -> Path:
             raise SystemExit("give --data DIR or set LINEGUARD_REAL_DATA to the magnetic-tile folder")
         if (Path(src) / "manifest.jsonl").exists():
             ds = Dataset.load(src)
-            rows = [r.model_copy(update={"image": str(ds.path(r.image).resolve()),
-                                         "mask": str(ds.path(r.mask).resolve()) if r.mask else None})
-                    for r in ds.records]
-            Dataset(data, ds.classes, rows).save()
+            Dataset(data, ds.classes, [ds.absolute(r) for r in ds.records]).save()
         else:
             import_dataset(src, data, progress=False)
         split_dataset(Dataset.load(data), val=0.0, test=0.0, seed=0, folds=args.folds)
     return data
-
-
-def _absolute(ds: Dataset, r: Record, split: str) -> Record:
-    return r.model_copy(update={"image": str(ds.path(r.image).resolve()), "split": split, "fold": None,
-                                "mask": str(ds.path(r.mask).resolve()) if r.mask else None})
 
 
 def real_set(ds: Dataset, sets: List[List[Record]], k: int, fraction: float, out: Path) -> Path:
@@ -105,7 +97,7 @@ def real_set(ds: Dataset, sets: List[List[Record]], k: int, fraction: float, out
     if (out / "manifest.jsonl").exists():
         return out
     rng = np.random.default_rng([k, 7])
-    rows = [_absolute(ds, r, "test") for r in sets[k]]
+    rows = [ds.absolute(r, split="test", fold=None) for r in sets[k]]
     pool = [r for j, s in enumerate(sets) if j != k for r in s]
     for c in ds.classes.classes:
         recs = sorted((r for r in pool if r.label == c), key=lambda r: r.id)
@@ -113,7 +105,7 @@ def real_set(ds: Dataset, sets: List[List[Record]], k: int, fraction: float, out
         if c != ds.classes.ok_class:
             recs = recs[:max(2, round(len(recs) * fraction))]
         n_val = max(1, round(len(recs) * VAL_SHARE))
-        rows += [_absolute(ds, r, "val") for r in recs[:n_val]] + [_absolute(ds, r, "train") for r in recs[n_val:]]
+        rows += [ds.absolute(r, split="val" if i < n_val else "train", fold=None) for i, r in enumerate(recs)]
     Dataset(out, ds.classes, rows).save()
     return out
 
@@ -123,9 +115,7 @@ def merged(parts: List[Path], out: Path) -> Path:
     if (out / "manifest.jsonl").exists():
         return out
     sets = [Dataset.load(p) for p in parts]
-    rows = [r.model_copy(update={"id": f"{i}-{r.id}", "image": str(d.path(r.image).resolve()),
-                                 "mask": str(d.path(r.mask).resolve()) if r.mask else None})
-            for i, d in enumerate(sets) for r in d.records]
+    rows = [d.absolute(r, id=f"{i}-{r.id}") for i, d in enumerate(sets) for r in d.records]
     Dataset(out, sets[0].classes, rows).save()
     return out
 

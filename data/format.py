@@ -13,7 +13,7 @@ Paths in the manifest are relative to the folder when the file lies inside it, a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Literal, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
@@ -223,6 +223,12 @@ class Dataset:
         """Absolute path of a manifest path (relative ones are inside the data set folder)."""
         p = Path(rel)
         return p if p.is_absolute() else self.root / p
+
+    def absolute(self, r: Record, **update: Any) -> Record:
+        """A copy of ``r`` naming its image and mask by absolute path (so another data set's manifest can list
+        it without copying the files), with ``update``'s fields set."""
+        return r.model_copy(update={"image": str(self.path(r.image).resolve()),
+                                    "mask": None if r.mask is None else str(self.path(r.mask).resolve()), **update})
 
     def relative(self, path: Union[str, Path]) -> str:
         """The manifest spelling of ``path``: relative inside the folder, absolute outside."""

@@ -59,11 +59,8 @@ def fold_sets(ds: Dataset, folds: int) -> List[List[Record]]:
 
 def _fold_data(ds: Dataset, root: Path, train: List[Record], val: List[Record], test: List[Record]) -> Path:
     """A data set at ``root`` whose manifest names ``ds``'s image and mask files (absolute paths) with the splits."""
-    def moved(r: Record, split: str) -> Record:
-        return r.model_copy(update={"split": split, "image": str(ds.path(r.image).resolve()),
-                                    "mask": None if r.mask is None else str(ds.path(r.mask).resolve())})
-
-    rows = [moved(r, "train") for r in train] + [moved(r, "val") for r in val] + [moved(r, "test") for r in test]
+    rows = [ds.absolute(r, split=split) for split, recs in (("train", train), ("val", val), ("test", test))
+            for r in recs]
     Dataset(root, ds.classes, rows).save()
     return root
 

@@ -37,7 +37,7 @@ from ..data.format import Dataset
 from ..data.split import synthetic_records
 from ..files import TMP_SUFFIX, atomic_write
 from .model_dir import load_model_dir
-from .synth_score import ScoreError, embed, sample_records
+from .synth_score import ScoreError, embed, sample_records, synthetic_proba
 
 __all__ = ["FILTER_REPORT", "FilterConfig", "FilterReport", "filter_synthetic", "probe_scores", "read_filter_report"]
 
@@ -96,20 +96,8 @@ class FilterReport(BaseModel):
 
 
 def probe_scores(real: np.ndarray, synthetic: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Out-of-fold P(synthetic) of each ``synthetic`` row from a class-balanced logistic regression telling
-    ``synthetic`` (1) from ``real`` (0); identical rows share a fold (a copy cannot be judged by itself)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x = np.vstack([real, synthetic])
-    y = np.repeat([0, 1], [len(real), len(synthetic)])
-    _, groups = np.unique(x, axis=0, return_inverse=True)
-    cv = StratifiedGroupKFold(n_splits=min(folds, len(real), len(synthetic)), shuffle=True, random_state=seed)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, solver="liblinear", class_weight="balanced"))
-    p = cross_val_predict(clf, x, y, cv=cv, groups=groups.ravel(), method="predict_proba")[:, 1]
-    return p[len(real):]
+    """Out-of-fold P(synthetic) of each ``synthetic`` row (class-balanced, C = 1; :func:`synthetic_proba`)."""
+    return synthetic_proba(real, synthetic, folds, seed, c=1.0, balanced=True)[len(real):]
 
 
 def filter_synthetic(real_dir: Union[str, Path], synthetic_dir: Union[str, Path], model_dir: Union[str, Path],
@@ -158,9 +146,7 @@ def filter_synthetic(real_dir: Union[str, Path], synthetic_dir: Union[str, Path]
             images=len(rows), kept=sum(not reasons[i] for i in rows),
             reasons={k: sum(k in reasons[i] for i in rows) for k in REASONS}, probed=probed,
             probe_real=len(real_c) if probed else 0, p_class_median=float(np.median(p_class[rows])))
-    kept = [r.model_copy(update={"image": str(synth.path(r.image).resolve()),
-                                 "mask": str(synth.path(r.mask).resolve()) if r.mask else None})
-            for r, why in zip(recs, reasons) if not why]
+    kept = [synth.absolute(r) for r, why in zip(recs, reasons) if not why]
     dropped = [Dropped(id=r.id, label=r.label, reasons=why, p_class=float(p_class[i]),
                        predicted=spec.classes[int(ps[i].argmax())],
                        p_synthetic=None if np.isnan(p_synth[i]) else float(p_synth[i]))

@@ -52,6 +52,7 @@ __all__ = [
     "precision_recall",
     "sample_records",
     "score",
+    "synthetic_proba",
 ]
 
 K = 3  # neighbours for precision/recall
@@ -140,24 +141,34 @@ def precision_recall(real: np.ndarray, synthetic: np.ndarray, k: int = K) -> Tup
     return precision, recall
 
 
-def c2st_auc(real: np.ndarray, synthetic: np.ndarray, folds: int = 5, seed: int = 0) -> float:
-    """Cross-validated ROC AUC of a logistic regression telling ``synthetic`` (1) from ``real`` (0)."""
+def synthetic_proba(real: np.ndarray, synthetic: np.ndarray, folds: int = 5, seed: int = 0, c: float = 0.1,
+                    balanced: bool = False) -> np.ndarray:
+    """Out-of-fold P(synthetic) of every row of ``[real; synthetic]`` from a logistic regression (standardised
+    features, inverse regularisation ``c``, class-balanced weights if ``balanced``) telling ``synthetic`` (1)
+    from ``real`` (0); identical rows (copies) share a fold, so a copy is never judged by its twin."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    x = np.vstack([real, synthetic])
+    y = np.repeat([0, 1], [len(real), len(synthetic)])
+    _, groups = np.unique(x, axis=0, return_inverse=True)
+    cv = StratifiedGroupKFold(n_splits=min(folds, len(real), len(synthetic)), shuffle=True, random_state=seed)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, solver="liblinear",
+                                                             class_weight="balanced" if balanced else None))
+    return cross_val_predict(clf, x, y, cv=cv, groups=groups.ravel(), method="predict_proba")[:, 1]
+
+
+def c2st_auc(real: np.ndarray, synthetic: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated ROC AUC of a logistic regression telling ``synthetic`` from ``real`` (equal-size samples)."""
+    from sklearn.metrics import roc_auc_score
+
     rng = np.random.default_rng(seed)
     m = min(len(real), len(synthetic))
-    x = np.vstack([real[rng.choice(len(real), m, replace=False)], synthetic[rng.choice(len(synthetic), m,
-                                                                                         replace=False)]])
-    y = np.repeat([0, 1], m)
-    _, groups = np.unique(x, axis=0, return_inverse=True)  # identical rows (copies) share a fold
-    cv = StratifiedGroupKFold(n_splits=min(folds, m), shuffle=True, random_state=seed)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, solver="liblinear"))
-    p = cross_val_predict(clf, x, y, cv=cv, groups=groups.ravel(), method="predict_proba")[:, 1]
-    return float(roc_auc_score(y, p))
+    p = synthetic_proba(real[rng.choice(len(real), m, replace=False)],
+                        synthetic[rng.choice(len(synthetic), m, replace=False)], folds, seed)
+    return float(roc_auc_score(np.repeat([0, 1], m), p))
 
 
 def near_copy_rate(real: np.ndarray, synthetic: np.ndarray) -> float:
