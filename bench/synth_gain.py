@@ -40,8 +40,8 @@ from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
+from _synth import sample_grid
 
 from lineguard.config import load_config
 from lineguard.console import log_to_console
@@ -53,7 +53,6 @@ from lineguard.data.split import split_dataset
 from lineguard.files import atomic_write
 from lineguard.metrics import bootstrap_ci, confusion, macro_f1
 from lineguard.synth.baselines import CopyPasteSource, PerlinSource
-from lineguard.synth.crops import defect_crops, group_by_class
 from lineguard.synth.gan.config import GAN_YAML, GanConfig, GanFile, cpu_preset
 from lineguard.synth.gan.source import GanSource
 from lineguard.synth.gan.train import fit
@@ -166,24 +165,6 @@ def filtered(args: argparse.Namespace, real: Path, synthetic: Path, model: Path,
             atomic_write(none, str(e))
             return None
     return out
-
-
-def sample_grid(real: Path, gan_dir: Path, out: Path, per_class: int = 8) -> None:
-    """Rows per class: ``per_class`` real crops, then as many generated patches (image over mask)."""
-    src = GanSource.load(gan_dir)
-    size = src.resolution
-    ds = Dataset.load(real)
-    crops = group_by_class(defect_crops(ds, ds.split("train"), size=size, channels=1)[0])
-    rows = []
-    for c in src.classes:
-        cells = [np.vstack([x.image, x.mask]) for x in crops.get(c, [])[:per_class]]
-        n_real = len(cells)
-        for p in src.sample(c, per_class, np.random.default_rng(0)):
-            img = p.image if p.image.ndim == 2 else cv2.cvtColor(p.image, cv2.COLOR_RGB2GRAY)
-            cells.append(np.vstack([img, p.mask]))
-        rows.append(np.hstack([*cells[:n_real], np.full((2 * size, 8), 255, np.uint8), *cells[n_real:]]))
-    width = max(r.shape[1] for r in rows)
-    cv2.imwrite(str(out), np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1])), constant_values=255) for r in rows]))
 
 
 # ---------------------------------------------------------------------------------------------- training

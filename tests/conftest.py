@@ -149,10 +149,12 @@ def small_tmpfs(tmp_path: Path):
 @pytest.fixture
 def bench_script(monkeypatch: pytest.MonkeyPatch):
     """``bench_script(name)``: ``bench/NAME.py`` as a module, registered in ``sys.modules`` while the test runs
-    (its dataclasses need that)."""
+    (its dataclasses need that), with ``bench/`` on the import path as when it runs as a script."""
+    bench = Path(__file__).parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
 
     def load(name: str) -> types.ModuleType:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, name, module)
         spec.loader.exec_module(module)
