@@ -167,6 +167,15 @@ def filtered(args: argparse.Namespace, real: Path, synthetic: Path, model: Path,
     return out
 
 
+def scored(real: Path, synthetic: Path, model: Path) -> Dict:
+    """The offline scores per class of ``synthetic``, or why there are none (``{"error": ...}``: e.g. a filter
+    that kept too few images to score)."""
+    try:
+        return score(real, synthetic, model, progress=False)["per_class"]
+    except ScoreError as e:
+        return {"error": str(e)}
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -439,7 +448,7 @@ def main() -> None:
                 runs[arm] += [trained(args, st["real"], root, share, s, tag / "train" / arm / f"seed{s}")
                               for s in args.seeds]
             scores[f"fold{k}"] = {
-                **{key: score(st["real"], st["syn"][key], st["clf"], progress=False)["per_class"]
+                **{key: scored(st["real"], st["syn"][key], st["clf"])
                    for key in ("gan", "gan-kept") if key in st["syn"]},
                 "shapes": json.loads((st["gan"] / "shapes.jsonl").read_text().splitlines()[-1])["shapes"],
                 "kept_share": {arm: json.loads((st["syn"][f"{arm}-kept"] / "filter-report.json").read_text())[
@@ -457,7 +466,7 @@ def main() -> None:
         root = generated(SourceFactory(GanSource.load, (str(before),)), st["real"], args.synthetic_n,
                          tag / "one-stage-set", timing, "fold0/one-stage-generate")
         result["one_stage_fold0"] = {
-            "scores": score(st["real"], root, st["clf"], progress=False)["per_class"],
+            "scores": scored(st["real"], root, st["clf"]),
             "shapes": json.loads((before / "shapes.jsonl").read_text().splitlines()[-1])["shapes"]}
     result["seconds"] = {**timing, "total": time.perf_counter() - t0}
     args.out.parent.mkdir(parents=True, exist_ok=True)

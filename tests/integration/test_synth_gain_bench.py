@@ -72,6 +72,11 @@ def test_synth_gain_protocol_end_to_end_and_resumed(bench_script, tmp_path: Path
         assert json.loads((fold / "gan-kept" / "filter-report.json").read_text())["model"] == str(
             fold / "train" / "real" / "seed0")
         assert (fold / "real-vs-gan.png").is_file()
+    # a set the filter left too small to score is reported, not a crash at the end of a long run
+    fold0 = work / "f050" / "fold0"
+    gen = Dataset.load(fold0 / "gan-set")
+    Dataset(tmp_path / "few", gen.classes, [gen.absolute(r) for r in gen.records[:2]]).save()
+    assert "(needs > 3" in bench.scored(fold0 / "data", tmp_path / "few", fold0 / "train" / "real" / "seed0")["error"]
     # a second run trains, fits and generates nothing again
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*")
               if p.name in ("held_out.npz", "generator.safetensors") or ("images" in p.parts and p.is_file())}
