@@ -122,6 +122,18 @@ def merged(parts: List[Path], out: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- synthesis
 
 
+class Timing(Dict[str, float]):
+    """Seconds per step, kept in ``work/seconds.json`` across resumed runs; ``wall`` sums the runs' times."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(json.loads(path.read_text()) if path.exists() else {})
+        self.path, self.before, self.t0 = path, self.get("wall", 0.0), time.perf_counter()
+
+    def save(self) -> None:
+        self["wall"] = self.before + time.perf_counter() - self.t0
+        atomic_write(self.path, json.dumps(self, indent=1))
+
+
 def gan_config(args: argparse.Namespace, **over) -> GanConfig:
     base = cpu_preset().model_dump(mode="json")
     if args.gan_config is not None:
@@ -129,24 +141,27 @@ def gan_config(args: argparse.Namespace, **over) -> GanConfig:
     return GanConfig.model_validate({**base, **over})
 
 
-def fitted(data: Path, out: Path, cfg: GanConfig, timing: Dict[str, float], key: str) -> Path:
+def fitted(data: Path, out: Path, cfg: GanConfig, timing: Timing, key: str) -> Path:
     """A GAN_DIR at ``cfg.kimg`` (resumed where a run stopped)."""
     if (out / GAN_YAML).exists() and GanFile.load(out / GAN_YAML).kimg >= cfg.kimg:
         return out
     t0 = time.perf_counter()
     fit(data, out, cfg, resume=(out / "checkpoint.pt").exists(), progress=False)
     timing[key] = timing.get(key, 0.0) + time.perf_counter() - t0
+    timing.save()
     return out
 
 
-def generated(source, real: Path, n: int, out: Path, timing: Dict[str, float], key: str, **kw) -> Path:
+def generated(source, real: Path, n: int, out: Path, timing: Timing, key: str, **kw) -> Path:
     """The synthetic set ``out`` of ``n`` images (generated, resumed, or found complete)."""
     if (out / "generate-report.json").exists():
         return out
     t0 = time.perf_counter()
     g = generate(source, real, n, out, progress=False, **kw)
-    timing[key] = time.perf_counter() - t0
-    timing[f"{key}/images_per_s"] = n / timing[key]
+    timing[key] = timing.get(key, 0.0) + time.perf_counter() - t0
+    if g.rendered:
+        timing[f"{key}/images_per_s"] = g.rendered / max(g.seconds, 1e-9)  # this run's images
+    timing.save()
     return g.dataset.root
 
 
@@ -395,12 +410,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench/synth_gain.json"))
     args = ap.parse_args()
     log_to_console(False)
-    t0 = time.perf_counter()
+    args.work.mkdir(parents=True, exist_ok=True)
+    timing = Timing(args.work / "seconds.json")  # from the start: the import counts
     ds = Dataset.load(folded(args))
     sets = fold_sets(ds, args.folds)
     classes = ds.classes.classes
     report = {n: classes.index(n) for n in args.report_classes if n in classes}
-    timing: Dict[str, float] = {}
     feats = Lite0Features(args.img_size)
     stage: Dict[Tuple[int, float], Dict] = {}
     for f in args.fractions:  # arm (a), the synthetic sets, their filtered versions, the screen
@@ -468,7 +483,8 @@ def main() -> None:
         result["one_stage_fold0"] = {
             "scores": scored(st["real"], root, st["clf"]),
             "shapes": json.loads((before / "shapes.jsonl").read_text().splitlines()[-1])["shapes"]}
-    result["seconds"] = {**timing, "total": time.perf_counter() - t0}
+    timing.save()
+    result["seconds"] = {**timing, "this_run": timing["wall"] - timing.before}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, json.dumps(result, indent=1))
     atomic_write(args.out.with_suffix(".md"), markdown(result))

@@ -81,7 +81,10 @@ def test_synth_gain_protocol_end_to_end_and_resumed(bench_script, tmp_path: Path
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*")
               if p.name in ("held_out.npz", "generator.safetensors") or ("images" in p.parts and p.is_file())}
     assert len(stamps) == 2 * (3 + 2 + 6 + 6 + 12)  # per fold: runs, surface + GAN, copy-paste, Perlin, GAN images
+    wall = result["seconds"]["wall"]
+    assert wall >= result["seconds"]["this_run"] and result["seconds"]["fold0/surface-fit"] > 0
     bench.main()
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert json.loads(out.read_text())["seconds"]["wall"] > wall  # the runs' times add up across resumes
     again = json.loads(out.read_text())
     assert again["fractions"]["0.5"]["paired"] == f["paired"]
