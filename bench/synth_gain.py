@@ -26,8 +26,9 @@ and a share f of each defect class's. Per fold and fraction, with nothing from t
 
 Whether arm (a) converged: each run's best epoch and its val macro-F1 over the last quarter of the epochs
 (within a point of the best = a plateau) are reported. Every step resumes: data, GAN fits, generated and
-filtered sets, screens and finished runs are kept under --work. Cost with the defaults on our 2-core CPU:
-about 6 hours (the GAN fits ~2.5 h, 36 trainings ~3 h).
+filtered sets, screens and finished runs are kept under --work, the step times (and the wall time summed over the
+runs) in work/seconds.json. Cost with the defaults on our 2-core CPU: about 6 hours (the GAN fits ~2.5 h, 36
+trainings ~3 h).
 """
 
 from __future__ import annotations
