@@ -1,8 +1,10 @@
-"""The synthesis benchmarks' shared figure: real defect crops beside a GAN's samples, per class."""
+"""What the synthesis benchmarks share: a real-vs-generated figure and a GAN run's latest log rows."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any, Dict
 
 import cv2
 import numpy as np
@@ -29,3 +31,8 @@ def sample_grid(real: Path, gan_dir: Path, out: Path, per_class: int = 8) -> Non
         rows.append(np.hstack([*cells[:n_real], np.full((2 * size, 8), 255, np.uint8), *cells[n_real:]]))
     width = max(r.shape[1] for r in rows)
     cv2.imwrite(str(out), np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1])), constant_values=255) for r in rows]))
+
+
+def last_row(path: Path) -> Dict[str, Any]:
+    """The last row of a JSON-lines file (a GAN run's ``log.jsonl`` or ``shapes.jsonl``)."""
+    return json.loads(path.read_text().splitlines()[-1])

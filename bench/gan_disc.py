@@ -23,32 +23,25 @@ import argparse
 import json
 import shutil
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
-from _synth import sample_grid
+from _synth import last_row, sample_grid
 
 from lineguard import LineguardError
-from lineguard.config import load_config
 from lineguard.console import log_to_console
 from lineguard.data.modelspec import ModelSpec
 from lineguard.files import atomic_write
-from lineguard.synth.gan.config import GAN_YAML, GanConfig, GanFile, cpu_preset, cpu_projected_preset
+from lineguard.synth.gan.config import GAN_YAML, GanFile, preset_config
 from lineguard.synth.gan.source import GanSource
 from lineguard.synth.gan.train import fit
 from lineguard.synth.generate import SourceFactory, generate
 from lineguard.training.synth_score import score
 
-DISCRIMINATORS: Dict[str, Callable[[], GanConfig]] = {"pixel": cpu_preset, "projected": cpu_projected_preset}
+DISCRIMINATORS = {"pixel": "cpu", "projected": "cpu-projected"}  # the preset of each
+LOSS = {"fd": float, "kid_mean": float, "c2st_auc": lambda v: abs(v - 0.5), "precision": lambda v: -v,
+        "recall": lambda v: -v}  # per figure: lower is better
 PLOTTED = {"fd": "FD (lower is better)", "kid_mean": "KID (lower is better)",
            "c2st_auc": "C2ST AUC (0.5 = not told apart)", "recall": "recall (coverage of the real defects)"}
-
-
-def gan_config(args: argparse.Namespace, name: str, kimg: float) -> GanConfig:
-    """The preset of discriminator ``name``, ``--gan-config`` over it, on the surface, to ``kimg``."""
-    base = DISCRIMINATORS[name]().model_dump(mode="json")
-    if args.gan_config is not None:
-        base.update(load_config(GanConfig, args.gan_config).model_dump(mode="json", exclude_unset=True))
-    return GanConfig.model_validate({**base, "surface": str(args.surface), "kimg": kimg})
 
 
 def curve(args: argparse.Namespace, name: str) -> List[Dict]:
@@ -56,17 +49,18 @@ def curve(args: argparse.Namespace, name: str) -> List[Dict]:
     root = args.work / name
     gan, rows_path = root / "gan", root / "curve.jsonl"
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
-    while not rows or (rows[-1]["seconds"] < args.minutes * 60 and rows[-1]["kimg"] + args.step_kimg <= args.max_kimg
-                       + 1e-9):
-        kimg = round(args.step_kimg * (len(rows) + 1), 3)
-        fit(args.data, gan, gan_config(args, name, kimg), resume=(gan / "checkpoint.pt").exists(), progress=False)
-        seconds = json.loads((gan / "log.jsonl").read_text().splitlines()[-1])["seconds"]
+    while True:
+        kimg = round(args.step_kimg * (len(rows) + 1), 3)  # the next step
+        if rows and (rows[-1]["seconds"] >= args.minutes * 60 or kimg > args.max_kimg + 1e-9):
+            break
+        cfg = preset_config(DISCRIMINATORS[name], args.gan_config, surface=str(args.surface), kimg=kimg)
+        fit(args.data, gan, cfg, resume=(gan / "checkpoint.pt").exists(), progress=False)
+        seconds = last_row(gan / "log.jsonl")["seconds"]
         syn = root / f"set-kimg{kimg:g}"
         generate(SourceFactory(GanSource.load, (str(gan),)), args.data, args.n, syn, progress=False)
         rep = score(args.data, syn, args.classifier, progress=False)
-        shapes = json.loads((gan / "shapes.jsonl").read_text().splitlines()[-1])["shapes"]
         rows.append({"kimg": kimg, "seconds": seconds, "overall": rep["overall"], "per_class": rep["per_class"],
-                     "shapes": shapes})
+                     "shapes": last_row(gan / "shapes.jsonl")["shapes"]})
         with rows_path.open("a") as f:
             f.write(json.dumps(rows[-1]) + "\n")
         shutil.rmtree(syn)  # scored; the curve row is what is kept
@@ -80,13 +74,7 @@ def at_equal_time(curves: Dict[str, List[Dict]]) -> Dict:
     """Each discriminator's last step within the shorter run's fitting time, and which is better per figure."""
     horizon = min(rows[-1]["seconds"] for rows in curves.values())
     rows = {n: ([r for r in c if r["seconds"] <= horizon] or c[:1])[-1] for n, c in curves.items()}
-    better = {
-        "fd": min(rows, key=lambda n: rows[n]["overall"]["fd"]),
-        "kid_mean": min(rows, key=lambda n: rows[n]["overall"]["kid_mean"]),
-        "c2st_auc": min(rows, key=lambda n: abs(rows[n]["overall"]["c2st_auc"] - 0.5)),
-        "precision": max(rows, key=lambda n: rows[n]["overall"]["precision"]),
-        "recall": max(rows, key=lambda n: rows[n]["overall"]["recall"]),
-    }
+    better = {k: min(rows, key=lambda n, k=k, f=f: f(rows[n]["overall"][k])) for k, f in LOSS.items()}
     return {"minutes": horizon / 60, "steps": {n: {"kimg": r["kimg"], "minutes": r["seconds"] / 60, **r["overall"]}
                                                for n, r in rows.items()}, "better": better}
 

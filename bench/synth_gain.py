@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from _synth import sample_grid
+from _synth import last_row, sample_grid
 
 from lineguard.config import load_config
 from lineguard.console import log_to_console
@@ -54,7 +54,7 @@ from lineguard.data.split import split_dataset
 from lineguard.files import atomic_write
 from lineguard.metrics import bootstrap_ci, confusion, macro_f1
 from lineguard.synth.baselines import CopyPasteSource, PerlinSource
-from lineguard.synth.gan.config import GAN_YAML, GanConfig, GanFile, cpu_preset
+from lineguard.synth.gan.config import GAN_YAML, GanConfig, GanFile, preset_config
 from lineguard.synth.gan.source import GanSource
 from lineguard.synth.gan.train import fit
 from lineguard.synth.generate import NearCopyConfig, SourceFactory, generate
@@ -133,13 +133,6 @@ class Timing(Dict[str, float]):
     def save(self) -> None:
         self["wall"] = self.before + time.perf_counter() - self.t0
         atomic_write(self.path, json.dumps(self, indent=1))
-
-
-def gan_config(args: argparse.Namespace, **over) -> GanConfig:
-    base = cpu_preset().model_dump(mode="json")
-    if args.gan_config is not None:
-        base.update(load_config(GanConfig, args.gan_config).model_dump(mode="json", exclude_unset=True))
-    return GanConfig.model_validate({**base, **over})
 
 
 def fitted(data: Path, out: Path, cfg: GanConfig, timing: Timing, key: str) -> Path:
@@ -433,10 +426,10 @@ def main() -> None:
                            f"{key}/copy-paste", near_copy=NearCopyConfig(enabled=False))  # real crops by design
             pl = generated(PerlinSource.from_dataset(rds), real, args.synthetic_n - half, tag / "perlin", timing,
                            f"{key}/perlin", seed=1)
-            surface = fitted(full, args.work / "surface" / f"fold{k}", gan_config(
-                args, target="surface", kimg=args.surface_kimg), timing, f"fold{k}/surface-fit")
-            gan = fitted(real, tag / "gan", gan_config(args, surface=str(surface), kimg=args.gan_kimg), timing,
-                         f"{key}/gan-fit")
+            surface = fitted(full, args.work / "surface" / f"fold{k}", preset_config(
+                "cpu", args.gan_config, target="surface", kimg=args.surface_kimg), timing, f"fold{k}/surface-fit")
+            gan = fitted(real, tag / "gan", preset_config(
+                "cpu", args.gan_config, surface=str(surface), kimg=args.gan_kimg), timing, f"{key}/gan-fit")
             sample_grid(real, gan, tag / "real-vs-gan.png")
             syn = {"baseline": merged([cp, pl], tag / "baseline"),
                    "gan": generated(SourceFactory(GanSource.load, (str(gan),)), real, args.synthetic_n,
@@ -466,7 +459,7 @@ def main() -> None:
             scores[f"fold{k}"] = {
                 **{key: scored(st["real"], st["syn"][key], st["clf"])
                    for key in ("gan", "gan-kept") if key in st["syn"]},
-                "shapes": json.loads((st["gan"] / "shapes.jsonl").read_text().splitlines()[-1])["shapes"],
+                "shapes": last_row(st["gan"] / "shapes.jsonl")["shapes"],
                 "kept_share": {arm: json.loads((st["syn"][f"{arm}-kept"] / "filter-report.json").read_text())[
                     "kept_share"] if f"{arm}-kept" in st["syn"] else 0.0 for arm in ("baseline", "gan")}}
         deltas = paired(runs, len(classes), report, args.reps)
@@ -476,14 +469,14 @@ def main() -> None:
     if args.before_kimg > 0:  # the one-stage GAN as it was before the two stages, on fold 0 of the first fraction
         st = stage[(0, args.fractions[0])]
         tag = args.work / f"f{round(args.fractions[0] * 100):03d}" / "fold0"
-        before = fitted(st["real"], tag / "gan-one-stage", gan_config(args, kimg=args.before_kimg), timing,
-                        "fold0/one-stage-fit")
+        before = fitted(st["real"], tag / "gan-one-stage", preset_config("cpu", args.gan_config, kimg=args.before_kimg),
+                        timing, "fold0/one-stage-fit")
         sample_grid(st["real"], before, tag / "real-vs-one-stage.png")
         root = generated(SourceFactory(GanSource.load, (str(before),)), st["real"], args.synthetic_n,
                          tag / "one-stage-set", timing, "fold0/one-stage-generate")
         result["one_stage_fold0"] = {
             "scores": scored(st["real"], root, st["clf"]),
-            "shapes": json.loads((before / "shapes.jsonl").read_text().splitlines()[-1])["shapes"]}
+            "shapes": last_row(before / "shapes.jsonl")["shapes"]}
     timing.save()
     result["seconds"] = {**timing, "this_run": timing["wall"] - timing.before}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,23 +7,13 @@ keys set in ``--config``, then the flags.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import typer
 from pydantic import BaseModel
 
 from lineguard import options
 from lineguard.console import console, emit
-
-PRESETS = ("cpu", "cpu-projected", "gpu")
-
-
-def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
-    """``base`` with ``over``'s keys set, nested mappings merged key by key."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 class FitReport(BaseModel):
@@ -63,19 +53,13 @@ def fit(
 ) -> None:
     """Train the class-conditional defect GAN (image + mask) on the real defects of a data set; or in two
     stages: the surface on OK patches (--target surface), then defect blocks on it (--surface DIR)."""
-    from lineguard.config import load_config
-
-    from .config import GanConfig, cpu_preset, cpu_projected_preset, gpu_preset
+    from .config import PRESETS, preset_config
     from .train import fit as run
 
     if preset is not None and preset not in PRESETS:
         raise typer.BadParameter(f"'{preset}' is not one of {', '.join(PRESETS)}", param_hint="--preset")
-    presets = {"cpu": cpu_preset, "cpu-projected": cpu_projected_preset, "gpu": gpu_preset}
-    base = presets[preset]().model_dump(mode="json") if preset else {}
-    if config is not None:
-        base = _merge(base, load_config(GanConfig, config).model_dump(mode="json", exclude_unset=True))
-    cfg = load_config(GanConfig, None, {**base, "kimg": kimg, "resolution": resolution, "device": device,
-                                        "target": target, "surface": None if surface is None else str(surface)})
+    cfg = preset_config(preset, config, kimg=kimg, resolution=resolution, device=device, target=target,
+                        surface=None if surface is None else str(surface))
     rep = FitReport(**run(data, out, cfg, resume=resume, progress=not quiet))
     emit(rep, as_json, lambda r: console.print(
         f"{r.out}: {r.kimg} kimg in {r.seconds / 60:.1f} min on {r.device} ({r.sec_per_kimg:.1f} s/kimg); crops per "

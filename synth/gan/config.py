@@ -1,8 +1,9 @@
 """GAN settings (:class:`GanConfig`), the presets ``cpu_preset()``, ``cpu_projected_preset()`` and
-``gpu_preset()``, and what a GAN_DIR says it holds (:class:`GanFile`, its ``gan.yaml``).
+``gpu_preset()`` (by name in ``PRESETS``), and what a GAN_DIR says it holds (:class:`GanFile`, its ``gan.yaml``).
 
     cfg = load_config(GanConfig, "fit.yaml", {"kimg": 50})
     cfg = cpu_preset()                   # 64x64 defects in about 2 h on a 2-core CPU
+    cfg = preset_config("cpu", "fit.yaml", kimg=50)   # the preset, the file's keys over it, then these
     info = GanFile.load("runs/gan/gan.yaml")
 
 Channels of the networks at resolution ``r`` are ``min(channel_base // r, channel_max)`` (StyleGAN2's
@@ -12,15 +13,16 @@ rule), so ``channel_base`` sets the width at the top resolution and ``channel_ma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import Field, field_validator, model_validator
 
 from lineguard import LineguardError
-from lineguard.config import StrictModel, dump_config, read_mapping, validated
+from lineguard.config import StrictModel, dump_config, load_config, read_mapping, validated
 
-__all__ = ["ARCH_FIELDS", "GAN_FORMAT", "GAN_FORMAT_VERSION", "GAN_YAML", "WEIGHTS", "AdaConfig", "GanConfig",
-           "GanDirError", "GanFile", "SurfaceInfo", "cpu_preset", "cpu_projected_preset", "gpu_preset"]
+__all__ = ["ARCH_FIELDS", "GAN_FORMAT", "GAN_FORMAT_VERSION", "GAN_YAML", "PRESETS", "WEIGHTS", "AdaConfig",
+           "GanConfig", "GanDirError", "GanFile", "SurfaceInfo", "cpu_preset", "cpu_projected_preset", "gpu_preset",
+           "preset_config"]
 
 GAN_FORMAT = "lineguard-gan"
 GAN_FORMAT_VERSION = 1
@@ -217,3 +219,26 @@ def gpu_preset() -> GanConfig:
     return GanConfig(resolution=128, channel_base=32768, channel_max=256, batch_size=32, r1_gamma=0.1024,
                      ema_kimg=10.0, augment=AdaConfig(speed_kimg=100.0), kimg=3000.0, crop_views=4, tick_kimg=4.0,
                      snapshot_kimg=100.0, sample_kimg=50.0)
+
+
+PRESETS: Dict[str, Callable[[], GanConfig]] = {"cpu": cpu_preset, "cpu-projected": cpu_projected_preset,
+                                               "gpu": gpu_preset}
+
+
+def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """``base`` with ``over``'s keys set, nested mappings merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def preset_config(preset: Optional[str] = None, path: Optional[Union[str, Path]] = None, **overrides: Any
+                  ) -> GanConfig:
+    """The settings in layers: preset ``preset`` (a key of ``PRESETS``; else the defaults), the keys set in the
+    YAML ``path`` (nested mappings merged key by key, so ``augment: {p_max: 0.5}`` keeps the preset's other
+    augment settings), then ``overrides`` (``None`` values skipped)."""
+    base = PRESETS[preset]().model_dump(mode="json") if preset else {}
+    if path is not None:
+        base = _merge(base, load_config(GanConfig, path).model_dump(mode="json", exclude_unset=True))
+    return load_config(GanConfig, None, {**base, **overrides})

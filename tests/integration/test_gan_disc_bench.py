@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lineguard.synth.gan.config import GanConfig, GanFile, cpu_preset
+from lineguard.synth.gan.config import GanFile, preset_config
 from lineguard.synth.gan.train import fit
 
 TINY_GAN = {"resolution": 32, "z_dim": 16, "w_dim": 16, "mapping_layers": 2, "channel_base": 256, "channel_max": 16,
@@ -27,8 +27,7 @@ def test_gan_disc_scores_both_discriminators_per_step_and_resumes(bench_script, 
     data = split_sim(48, 64, 0, 0.2, 0.2)
     (tmp_path / "gan.yaml").write_text(yaml.safe_dump(TINY_GAN))
     surface = tmp_path / "surface"
-    fit(data, surface, GanConfig.model_validate({**cpu_preset().model_dump(mode="json"), **TINY_GAN,
-                                                 "target": "surface", "kimg": 0.004}), progress=False)
+    fit(data, surface, preset_config("cpu", None, **TINY_GAN, target="surface", kimg=0.004), progress=False)
     clf = random_model_dir(tmp_path / "clf", data, "cnn_resnet18", 32)
     work, out = tmp_path / "work", tmp_path / "out.json"
 

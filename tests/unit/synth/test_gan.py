@@ -29,6 +29,7 @@ from lineguard.synth.gan.config import (
     cpu_preset,
     cpu_projected_preset,
     gpu_preset,
+    preset_config,
 )
 from lineguard.synth.gan.networks import Discriminator, Generator, make_generator
 from lineguard.synth.gan.source import GanSource
@@ -449,6 +450,17 @@ def test_source_samples_patches_deterministically(gan_dir: Path) -> None:
     assert src.sample("dent", 3, np.random.default_rng(0)) == []
     with pytest.raises(LineguardError, match="not 'ok'"):
         src.sample("ok", 1, np.random.default_rng(0))
+
+
+def test_preset_config_layers_the_preset_the_file_and_the_flags(tmp_path: Path) -> None:
+    (tmp_path / "g.yaml").write_text("kimg: 5\naugment:\n  p_max: 0.5\n")
+    cfg = preset_config("cpu-projected", tmp_path / "g.yaml", kimg=7, device=None)
+    assert cfg.discriminator == "projected" and cfg.kimg == 7 and cfg.device == GanConfig().device
+    assert cfg.augment.p_max == 0.5 and cfg.augment.ops == cpu_projected_preset().augment.ops  # merged key by key
+    assert preset_config() == GanConfig() and preset_config("gpu") == gpu_preset()
+    (tmp_path / "bad.yaml").write_text("kimg: -1\n")
+    with pytest.raises(LineguardError, match=r"bad\.yaml: .*kimg"):
+        preset_config("cpu", tmp_path / "bad.yaml")
 
 
 def test_presets_are_valid() -> None:
