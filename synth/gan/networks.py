@@ -19,7 +19,7 @@ CPU that halves the time of the convs and the upsampling.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -182,6 +182,16 @@ class Generator(_Mapped):
             self.to_img.append(ToOutput(ch(res), channels, w_dim))
             self.to_mask.append(ToOutput(ch(res), 1, w_dim))
         self.num_ws = len(self.layers) + 1  # each output layer shares the w of the next conv; the last has its own
+
+    def noise_strengths(self) -> Dict[int, float]:
+        """Mean absolute strength of the noise inputs per resolution (px): how much of each layer's detail is
+        drawn from per-pixel noise rather than computed from the styles."""
+        res = [4] + [4 * 2 ** (i // 2 + 1) for i in range(len(self.layers) - 1)]
+        out: Dict[int, List[float]] = {}
+        for r, layer in zip(res, self.layers):
+            if layer.noise_strength is not None:
+                out.setdefault(r, []).append(abs(float(layer.noise_strength)))
+        return {r: round(sum(v) / len(v), 5) for r, v in out.items()}
 
     def synthesis(self, ws: torch.Tensor, noise_gen: Optional[torch.Generator] = None):
         """(image, mask) from per-layer styles ``ws`` (N, num_ws, w_dim). Both outputs are linear, as StyleGAN

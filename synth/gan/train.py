@@ -20,6 +20,9 @@ an EMA copy of G is what gets saved; Adam. The out folder::
     shapes.jsonl           a row with every sample grid: per class, how the masks of 64 generated samples
                            differ from the training crops' (orientation, elongation, area) and how varied
                            both are (mean pairwise IoU; ``synth.shapes``)
+    texture.jsonl          a row with every sample grid: the generated images' power per frequency band
+                           against the training images' (``synth.texture``: ``hf_ratio`` well above 1 is
+                           the salt texture of detail drawn from noise) and the noise inputs' strengths
     generator.safetensors  the EMA generator   } the GAN_DIR that GanSource reads,
     gan.yaml               what it is          } written every snapshot and at the end
 
@@ -60,10 +63,11 @@ from lineguard.data.progress import track
 from lineguard.files import atomic_path, sha256_file
 from lineguard.synth.crops import defect_crops, group_by_class, shape_views
 from lineguard.synth.shapes import shape_report, split_by_class
+from lineguard.synth.texture import texture_report
 
 from .augment import AdaptiveAugment
 from .config import ARCH_FIELDS, GAN_FORMAT, GAN_FORMAT_VERSION, GAN_YAML, WEIGHTS, GanConfig, GanFile, SurfaceInfo
-from .networks import Generator, make_discriminator, make_generator
+from .networks import DefectGenerator, Generator, make_discriminator, make_generator
 from .source import load_generator
 
 __all__ = ["CHECKPOINT", "GanTrainer", "TrainingData", "fit", "load_surface", "load_training_data"]
@@ -345,11 +349,34 @@ def _shapes(G: torch.nn.Module, data: TrainingData, cfg: GanConfig, device: torc
     return shape_report(real, fake, seed=cfg.seed)
 
 
-def _log_shapes(path: Path, trainer: GanTrainer, data: TrainingData, cfg: GanConfig) -> Dict[str, Dict[str, Any]]:
-    report = _shapes(trainer.G_ema, data, cfg, trainer.device)
-    with path.open("a") as f:
-        f.write(json.dumps({"kimg": round(trainer.nimg / 1000, 3), "shapes": report}) + "\n")
-    return report
+def _texture(G: torch.nn.Module, data: TrainingData, cfg: GanConfig, device: torch.device) -> Dict[str, Any]:
+    """:func:`~lineguard.synth.texture.texture_report` of ``SHAPE_SAMPLES`` images per label from ``G`` (own
+    seeded latents and noise) against the training images (not the shape prior's copies), and the noise
+    inputs' strength per resolution of the generator that draws the surface."""
+    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    n_labels = len(data.label_names)
+    z = torch.randn(n_labels * SHAPE_SAMPLES, G.z_dim, generator=gen).to(device)
+    c = torch.arange(n_labels, device=device).repeat_interleave(SHAPE_SAMPLES)
+    with torch.no_grad():
+        img, _ = G(z, c, noise_gen=torch.Generator(device).manual_seed(cfg.seed + 6))
+    real = data.images[~data.prior].permute(0, 2, 3, 1).cpu().numpy()
+    surface = G.surface if isinstance(G, DefectGenerator) else G
+    return {**texture_report(real, img.clamp(-1, 1).permute(0, 2, 3, 1).float().cpu().numpy()),
+            "noise_strength": surface.noise_strengths()}
+
+
+def _log_samples(out: Path, trainer: GanTrainer, data: TrainingData, cfg: GanConfig) -> Dict[str, Dict[str, Any]]:
+    """The sample grid, and a row each in shapes.jsonl and texture.jsonl; returns the shape report."""
+    kimg = round(trainer.nimg / 1000, 3)
+    G = trainer.G_ema
+    write_png(out / "samples" / f"kimg{trainer.nimg // 1000:06d}.png",
+              _sample_grid(G, len(data.label_names), cfg, trainer.device))
+    shapes = _shapes(G, data, cfg, trainer.device)
+    for name, key, value in (("shapes.jsonl", "shapes", shapes),
+                             ("texture.jsonl", "texture", _texture(G, data, cfg, trainer.device))):
+        with (out / name).open("a") as f:
+            f.write(json.dumps({"kimg": kimg, key: value}) + "\n")
+    return shapes
 
 
 def _reals_grid(data: TrainingData) -> np.ndarray:
@@ -438,18 +465,14 @@ def fit(data_dir: PathLike, out_dir: PathLike, cfg: GanConfig, resume: bool = Fa
             _log_tick(out / "log.jsonl", rows, trainer, since)
             rows, since = [], (trainer.nimg, trainer.seconds)
         if _crossed(before, trainer.nimg, cfg.sample_kimg):
-            write_png(out / "samples" / f"kimg{trainer.nimg // 1000:06d}.png",
-                      _sample_grid(trainer.G_ema, len(data.label_names), cfg, trainer.device))
-            _log_shapes(out / "shapes.jsonl", trainer, data, cfg)
+            _log_samples(out, trainer, data, cfg)
         if _crossed(before, trainer.nimg, cfg.snapshot_kimg):
             _save_checkpoint(ck_path, trainer, cfg, data.label_names)
             _write_gan_dir(out, trainer, cfg, data)  # usable (generate, score) before the run ends
     if rows:
         _log_tick(out / "log.jsonl", rows, trainer, since)
     _save_checkpoint(ck_path, trainer, cfg, data.label_names)
-    write_png(out / "samples" / f"kimg{trainer.nimg // 1000:06d}.png",
-              _sample_grid(trainer.G_ema, len(data.label_names), cfg, trainer.device))
-    shapes = _log_shapes(out / "shapes.jsonl", trainer, data, cfg)
+    shapes = _log_samples(out, trainer, data, cfg)
     sha = _write_gan_dir(out, trainer, cfg, data)
     return {"out": str(out), "classes": data.classes, "crops": data.provenance["crops"],
             "skipped": data.provenance["skipped"], "steps": trainer.step_count, "kimg": round(trainer.nimg / 1000, 3),

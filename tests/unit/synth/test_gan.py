@@ -246,6 +246,11 @@ def test_surface_fit_learns_ok_patches_and_is_no_defect_source(sim: Path, surfac
     assert meta.data["ok_patches"] == len(data.images)
     rows = [json.loads(line) for line in (surface_dir / "shapes.jsonl").read_text().splitlines()]
     assert rows and all(r["shapes"] == {} for r in rows)  # no masks to compare
+    texture = [json.loads(line) for line in (surface_dir / "texture.jsonl").read_text().splitlines()]
+    assert [r["kimg"] for r in texture] == [r["kimg"] for r in rows]  # a row with every sample grid
+    last = texture[-1]["texture"]
+    assert last["real"] == len(data.images) and last["fake"] == 64 and len(last["log2_ratio"]) == 5
+    assert last["hf_ratio"] > 0 and set(last["noise_strength"]) == {"4", "8", "16"}  # tiny(): 16 px
     with pytest.raises(GanDirError, match=r"a surface GAN \(stage 1.*--surface"):
         GanSource.load(surface_dir)
     with pytest.raises(ValueError, match="target surface is stage 1"):
@@ -268,6 +273,9 @@ def test_stage_two_trains_defect_blocks_on_a_frozen_surface(sim: Path, surface_d
         assert all(torch.equal(ck[name][f"surface.{k}"], v) for k, v in surface.items())
     meta = GanFile.load(out / GAN_YAML)
     assert meta.surface is not None and meta.surface.sha256 == GanFile.load(surface_dir / GAN_YAML).sha256
+    texture = json.loads((out / "texture.jsonl").read_text().splitlines()[-1])["texture"]
+    surface_texture = json.loads((surface_dir / "texture.jsonl").read_text().splitlines()[-1])["texture"]
+    assert texture["noise_strength"] == surface_texture["noise_strength"]  # the frozen surface's noise inputs
     # the GAN_DIR is self-contained: it generates with the surface folder gone
     moved = tmp_path / "moved"
     shutil.copytree(surface_dir, moved)
@@ -363,6 +371,9 @@ def test_gan_dir_outputs(gan_dir: Path) -> None:
     assert set(rows[-1]["shapes"]) <= set(CLASSES)  # a class whose untrained masks are all empty is left out
     for c, figures in rows[-1]["shapes"].items():
         assert 0 <= figures["orientation_tv"] <= 1 and figures["real"] == meta["data"]["crops"][c]
+    texture = json.loads((gan_dir / "texture.jsonl").read_text().splitlines()[-1])
+    assert texture["kimg"] == meta["kimg"] and texture["texture"]["fake"] == 64 * len(CLASSES)
+    assert texture["texture"]["real"] == sum(meta["data"]["crops"].values()) * meta["config"]["crop_views"]
 
 
 # the patch source
