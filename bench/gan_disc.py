@@ -11,10 +11,10 @@ Lite0 features, the ``cpu-projected`` preset), in steps of ``--step-kimg`` until
 ``--max-kimg``). After each step ``--n`` images are generated (pasted on the OK training images) and scored against
 the real training defects in the feature space of ``--classifier``, a model trained on that real data (``lineguard
 synth score``: FD, KID, precision / recall, C2ST AUC, near-copy rate, overall and per class), with the mask-shape
-distances of the step's last ``shapes.jsonl`` row. The discriminators are compared at equal fitting time: each
-one's last step within the shorter run's minutes. Out: the JSON (every curve and the comparison), a PNG of the
-curves beside it, and per discriminator a real-vs-generated grid under --work (it holds real crops). Every step is
-kept; a second run resumes where the first stopped.
+distances of the step's last ``shapes.jsonl`` row and the texture figures (``synth.texture``). The discriminators
+are compared at equal fitting time: each one's last step within the shorter run's minutes. Out: the JSON (every
+curve and the comparison), a PNG of the curves beside it, and per discriminator a real-vs-generated grid under
+--work (it holds real crops). Every step is kept; a second run resumes where the first stopped.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from lineguard.data.modelspec import ModelSpec
 from lineguard.files import atomic_write
 from lineguard.synth.gan.config import GAN_YAML, GanFile, preset_config
 from lineguard.synth.gan.source import GanSource
-from lineguard.synth.gan.train import fit
+from lineguard.synth.gan.train import fit, texture_of
 from lineguard.synth.generate import SourceFactory, generate
 from lineguard.training.synth_score import score
 
@@ -60,12 +60,12 @@ def curve(args: argparse.Namespace, name: str) -> List[Dict]:
         generate(SourceFactory(GanSource.load, (str(gan),)), args.data, args.n, syn, progress=False)
         rep = score(args.data, syn, args.classifier, progress=False)
         rows.append({"kimg": kimg, "seconds": seconds, "overall": rep["overall"], "per_class": rep["per_class"],
-                     "shapes": last_row(gan / "shapes.jsonl")["shapes"]})
+                     "shapes": last_row(gan / "shapes.jsonl")["shapes"], "texture": texture_of(gan, args.data)})
         with rows_path.open("a") as f:
             f.write(json.dumps(rows[-1]) + "\n")
         shutil.rmtree(syn)  # scored; the curve row is what is kept
         print(f"{name}: {kimg:g} kimg, {seconds / 60:.1f} min, FD {rep['overall']['fd']:.1f}, "
-              f"C2ST AUC {rep['overall']['c2st_auc']:.3f}", flush=True)
+              f"C2ST AUC {rep['overall']['c2st_auc']:.3f}, hf_ratio {rows[-1]['texture']['hf_ratio']:.2f}", flush=True)
     sample_grid(args.data, gan, args.work / f"real-vs-{name}.png")
     return rows
 
@@ -75,8 +75,9 @@ def at_equal_time(curves: Dict[str, List[Dict]]) -> Dict:
     horizon = min(rows[-1]["seconds"] for rows in curves.values())
     rows = {n: ([r for r in c if r["seconds"] <= horizon] or c[:1])[-1] for n, c in curves.items()}
     better = {k: min(rows, key=lambda n, k=k, f=f: f(rows[n]["overall"][k])) for k, f in LOSS.items()}
-    return {"minutes": horizon / 60, "steps": {n: {"kimg": r["kimg"], "minutes": r["seconds"] / 60, **r["overall"]}
-                                               for n, r in rows.items()}, "better": better}
+    return {"minutes": horizon / 60, "better": better,
+            "steps": {n: {"kimg": r["kimg"], "minutes": r["seconds"] / 60, **r["overall"],
+                          "hf_ratio": r["texture"]["hf_ratio"]} for n, r in rows.items()}}
 
 
 def plot(curves: Dict[str, List[Dict]], out: Path) -> None:

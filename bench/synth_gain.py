@@ -21,7 +21,8 @@ and a share f of each defect class's. Per fold and fraction, with nothing from t
 5. per fraction, paired differences per held-out image (c-a, b-a, c-b) of macro-F1 (the mean over fold x seed
    of the per-run difference), accuracy, and per class F1 and recall (``--report-classes``), with bootstrap 95%
    intervals (images resampled within each fold x seed); offline scores (``lineguard synth score``) and the
-   shape figures of the GAN samples kept, unfiltered and (``--before-kimg``) of a one-stage GAN on fold 0;
+   shape and texture figures (``synth.texture``: the surface's and the GAN's) of the GAN samples kept,
+   unfiltered and (``--before-kimg``) of a one-stage GAN on fold 0;
    real-vs-generated grids per class (under --work: they hold real crops, keep them out of the repository).
 
 Whether arm (a) converged: each run's best epoch and its val macro-F1 over the last quarter of the epochs
@@ -56,7 +57,7 @@ from lineguard.metrics import bootstrap_ci, confusion, macro_f1
 from lineguard.synth.baselines import CopyPasteSource, PerlinSource
 from lineguard.synth.gan.config import GAN_YAML, GanConfig, GanFile, preset_config
 from lineguard.synth.gan.source import GanSource
-from lineguard.synth.gan.train import fit
+from lineguard.synth.gan.train import fit, texture_of
 from lineguard.synth.generate import NearCopyConfig, SourceFactory, generate
 from lineguard.training.config import TrainConfig
 from lineguard.training.cv import fold_sets
@@ -438,7 +439,7 @@ def main() -> None:
                 kept = filtered(args, real, syn[arm], clf, tag / f"{arm}-kept")
                 if kept is not None:
                     syn[f"{arm}-kept"] = kept
-            stage[(k, f)] = {"real": real, "a": a, "syn": syn, "gan": gan, "clf": clf,
+            stage[(k, f)] = {"real": real, "full": full, "a": a, "syn": syn, "surface": surface, "gan": gan, "clf": clf,
                              "screen": screen(args, real, syn, feats, tag / "screen.json")}
     result: Dict = {"benchmark": "synth_gain", "folds": args.folds, "seeds": args.seeds, "arch": args.arch,
                     "img_size": args.img_size, "epochs": args.epochs, "batch": args.batch,
@@ -460,6 +461,7 @@ def main() -> None:
                 **{key: scored(st["real"], st["syn"][key], st["clf"])
                    for key in ("gan", "gan-kept") if key in st["syn"]},
                 "shapes": last_row(st["gan"] / "shapes.jsonl")["shapes"],
+                "texture": {"surface": texture_of(st["surface"], st["full"]), "gan": texture_of(st["gan"], st["real"])},
                 "kept_share": {arm: json.loads((st["syn"][f"{arm}-kept"] / "filter-report.json").read_text())[
                     "kept_share"] if f"{arm}-kept" in st["syn"] else 0.0 for arm in ("baseline", "gan")}}
         deltas = paired(runs, len(classes), report, args.reps)
@@ -476,7 +478,7 @@ def main() -> None:
                          tag / "one-stage-set", timing, "fold0/one-stage-generate")
         result["one_stage_fold0"] = {
             "scores": scored(st["real"], root, st["clf"]),
-            "shapes": last_row(before / "shapes.jsonl")["shapes"]}
+            "shapes": last_row(before / "shapes.jsonl")["shapes"], "texture": texture_of(before, st["real"])}
     timing.save()
     result["seconds"] = {**timing, "this_run": timing["wall"] - timing.before}
     args.out.parent.mkdir(parents=True, exist_ok=True)

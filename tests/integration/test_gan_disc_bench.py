@@ -50,6 +50,7 @@ def test_gan_disc_scores_both_discriminators_per_step_and_resumes(bench_script, 
         for r in rows:
             assert all(math.isfinite(r["overall"][k]) for k in ("fd", "kid_mean", "precision", "recall", "c2st_auc"))
             assert r["per_class"] and 0 <= r["overall"]["c2st_auc"] <= 1
+            assert r["texture"]["hf_ratio"] > 0 and r["texture"]["noise_strength"]
         gan = GanFile.load(work / name / "gan" / "gan.yaml")
         assert gan.kimg >= 0.016 and gan.surface.sha256 == GanFile.load(surface / "gan.yaml").sha256
         assert gan.config.discriminator == name
@@ -61,4 +62,5 @@ def test_gan_disc_scores_both_discriminators_per_step_and_resumes(bench_script, 
     assert all(s["minutes"] <= eq["minutes"] + 1e-9 or s["kimg"] == 0.008 for s in eq["steps"].values())
     assert set(eq["better"]) == {"fd", "kid_mean", "c2st_auc", "precision", "recall"}
     assert set(eq["better"].values()) <= {"pixel", "projected"}
+    assert all(s["hf_ratio"] > 0 for s in eq["steps"].values())
     assert out.with_suffix(".png").stat().st_size > 10_000

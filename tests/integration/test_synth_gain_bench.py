@@ -69,6 +69,9 @@ def test_synth_gain_protocol_end_to_end_and_resumed(bench_script, tmp_path: Path
         assert gan.surface is not None
         surface = GanFile.load(work / "surface" / f"fold{k}" / "gan.yaml")
         assert surface.data["split"] == "train" and surface.sha256 == gan.surface.sha256
+        texture = f["scores"][f"fold{k}"]["texture"]  # the surface's on the OK patches it was fitted on
+        assert texture["surface"]["real"] == surface.data["ok_patches"] and texture["surface"]["hf_ratio"] > 0
+        assert texture["gan"]["fake"] == 64 * len(gan.classes) and texture["gan"]["hf_ratio"] > 0
         assert json.loads((fold / "gan-kept" / "filter-report.json").read_text())["model"] == str(
             fold / "train" / "real" / "seed0")
         assert (fold / "real-vs-gan.png").is_file()
