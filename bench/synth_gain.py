@@ -45,6 +45,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from _synth import last_row, sample_grid
 
+from lineguard.checkpoint import CheckpointError, check_settings
 from lineguard.config import load_config
 from lineguard.console import log_to_console
 from lineguard.data.format import Dataset, Record
@@ -55,7 +56,7 @@ from lineguard.data.split import split_dataset
 from lineguard.files import atomic_write
 from lineguard.metrics import bootstrap_ci, confusion, macro_f1
 from lineguard.synth.baselines import CopyPasteSource, PerlinSource
-from lineguard.synth.gan.config import GAN_YAML, GanConfig, GanFile, preset_config
+from lineguard.synth.gan.config import ARCH_FIELDS, GAN_YAML, GanConfig, GanFile, preset_config
 from lineguard.synth.gan.source import GanSource
 from lineguard.synth.gan.train import fit, texture_of
 from lineguard.synth.generate import NearCopyConfig, SourceFactory, generate
@@ -137,9 +138,16 @@ class Timing(Dict[str, float]):
 
 
 def fitted(data: Path, out: Path, cfg: GanConfig, timing: Timing, key: str) -> Path:
-    """A GAN_DIR at ``cfg.kimg`` (resumed where a run stopped)."""
-    if (out / GAN_YAML).exists() and GanFile.load(out / GAN_YAML).kimg >= cfg.kimg:
-        return out
+    """A GAN_DIR at ``cfg.kimg`` (resumed where a run stopped); one fitted with other network settings (an
+    earlier preset) is refused, not reused."""
+    if (out / GAN_YAML).exists():
+        info = GanFile.load(out / GAN_YAML)
+        try:
+            check_settings(out / GAN_YAML, info.config.model_dump(), cfg, ARCH_FIELDS, what="network settings")
+        except CheckpointError as e:
+            raise SystemExit(f"{e} (remove it or use another --work)") from None
+        if info.kimg >= cfg.kimg:
+            return out
     t0 = time.perf_counter()
     fit(data, out, cfg, resume=(out / "checkpoint.pt").exists(), progress=False)
     timing[key] = timing.get(key, 0.0) + time.perf_counter() - t0

@@ -91,3 +91,8 @@ def test_synth_gain_protocol_end_to_end_and_resumed(bench_script, tmp_path: Path
     assert json.loads(out.read_text())["seconds"]["wall"] > wall  # the runs' times add up across resumes
     again = json.loads(out.read_text())
     assert again["fractions"]["0.5"]["paired"] == f["paired"]
+    # a GAN fitted with other network settings (an earlier preset) is refused in one line, not reused
+    (tmp_path / "gan.yaml").write_text(TINY_GAN.replace("channel_base: 128", "channel_base: 256"))
+    with pytest.raises(SystemExit, match=r"surface/fold0/gan.yaml: the run was started with other network settings "
+                                         r"\(channel_base\).*remove it or use another --work"):
+        bench.main()
