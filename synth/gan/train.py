@@ -387,8 +387,11 @@ def _log_samples(out: Path, trainer: GanTrainer, data: TrainingData, cfg: GanCon
 
 
 def _reals_grid(data: TrainingData) -> np.ndarray:
-    idx = torch.cat([torch.nonzero(data.labels == k)[:, 0].repeat(GRID_COLUMNS)[:GRID_COLUMNS]
-                     for k in range(len(data.label_names))])
+    """A row per label of training images spread over its crops (not the first crop's views side by side)."""
+    def spread(idx: torch.Tensor) -> torch.Tensor:
+        return idx[torch.linspace(0, len(idx) - 1, GRID_COLUMNS).round().long()]
+
+    idx = torch.cat([spread(torch.nonzero(data.labels == k)[:, 0]) for k in range(len(data.label_names))])
     return _grid(data.images[idx], data.masks[idx], len(data.label_names))
 
 
