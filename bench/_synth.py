@@ -34,5 +34,5 @@ def sample_grid(real: Path, gan_dir: Path, out: Path, per_class: int = 8) -> Non
 
 
 def last_row(path: Path) -> Dict[str, Any]:
-    """The last row of a JSON-lines file (a GAN run's ``log.jsonl`` or ``shapes.jsonl``)."""
+    """The last row of a JSON-lines file (a GAN run's ``log.jsonl``, ``shapes.jsonl`` or ``texture.jsonl``)."""
     return json.loads(path.read_text().splitlines()[-1])

@@ -11,10 +11,11 @@ Lite0 features, the ``cpu-projected`` preset), in steps of ``--step-kimg`` until
 ``--max-kimg``). After each step ``--n`` images are generated (pasted on the OK training images) and scored against
 the real training defects in the feature space of ``--classifier``, a model trained on that real data (``lineguard
 synth score``: FD, KID, precision / recall, C2ST AUC, near-copy rate, overall and per class), with the mask-shape
-distances of the step's last ``shapes.jsonl`` row and the texture figures (``synth.texture``). The discriminators
-are compared at equal fitting time: each one's last step within the shorter run's minutes. Out: the JSON (every
-curve and the comparison), a PNG of the curves beside it, and per discriminator a real-vs-generated grid under
---work (it holds real crops). Every step is kept; a second run resumes where the first stopped.
+distances and the texture figures (``synth.texture``) of the step's last ``shapes.jsonl`` and ``texture.jsonl``
+rows. The discriminators are compared at equal fitting time: each one's last step within the shorter run's minutes.
+Out: the JSON (every curve and the comparison), a PNG of the curves beside it, and per discriminator a
+real-vs-generated grid under --work (it holds real crops). Every step is kept; a second run resumes where the first
+stopped.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from lineguard.data.modelspec import ModelSpec
 from lineguard.files import atomic_write
 from lineguard.synth.gan.config import GAN_YAML, GanFile, preset_config
 from lineguard.synth.gan.source import GanSource
-from lineguard.synth.gan.train import fit, texture_of
+from lineguard.synth.gan.train import fit
 from lineguard.synth.generate import SourceFactory, generate
 from lineguard.training.synth_score import score
 
@@ -60,7 +61,8 @@ def curve(args: argparse.Namespace, name: str) -> List[Dict]:
         generate(SourceFactory(GanSource.load, (str(gan),)), args.data, args.n, syn, progress=False)
         rep = score(args.data, syn, args.classifier, progress=False)
         rows.append({"kimg": kimg, "seconds": seconds, "overall": rep["overall"], "per_class": rep["per_class"],
-                     "shapes": last_row(gan / "shapes.jsonl")["shapes"], "texture": texture_of(gan, args.data)})
+                     "shapes": last_row(gan / "shapes.jsonl")["shapes"],
+                     "texture": last_row(gan / "texture.jsonl")["texture"]})
         with rows_path.open("a") as f:
             f.write(json.dumps(rows[-1]) + "\n")
         shutil.rmtree(syn)  # scored; the curve row is what is kept

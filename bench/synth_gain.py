@@ -58,7 +58,7 @@ from lineguard.metrics import bootstrap_ci, confusion, macro_f1
 from lineguard.synth.baselines import CopyPasteSource, PerlinSource
 from lineguard.synth.gan.config import ARCH_FIELDS, GAN_YAML, GanConfig, GanFile, preset_config
 from lineguard.synth.gan.source import GanSource
-from lineguard.synth.gan.train import fit, texture_of
+from lineguard.synth.gan.train import fit
 from lineguard.synth.generate import NearCopyConfig, SourceFactory, generate
 from lineguard.training.config import TrainConfig
 from lineguard.training.cv import fold_sets
@@ -447,7 +447,7 @@ def main() -> None:
                 kept = filtered(args, real, syn[arm], clf, tag / f"{arm}-kept")
                 if kept is not None:
                     syn[f"{arm}-kept"] = kept
-            stage[(k, f)] = {"real": real, "full": full, "a": a, "syn": syn, "surface": surface, "gan": gan, "clf": clf,
+            stage[(k, f)] = {"real": real, "a": a, "syn": syn, "surface": surface, "gan": gan, "clf": clf,
                              "screen": screen(args, real, syn, feats, tag / "screen.json")}
     result: Dict = {"benchmark": "synth_gain", "folds": args.folds, "seeds": args.seeds, "arch": args.arch,
                     "img_size": args.img_size, "epochs": args.epochs, "batch": args.batch,
@@ -469,7 +469,7 @@ def main() -> None:
                 **{key: scored(st["real"], st["syn"][key], st["clf"])
                    for key in ("gan", "gan-kept") if key in st["syn"]},
                 "shapes": last_row(st["gan"] / "shapes.jsonl")["shapes"],
-                "texture": {"surface": texture_of(st["surface"], st["full"]), "gan": texture_of(st["gan"], st["real"])},
+                "texture": {g: last_row(st[g] / "texture.jsonl")["texture"] for g in ("surface", "gan")},
                 "kept_share": {arm: json.loads((st["syn"][f"{arm}-kept"] / "filter-report.json").read_text())[
                     "kept_share"] if f"{arm}-kept" in st["syn"] else 0.0 for arm in ("baseline", "gan")}}
         deltas = paired(runs, len(classes), report, args.reps)
@@ -486,7 +486,8 @@ def main() -> None:
                          tag / "one-stage-set", timing, "fold0/one-stage-generate")
         result["one_stage_fold0"] = {
             "scores": scored(st["real"], root, st["clf"]),
-            "shapes": last_row(before / "shapes.jsonl")["shapes"], "texture": texture_of(before, st["real"])}
+            "shapes": last_row(before / "shapes.jsonl")["shapes"],
+            "texture": last_row(before / "texture.jsonl")["texture"]}
     timing.save()
     result["seconds"] = {**timing, "this_run": timing["wall"] - timing.before}
     args.out.parent.mkdir(parents=True, exist_ok=True)

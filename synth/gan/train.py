@@ -70,7 +70,7 @@ from .config import ARCH_FIELDS, GAN_FORMAT, GAN_FORMAT_VERSION, GAN_YAML, WEIGH
 from .networks import DefectGenerator, Generator, make_discriminator, make_generator
 from .source import load_generator
 
-__all__ = ["CHECKPOINT", "GanTrainer", "TrainingData", "fit", "load_surface", "load_training_data", "texture_of"]
+__all__ = ["CHECKPOINT", "GanTrainer", "TrainingData", "fit", "load_surface", "load_training_data"]
 
 CHECKPOINT = "checkpoint.pt"
 STATE_KEYS = ("labels", "G", "D", "G_ema", "opt_g", "opt_d", "augment", "step", "nimg", "seconds", "rng_cpu",
@@ -363,13 +363,6 @@ def _texture(G: torch.nn.Module, data: TrainingData, cfg: GanConfig, device: tor
     surface = G.surface if isinstance(G, DefectGenerator) else G
     return {**texture_report(real, img.clamp(-1, 1).permute(0, 2, 3, 1).float().cpu().numpy()),
             "noise_strength": surface.noise_strengths()}
-
-
-def texture_of(gan_dir: PathLike, data_dir: PathLike) -> Dict[str, Any]:
-    """The ``texture.jsonl`` figures of the generator in ``gan_dir`` against the images it would be fitted on in
-    ``data_dir`` (with its own settings: OK patches for a surface), whichever lineguard fitted it."""
-    G, info = load_generator(gan_dir)
-    return _texture(G, load_training_data(data_dir, info.config), info.config, torch.device("cpu"))
 
 
 def _log_samples(out: Path, trainer: GanTrainer, data: TrainingData, cfg: GanConfig) -> Dict[str, Dict[str, Any]]:
