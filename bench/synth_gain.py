@@ -1,11 +1,11 @@
 """Does synthesis help? Issue 16's benchmark: stratified folds x seeds, paired differences with bootstrap intervals.
 
     LINEGUARD_REAL_DATA=../shared/datasets/magnetic-tile python bench/synth_gain.py \\
-        --work runs/bench/synth_gain --out runs/bench/synth_gain.json
+        --work runs/bench/synth_gain --record docs/synth_gain --out docs/synth_gain.json
 
 Protocol. The data set is dealt into ``--folds`` stratified folds; fold k is held out (the test images), the others
 train, 10% of them (per class, seeded) select the best epoch (val). At fraction f every OK training image is kept
-and a share f of each defect class's. Per fold and fraction, with nothing from the held-out fold:
+and a share f of each defect class's. Per fold and fraction (a unit), with nothing from the held-out fold:
 
 1. arm (a), ``real``: real images, classical augmentation, class-balanced sampling; ``--seeds`` runs. Its seed-0
    model is the filter's classifier (trained on the training fold only);
@@ -15,21 +15,23 @@ and a share f of each defect class's. Per fold and fraction, with nothing from t
    filtered by ``lineguard synth filter`` with the arm-(a) model;
 3. the screen: frozen ImageNet Lite0 features, logistic-regression heads on the real training images plus
    synthetic draws at each ``--shares`` (with and without the filter), ``--screen-seeds`` draws each, scored on
-   val (never the held-out fold): the filter setting and share with the best mean gain over the folds and both
+   the unit's val (never the held-out fold): the filter setting and share with the best mean gain over the two
    synthetic arms are used for
 4. arms (b) ``baseline`` and (c) ``gan``: the same training with ``synthetic_extra`` = that share;
-5. per fraction, paired differences per held-out image (c-a, b-a, c-b) of macro-F1 (the mean over fold x seed
-   of the per-run difference), accuracy, and per class F1 and recall (``--report-classes``), with bootstrap 95%
-   intervals (images resampled within each fold x seed); offline scores (``lineguard synth score``) and the
-   shape and texture figures (``synth.texture``: the surface's and the GAN's) of the GAN samples kept,
-   unfiltered and (``--before-kimg``) of a one-stage GAN on fold 0;
-   real-vs-generated grids per class (under --work: they hold real crops, keep them out of the repository).
+5. per fraction, over the recorded units, paired differences per held-out image (c-a, b-a, c-b) of macro-F1 (the
+   mean over fold x seed of the per-run difference), accuracy, and per class F1 and recall (``--report-classes``),
+   with bootstrap 95% intervals (images resampled within each fold x seed); offline scores (``lineguard synth
+   score``) and the shape and texture figures (``synth.texture``: the surface's and the GAN's) of the GAN samples
+   kept and unfiltered, and (``--before-kimg``) of a one-stage GAN on fold 0; real-vs-generated grids per class
+   (under --work: they hold real crops, keep them out of the repository).
 
 Whether arm (a) converged: each run's best epoch and its val macro-F1 over the last quarter of the epochs
-(within a point of the best = a plateau) are reported. Every step resumes: data, GAN fits, generated and
-filtered sets, screens and finished runs are kept under --work, the step times (and the wall time summed over the
-runs) in work/seconds.json. Cost with the defaults on our 2-core CPU: about 6 hours (the GAN fits ~2.5 h, 36
-trainings ~3 h).
+(within a point of the best = a plateau) are reported. A finished unit is recorded in ``--record`` (one small JSON:
+the runs' held-out labels and predictions, the screen, the scores, the step times), which is what a later run
+resumes from: --work (data, GAN fits, generated sets, model folders) resumes within a session but is not kept
+between sessions, the records are (committed). The comparison (``--out``, JSON and Markdown) is rewritten after
+every unit from the units recorded so far, ``folds_done`` saying which. Cost with the defaults on our 2-core CPU:
+about 6 hours, 1 to 1.3 h a unit (the GAN fits ~25 min, 6 trainings ~40-50 min).
 """
 
 from __future__ import annotations
@@ -367,7 +369,10 @@ def verdict(deltas: Dict[str, Dict], fraction: float) -> Dict[str, Optional[bool
 
 def markdown(result: Dict) -> str:
     names = result["report_classes"]
-    lines = ["| fraction | arm | macro-F1 | accuracy | " + " | ".join(f"{n} F1 / recall" for n in names) + " |",
+    lines = [f"Fraction {f}: folds {r['folds_done']} of {result['folds']} recorded, choice (filter, share) "
+             + ", ".join(f"{n} ({c['filter']}, {c['share']:g})" for n, c in r["choice"].items())
+             for f, r in result["fractions"].items()]
+    lines += ["", "| fraction | arm | macro-F1 | accuracy | " + " | ".join(f"{n} F1 / recall" for n in names) + " |",
              "|" + "---|" * (4 + len(names))]
     for f, r in result["fractions"].items():
         for arm, s in r["arms"].items():
@@ -381,6 +386,110 @@ def markdown(result: Dict) -> str:
             lines.append(f"| {f} | {pair} | {m[0]:+.2f} [{m[1]:+.2f}, {m[2]:+.2f}] | {acc[0]:+.2f} | "
                          f"{r['goals'] if pair == 'gan-real' else ''} |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- one unit
+
+
+def settings(args: argparse.Namespace) -> Dict:
+    """The protocol's settings a unit's record is valid for (a record made with others is refused)."""
+    keys = ("folds", "seeds", "arch", "img_size", "epochs", "batch", "synthetic_n", "shares", "screen_seeds", "band",
+            "probe_max", "screen_max", "surface_kimg", "gan_kimg")
+    out = {k: getattr(args, k) for k in keys}
+    out["gan_config"] = args.gan_config.read_text() if args.gan_config else None
+    return out
+
+
+def unit(args: argparse.Namespace, ds: Dataset, sets: List[List[Record]], k: int, f: float, feats: Lite0Features,
+         timing: Timing) -> Dict:
+    """Fold ``k`` at fraction ``f``, whole: arm (a), the synthetic sets and their filtered versions, the screen and
+    its choice (on this fold's val), arms (b) and (c), the offline scores and the shape and texture figures. Returns
+    the unit's record: everything the comparison needs, so the bulky work under --work may go."""
+    tag = args.work / f"f{round(f * 100):03d}" / f"fold{k}"
+    key, before = f"{tag.parent.name}/{tag.name}", dict(timing)
+    real = real_set(ds, sets, k, f, tag / "data")
+    full = real_set(ds, sets, k, 1.0, args.work / "f100" / f"fold{k}" / "data")
+    a = [trained(args, real, None, 0.0, s, tag / "train" / "real" / f"seed{s}") for s in args.seeds]
+    clf = tag / "train" / "real" / f"seed{args.seeds[0]}"  # the filter's classifier
+    rds = Dataset.load(real)
+    half = args.synthetic_n // 2
+    cp = generated(CopyPasteSource.from_dataset(rds, channels=1), real, half, tag / "copy-paste", timing,
+                   f"{key}/copy-paste", near_copy=NearCopyConfig(enabled=False))  # real crops by design
+    pl = generated(PerlinSource.from_dataset(rds), real, args.synthetic_n - half, tag / "perlin", timing,
+                   f"{key}/perlin", seed=1)
+    surface = fitted(full, args.work / "surface" / f"fold{k}", preset_config(
+        "cpu", args.gan_config, target="surface", kimg=args.surface_kimg), timing, f"fold{k}/surface-fit")
+    gan = fitted(real, tag / "gan", preset_config("cpu", args.gan_config, surface=str(surface), kimg=args.gan_kimg),
+                 timing, f"{key}/gan-fit")
+    sample_grid(real, gan, tag / "real-vs-gan.png")
+    syn = {"baseline": merged([cp, pl], tag / "baseline"),
+           "gan": generated(SourceFactory(GanSource.load, (str(gan),)), real, args.synthetic_n, tag / "gan-set",
+                            timing, f"{key}/gan-generate")}
+    for arm in ("baseline", "gan"):
+        kept = filtered(args, real, syn[arm], clf, tag / f"{arm}-kept")
+        if kept is not None:
+            syn[f"{arm}-kept"] = kept
+    table = screen(args, real, syn, feats, tag / "screen.json")
+    use_filter, share, means = choose(args, [table])
+    runs = {"real": a}
+    for arm in ("baseline", "gan"):
+        root = syn[f"{arm}-kept" if use_filter else arm]
+        runs[arm] = [trained(args, real, root, share, s, tag / "train" / arm / f"seed{s}") for s in args.seeds]
+    record = {
+        "fold": k, "fraction": f, "settings": settings(args), "filter": use_filter, "share": share, "screen": table,
+        "screen_means": means,
+        "runs": {arm: [{**r, "labels": r["labels"].tolist(), "pred": r["pred"].tolist()} for r in rows]
+                 for arm, rows in runs.items()},
+        "scores": {name: scored(real, syn[name], clf) for name in ("gan", "gan-kept") if name in syn},
+        "shapes": last_row(gan / "shapes.jsonl")["shapes"],
+        "texture": {"surface": last_row(surface / "texture.jsonl")["texture"],
+                    "gan": last_row(gan / "texture.jsonl")["texture"]},
+        "kept_share": {arm: json.loads((syn[f"{arm}-kept"] / "filter-report.json").read_text())["kept_share"]
+                       if f"{arm}-kept" in syn else 0.0 for arm in ("baseline", "gan")}}
+    if args.before_kimg > 0 and k == 0 and f == args.fractions[0]:  # the one-stage GAN, as before the two stages
+        one = fitted(real, tag / "gan-one-stage", preset_config("cpu", args.gan_config, kimg=args.before_kimg),
+                     timing, f"{key}/one-stage-fit")
+        sample_grid(real, one, tag / "real-vs-one-stage.png")
+        root = generated(SourceFactory(GanSource.load, (str(one),)), real, args.synthetic_n, tag / "one-stage-set",
+                         timing, f"{key}/one-stage-generate")
+        record["one_stage"] = {"kimg": args.before_kimg, "scores": scored(real, root, clf),
+                               "shapes": last_row(one / "shapes.jsonl")["shapes"],
+                               "texture": last_row(one / "texture.jsonl")["texture"]}
+    timing.save()
+    record["seconds"] = {n: v if n.endswith("images_per_s") else v - before.get(n, 0.0)
+                         for n, v in timing.items() if v != before.get(n)}
+    return record
+
+
+def compared(args: argparse.Namespace, records: Dict[Tuple[int, float], Dict], classes: List[str],
+             report: Dict[str, int]) -> Dict:
+    """The comparison over the recorded units, per fraction (``folds_done`` says which folds it holds so far)."""
+    result: Dict = {"benchmark": "synth_gain", **settings(args), "report_classes": list(report), "fractions": {}}
+    for f in args.fractions:
+        recs = [records[(k, f)] for k in range(args.folds) if (k, f) in records]
+        if not recs:
+            continue
+        runs = {arm: [{**r, "labels": np.array(r["labels"]), "pred": np.array(r["pred"])}
+                      for rec in recs for r in rec["runs"][arm]] for arm in ARMS}
+        deltas = paired(runs, len(classes), report, args.reps)
+        result["fractions"][f"{f:g}"] = {
+            "folds_done": [rec["fold"] for rec in recs], "complete": len(recs) == args.folds,
+            "choice": {f"fold{rec['fold']}": {"filter": rec["filter"], "share": rec["share"]} for rec in recs},
+            "arms": summary(runs, len(classes), report), "paired": deltas, "goals": verdict(deltas, f),
+            "per_fold": {f"fold{rec['fold']}": {n: rec[n] for n in ("scores", "shapes", "texture", "kept_share",
+                                                                     "screen_means")} for rec in recs}}
+    one = [rec["one_stage"] for rec in records.values() if "one_stage" in rec]
+    if one:
+        result["one_stage_fold0"] = one[0]
+    seconds: Dict[str, float] = {}
+    for rec in records.values():
+        for n, v in rec["seconds"].items():
+            if not n.endswith("images_per_s"):
+                seconds[n] = seconds.get(n, 0.0) + v
+    result["cpu_hours"] = seconds.get("wall", 0.0) / 3600
+    result["gan_images_per_s"] = {f"{rec['fraction']:g}/fold{rec['fold']}": v for rec in records.values()
+                                  for n, v in rec["seconds"].items() if n.endswith("gan-generate/images_per_s")}
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -406,91 +515,40 @@ def main() -> None:
     ap.add_argument("--gan-config", type=Path, help="GanConfig YAML over the cpu preset (both stages)")
     ap.add_argument("--surface-kimg", type=float, default=20.0)
     ap.add_argument("--gan-kimg", type=float, default=20.0)
-    ap.add_argument("--before-kimg", type=float, default=0.0, help="a one-stage GAN on fold 0 for the scores (0 off)")
+    ap.add_argument("--before-kimg", type=float, default=20.0,
+                    help="a one-stage GAN on fold 0 of the first fraction, for the scores (0: off)")
     ap.add_argument("--report-classes", nargs="+", default=["Fray", "Crack", "Break"])
     ap.add_argument("--reps", type=int, default=2000)
     ap.add_argument("--work", type=Path, default=Path("runs/bench/synth_gain"))
-    ap.add_argument("--out", type=Path, default=Path("runs/bench/synth_gain.json"))
+    ap.add_argument("--record", type=Path, default=Path("docs/synth_gain"),
+                    help="one JSON per finished fold x fraction (kept in the repository: a session's --work is not)")
+    ap.add_argument("--out", type=Path, default=Path("docs/synth_gain.json"))
     args = ap.parse_args()
     log_to_console(False)
     args.work.mkdir(parents=True, exist_ok=True)
+    args.record.mkdir(parents=True, exist_ok=True)
     timing = Timing(args.work / "seconds.json")  # from the start: the import counts
     ds = Dataset.load(folded(args))
     sets = fold_sets(ds, args.folds)
     classes = ds.classes.classes
     report = {n: classes.index(n) for n in args.report_classes if n in classes}
     feats = Lite0Features(args.img_size)
-    stage: Dict[Tuple[int, float], Dict] = {}
-    for f in args.fractions:  # arm (a), the synthetic sets, their filtered versions, the screen
-        for k in range(args.folds):
-            tag = args.work / f"f{round(f * 100):03d}" / f"fold{k}"
-            key = f"{tag.parent.name}/{tag.name}"
-            real = real_set(ds, sets, k, f, tag / "data")
-            full = real_set(ds, sets, k, 1.0, args.work / "f100" / f"fold{k}" / "data")
-            a = {s: trained(args, real, None, 0.0, s, tag / "train" / "real" / f"seed{s}") for s in args.seeds}
-            clf = tag / "train" / "real" / f"seed{args.seeds[0]}"  # the filter's classifier
-            rds = Dataset.load(real)
-            half = args.synthetic_n // 2
-            cp = generated(CopyPasteSource.from_dataset(rds, channels=1), real, half, tag / "copy-paste", timing,
-                           f"{key}/copy-paste", near_copy=NearCopyConfig(enabled=False))  # real crops by design
-            pl = generated(PerlinSource.from_dataset(rds), real, args.synthetic_n - half, tag / "perlin", timing,
-                           f"{key}/perlin", seed=1)
-            surface = fitted(full, args.work / "surface" / f"fold{k}", preset_config(
-                "cpu", args.gan_config, target="surface", kimg=args.surface_kimg), timing, f"fold{k}/surface-fit")
-            gan = fitted(real, tag / "gan", preset_config(
-                "cpu", args.gan_config, surface=str(surface), kimg=args.gan_kimg), timing, f"{key}/gan-fit")
-            sample_grid(real, gan, tag / "real-vs-gan.png")
-            syn = {"baseline": merged([cp, pl], tag / "baseline"),
-                   "gan": generated(SourceFactory(GanSource.load, (str(gan),)), real, args.synthetic_n,
-                                    tag / "gan-set", timing, f"{key}/gan-generate")}
-            for arm in ("baseline", "gan"):
-                kept = filtered(args, real, syn[arm], clf, tag / f"{arm}-kept")
-                if kept is not None:
-                    syn[f"{arm}-kept"] = kept
-            stage[(k, f)] = {"real": real, "a": a, "syn": syn, "surface": surface, "gan": gan, "clf": clf,
-                             "screen": screen(args, real, syn, feats, tag / "screen.json")}
-    result: Dict = {"benchmark": "synth_gain", "folds": args.folds, "seeds": args.seeds, "arch": args.arch,
-                    "img_size": args.img_size, "epochs": args.epochs, "batch": args.batch,
-                    "synthetic_n": args.synthetic_n,
-                    "surface_kimg": args.surface_kimg, "gan_kimg": args.gan_kimg,
-                    "report_classes": list(report), "fractions": {}}
-    for f in args.fractions:
-        use_filter, share, means = choose(args, [stage[(k, f)]["screen"] for k in range(args.folds)])
-        runs: Dict[str, List[Dict]] = {arm: [] for arm in ARMS}
-        scores = {}
-        for k in range(args.folds):
-            st, tag = stage[(k, f)], args.work / f"f{round(f * 100):03d}" / f"fold{k}"
-            runs["real"] += [st["a"][s] for s in args.seeds]
-            for arm in ("baseline", "gan"):
-                root = st["syn"][f"{arm}-kept" if use_filter else arm]
-                runs[arm] += [trained(args, st["real"], root, share, s, tag / "train" / arm / f"seed{s}")
-                              for s in args.seeds]
-            scores[f"fold{k}"] = {
-                **{key: scored(st["real"], st["syn"][key], st["clf"])
-                   for key in ("gan", "gan-kept") if key in st["syn"]},
-                "shapes": last_row(st["gan"] / "shapes.jsonl")["shapes"],
-                "texture": {g: last_row(st[g] / "texture.jsonl")["texture"] for g in ("surface", "gan")},
-                "kept_share": {arm: json.loads((st["syn"][f"{arm}-kept"] / "filter-report.json").read_text())[
-                    "kept_share"] if f"{arm}-kept" in st["syn"] else 0.0 for arm in ("baseline", "gan")}}
-        deltas = paired(runs, len(classes), report, args.reps)
-        result["fractions"][f"{f:g}"] = {"filter": use_filter, "share": share, "screen_means": means,
-                                          "arms": summary(runs, len(classes), report), "paired": deltas,
-                                          "goals": verdict(deltas, f), "scores": scores}
-    if args.before_kimg > 0:  # the one-stage GAN as it was before the two stages, on fold 0 of the first fraction
-        st = stage[(0, args.fractions[0])]
-        tag = args.work / f"f{round(args.fractions[0] * 100):03d}" / "fold0"
-        before = fitted(st["real"], tag / "gan-one-stage", preset_config("cpu", args.gan_config, kimg=args.before_kimg),
-                        timing, "fold0/one-stage-fit")
-        sample_grid(st["real"], before, tag / "real-vs-one-stage.png")
-        root = generated(SourceFactory(GanSource.load, (str(before),)), st["real"], args.synthetic_n,
-                         tag / "one-stage-set", timing, "fold0/one-stage-generate")
-        result["one_stage_fold0"] = {
-            "scores": scored(st["real"], root, st["clf"]),
-            "shapes": last_row(before / "shapes.jsonl")["shapes"],
-            "texture": last_row(before / "texture.jsonl")["texture"]}
-    timing.save()
-    result["seconds"] = {**timing, "this_run": timing["wall"] - timing.before}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    records: Dict[Tuple[int, float], Dict] = {}
+    for k in range(args.folds):  # fold-major: a fold's fractions share its surface
+        for f in args.fractions:
+            path = args.record / f"f{round(f * 100):03d}-fold{k}.json"
+            if path.exists():
+                records[(k, f)] = json.loads(path.read_text())
+                if records[(k, f)]["settings"] != json.loads(json.dumps(settings(args))):
+                    raise SystemExit(f"{path}: recorded with other settings than these; remove it or use another "
+                                     "--record")
+                continue
+            records[(k, f)] = unit(args, ds, sets, k, f, feats, timing)
+            atomic_write(path, json.dumps(records[(k, f)]))
+            result = compared(args, records, classes, report)  # after every unit: what is recorded so far
+            atomic_write(args.out, json.dumps(result, indent=1))
+            atomic_write(args.out.with_suffix(".md"), markdown(result))
+    result = compared(args, records, classes, report)
     atomic_write(args.out, json.dumps(result, indent=1))
     atomic_write(args.out.with_suffix(".md"), markdown(result))
     print(markdown(result))
