@@ -128,14 +128,22 @@ def merged(parts: List[Path], out: Path) -> Path:
 
 
 class Timing(Dict[str, float]):
-    """Seconds per step, kept in ``work/seconds.json`` across resumed runs; ``wall`` sums the runs' times."""
+    """Seconds per step, kept in ``work/seconds.json`` across resumed runs; ``wall`` sums the runs' times, and
+    ``UNIT/wall`` those spent on the unit :meth:`start` named (up to each :meth:`save`)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(json.loads(path.read_text()) if path.exists() else {})
         self.path, self.before, self.t0 = path, self.get("wall", 0.0), time.perf_counter()
+        self.unit: Optional[Tuple[str, float, float]] = None
+
+    def start(self, unit: str) -> None:
+        self.unit = (unit, self.get(f"{unit}/wall", 0.0), time.perf_counter())
 
     def save(self) -> None:
-        self["wall"] = self.before + time.perf_counter() - self.t0
+        now = time.perf_counter()
+        self["wall"] = self.before + now - self.t0
+        if self.unit:
+            self[f"{self.unit[0]}/wall"] = self.unit[1] + now - self.unit[2]
         atomic_write(self.path, json.dumps(self, indent=1))
 
 
@@ -200,7 +208,7 @@ def scored(real: Path, synthetic: Path, model: Path) -> Dict:
 
 
 def trained(args: argparse.Namespace, real: Path, synthetic: Optional[Path], share: float, seed: int,
-            out: Path) -> Dict:
+            out: Path, timing: Timing) -> Dict:
     """Held-out predictions and figures of the run whose model folder is ``out`` (a finished run is read)."""
     extra = {"synthetic": str(synthetic), "synthetic_extra": share} if synthetic else {}
     cfg = TrainConfig(arch=args.arch, img_size=args.img_size, seed=seed, epochs=args.epochs, batch_size=args.batch,
@@ -216,6 +224,7 @@ def trained(args: argparse.Namespace, real: Path, synthetic: Optional[Path], sha
         p = predict(loaded.model, DefectDataset(ds, ds.split("test"), loaded.spec.preprocess, None),
                     loaded.spec.ok_index)
         np.savez(done, labels=p.labels, pred=p.probs.argmax(1))
+        timing.save()
     held = dict(np.load(done))
     m = json.loads((out / "metrics.json").read_text())
     curve = [h["val_macro_f1"] for h in m["history"]]
@@ -406,10 +415,11 @@ def unit(args: argparse.Namespace, ds: Dataset, sets: List[List[Record]], k: int
     its choice (on this fold's val), arms (b) and (c), the offline scores and the shape and texture figures. Returns
     the unit's record: everything the comparison needs, so the bulky work under --work may go."""
     tag = args.work / f"f{round(f * 100):03d}" / f"fold{k}"
-    key, before = f"{tag.parent.name}/{tag.name}", dict(timing)
+    key = f"{tag.parent.name}/{tag.name}"
+    timing.start(key)
     real = real_set(ds, sets, k, f, tag / "data")
     full = real_set(ds, sets, k, 1.0, args.work / "f100" / f"fold{k}" / "data")
-    a = [trained(args, real, None, 0.0, s, tag / "train" / "real" / f"seed{s}") for s in args.seeds]
+    a = [trained(args, real, None, 0.0, s, tag / "train" / "real" / f"seed{s}", timing) for s in args.seeds]
     clf = tag / "train" / "real" / f"seed{args.seeds[0]}"  # the filter's classifier
     rds = Dataset.load(real)
     half = args.synthetic_n // 2
@@ -434,7 +444,8 @@ def unit(args: argparse.Namespace, ds: Dataset, sets: List[List[Record]], k: int
     runs = {"real": a}
     for arm in ("baseline", "gan"):
         root = syn[f"{arm}-kept" if use_filter else arm]
-        runs[arm] = [trained(args, real, root, share, s, tag / "train" / arm / f"seed{s}") for s in args.seeds]
+        runs[arm] = [trained(args, real, root, share, s, tag / "train" / arm / f"seed{s}", timing)
+                     for s in args.seeds]
     record = {
         "fold": k, "fraction": f, "settings": settings(args), "filter": use_filter, "share": share, "screen": table,
         "screen_means": means,
@@ -456,8 +467,8 @@ def unit(args: argparse.Namespace, ds: Dataset, sets: List[List[Record]], k: int
                                "shapes": last_row(one / "shapes.jsonl")["shapes"],
                                "texture": last_row(one / "texture.jsonl")["texture"]}
     timing.save()
-    record["seconds"] = {n: v if n.endswith("images_per_s") else v - before.get(n, 0.0)
-                         for n, v in timing.items() if v != before.get(n)}
+    shared = [f"fold{k}/surface-fit"] if f == args.fractions[0] else []  # fitted by the fold's first unit
+    record["seconds"] = {n: v for n, v in timing.items() if n.startswith(f"{key}/") or n in shared}
     return record
 
 
@@ -481,12 +492,8 @@ def compared(args: argparse.Namespace, records: Dict[Tuple[int, float], Dict], c
     one = [rec["one_stage"] for rec in records.values() if "one_stage" in rec]
     if one:
         result["one_stage_fold0"] = one[0]
-    seconds: Dict[str, float] = {}
-    for rec in records.values():
-        for n, v in rec["seconds"].items():
-            if not n.endswith("images_per_s"):
-                seconds[n] = seconds.get(n, 0.0) + v
-    result["cpu_hours"] = seconds.get("wall", 0.0) / 3600
+    result["cpu_hours"] = sum(v for rec in records.values() for n, v in rec["seconds"].items()
+                              if n.endswith("/wall")) / 3600
     result["gan_images_per_s"] = {f"{rec['fraction']:g}/fold{rec['fold']}": v for rec in records.values()
                                   for n, v in rec["seconds"].items() if n.endswith("gan-generate/images_per_s")}
     return result

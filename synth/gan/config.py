@@ -106,6 +106,9 @@ class GanConfig(StrictModel):
     defect_start: int = Field(16, description="stage 2: resolution of the first defect block (a power of 2, >= 8)")
     defect_channels: int = Field(64, ge=1, description="stage 2: the defect blocks' width (at most the surface's at "
                                                        "each resolution)")
+    defect_noise: float = Field(1.0, ge=0.0, description="stage 2: initial strength of the defect blocks' "
+                                "per-pixel noise inputs (learned from there; the surface's own are frozen and weak "
+                                "at low resolution, so without these every sample grew the same mask)")
     # schedule
     kimg: float = Field(2000.0, gt=0.0, description="thousands of real images shown to D")
     tick_kimg: float = Field(4.0, gt=0.0, description="log a row to log.jsonl every this many kimg")

@@ -83,11 +83,12 @@ class StyleLayer(nn.Module):
     channel is rescaled to unit expected variance (demodulation). Computed as scale input -> one shared
     conv -> scale output, which equals StyleGAN2's per-sample weights and runs as one plain conv."""
 
-    def __init__(self, cin: int, cout: int, w_dim: int, up: bool = False, noise: bool = True) -> None:
+    def __init__(self, cin: int, cout: int, w_dim: int, up: bool = False, noise: bool = True,
+                 noise_init: float = 0.0) -> None:
         super().__init__()
         self.affine = EqLinear(w_dim, cin, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3))
-        self.noise_strength = nn.Parameter(torch.zeros(())) if noise else None
+        self.noise_strength = nn.Parameter(torch.tensor(float(noise_init))) if noise else None
         self.bias = nn.Parameter(torch.zeros(cout))
         self.scale, self.up = 1 / math.sqrt(cin * 9), up
         if up:  # [1, 3, 3, 1] binomial filter, gain 4 (the transposed conv leaves 3 of 4 taps empty on average)
@@ -227,15 +228,18 @@ class DefectGenerator(_Mapped):
 
     From resolution ``start`` on, a defect path (its own class-conditional mapping network and style layers,
     ``channels`` wide at most and never wider than the surface, no noise inputs) reads the surface's features at
-    ``start``, grows a mask by skip outputs like StyleGAN's image, and adds its features, through a zero-initialised
+    ``start``, with its own per-pixel noise inputs (strength ``noise`` at first: where and how a defect grows needs
+    randomness in space, which the frozen surface hardly has at low resolution), grows a mask by skip outputs like
+    StyleGAN's image, and adds its features, through a zero-initialised
     1x1 conv, to the surface's features at each resolution, gated by the mask there (``clamp(m, 0, 1)`` of the
     linear mask). The surface runs twice from ``start``: as it is (the OK sample, computed exactly as the surface
-    alone computes it) and with the additions, the noise inputs shared. The image is the OK sample blended with the
+    alone computes it) and with the additions, its noise inputs shared. The image is the OK sample blended with the
     changed one by the full-resolution gate, so a defect sample differs from its OK sample (same surface z and
     noise) only where its mask is above 0. At initialisation the image is the OK sample."""
 
     def __init__(self, surface: Generator, n_classes: int, z_dim: int = 128, w_dim: int = 128,
-                 mapping_layers: int = 2, mapping_lr_mul: float = 0.01, start: int = 16, channels: int = 64) -> None:
+                 mapping_layers: int = 2, mapping_lr_mul: float = 0.01, start: int = 16, channels: int = 64,
+                 noise: float = 1.0) -> None:
         super().__init__()
         top = 4 * 2 ** (len(surface.widths) - 1)
         if start & (start - 1) or not 8 <= start <= top:
@@ -247,9 +251,9 @@ class DefectGenerator(_Mapped):
         self.first = int(math.log2(start)) - 2  # index of the start resolution in surface.widths
         levels = range(self.first, len(surface.widths))
         wd = [min(channels, surface.widths[i]) for i in levels]  # no wider than the surface at any resolution
-        self.enter = StyleLayer(surface.widths[self.first], wd[0], w_dim, noise=False)
-        self.ups = nn.ModuleList([StyleLayer(a, b, w_dim, up=True, noise=False) for a, b in zip(wd, wd[1:])])
-        self.convs = nn.ModuleList([StyleLayer(c, c, w_dim, noise=False) for c in wd])
+        self.enter = StyleLayer(surface.widths[self.first], wd[0], w_dim, noise_init=noise)
+        self.ups = nn.ModuleList([StyleLayer(a, b, w_dim, up=True, noise_init=noise) for a, b in zip(wd, wd[1:])])
+        self.convs = nn.ModuleList([StyleLayer(c, c, w_dim, noise_init=noise) for c in wd])
         self.to_mask = nn.ModuleList([ToOutput(c, 1, w_dim) for c in wd])
         self.inject = nn.ModuleList([EqConv2d(c, surface.widths[i], 1) for c, i in zip(wd, levels)])
         for conv in self.inject:
@@ -274,20 +278,22 @@ class DefectGenerator(_Mapped):
         x = S.layers[0](x, ws_s[:, 0], noise_gen)
         img = S.to_img[0](x, ws_s[:, 1])
         branches = [(x, img)]  # the OK sample; from the start resolution also the changed one
+        # the surface's noise first, in the surface's own order; the defect blocks' then comes after it
+        surface_noise = [[StyleLayer.draw_noise(n, 4 * 2 ** i, x, noise_gen) for _ in range(2)]
+                         for i in range(1, len(S.to_img))]
         r = mask = None
-        for i in range(1, len(S.to_img)):
-            noises = [StyleLayer.draw_noise(n, 4 * 2 ** i, x, noise_gen) for _ in range(2)]
+        for i, noises in enumerate(surface_noise, 1):
             xs = [S.layers[2 * i](S.layers[2 * i - 1](b, ws_s[:, 2 * i - 1], noise=noises[0]), ws_s[:, 2 * i],
                                   noise=noises[1]) for b, _ in branches]
             if i >= self.first:
                 k = i - self.first  # defect level
                 if k == 0:
-                    r = self.convs[0](self.enter(xs[0], ws[:, 0]), ws[:, 1])
+                    r = self.convs[0](self.enter(xs[0], ws[:, 0], noise_gen), ws[:, 1], noise_gen)
                     mask = self.to_mask[0](r, ws[:, 2])
                     xs.append(xs[0])
                     branches.append(branches[0])
                 else:
-                    r = self.convs[k](self.ups[k - 1](r, ws[:, 2 * k]), ws[:, 2 * k + 1])
+                    r = self.convs[k](self.ups[k - 1](r, ws[:, 2 * k], noise_gen), ws[:, 2 * k + 1], noise_gen)
                     mask = _up(mask) + self.to_mask[k](r, ws[:, 2 * k + 2])
                 xs[1] = xs[1] + ((mask + 1) * 0.5).clamp(0, 1) * self.inject[k](r)
             branches = [(b, _up(img) + S.to_img[i](b, ws_s[:, 2 * i + 1])) for b, (_, img) in zip(xs, branches)]
@@ -358,7 +364,7 @@ def make_generator(cfg: GanConfig, n_classes: int, surface: Optional[Generator] 
     """The :class:`Generator` of ``cfg``; with ``surface`` (stage 2) the :class:`DefectGenerator` on it."""
     if surface is not None:
         return DefectGenerator(surface, n_classes, cfg.z_dim, cfg.w_dim, cfg.mapping_layers, cfg.mapping_lr_mul,
-                               cfg.defect_start, cfg.defect_channels)
+                               cfg.defect_start, cfg.defect_channels, cfg.defect_noise)
     return Generator(cfg.resolution, cfg.channels, n_classes, cfg.z_dim, cfg.w_dim, cfg.mapping_layers,
                      cfg.channel_base, cfg.channel_max, cfg.mapping_lr_mul)
 

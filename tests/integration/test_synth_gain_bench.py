@@ -90,7 +90,10 @@ def test_synth_gain_protocol_end_to_end_and_resumed(bench_script, tmp_path: Path
     Dataset(tmp_path / "few", gen.classes, [gen.absolute(r) for r in gen.records[:2]]).save()
     assert "(needs > 3" in bench.scored(fold0 / "data", tmp_path / "few", fold0 / "train" / "real" / "seed0")["error"]
     assert result["cpu_hours"] > 0 and set(result["gan_images_per_s"]) == {"0.5/fold0", "0.5/fold1"}
-    assert json.loads((record / "f050-fold0.json").read_text())["seconds"]["fold0/surface-fit"] > 0
+    seconds = [json.loads((record / f"f050-fold{k}.json").read_text())["seconds"] for k in range(2)]
+    assert seconds[0]["fold0/surface-fit"] > 0 and seconds[1]["fold1/surface-fit"] > 0
+    assert seconds[0]["f050/fold0/wall"] > seconds[0]["fold0/surface-fit"] + seconds[0]["f050/fold0/gan-fit"]
+    assert abs(result["cpu_hours"] * 3600 - seconds[0]["f050/fold0/wall"] - seconds[1]["f050/fold1/wall"]) < 1e-6
     # within a session, a unit whose record is lost resumes from --work: nothing is trained, fitted or generated again
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*")
               if p.name in ("held_out.npz", "generator.safetensors") or ("images" in p.parts and p.is_file())}

@@ -294,6 +294,13 @@ def test_stage_two_trains_defect_blocks_on_a_frozen_surface(sim: Path, surface_d
         ok, _ = G.surface(z[:, :G.surface.z_dim], torch.zeros_like(c), noise_gen=torch.Generator().manual_seed(1))
     changed = (img != ok)[:, 0]
     assert changed.any() and not (changed & (mask[:, 0] <= 0)).any()
+    # the defect blocks have noise inputs of their own (drawn after the surface's, which stays as above)
+    assert all(float(m.noise_strength) != 0 for m in (G.enter, *G.ups, *G.convs))
+    with torch.no_grad():
+        for m in (G.enter, *G.ups, *G.convs):
+            m.noise_strength.zero_()
+        quiet, _ = G(z, c, noise_gen=torch.Generator().manual_seed(1))
+    assert not torch.equal(quiet, img)  # they changed the samples
 
 
 def test_stage_two_refuses_what_is_not_its_surface(sim: Path, surface_dir: Path, gan_dir: Path, tmp_path: Path
