@@ -22,8 +22,8 @@ and a share f of each defect class's. Per fold and fraction (a unit), with nothi
    mean over fold x seed of the per-run difference), accuracy, and per class F1 and recall (``--report-classes``),
    with bootstrap 95% intervals (images resampled within each fold x seed); offline scores (``lineguard synth
    score``) and the shape and texture figures (``synth.texture``: the surface's and the GAN's) of the GAN samples
-   kept and unfiltered, and (``--before-kimg``) of a one-stage GAN on fold 0; real-vs-generated grids per class
-   (under --work: they hold real crops, keep them out of the repository).
+   kept and unfiltered, and (``--before-kimg``, after the units: its own record) of a one-stage GAN on fold 0;
+   real-vs-generated grids per class (under --work: they hold real crops, keep them out of the repository).
 
 Whether arm (a) converged: each run's best epoch and its val macro-F1 over the last quarter of the epochs
 (within a point of the best = a plateau) are reported. A finished unit is recorded in ``--record`` (one small JSON:
@@ -42,7 +42,7 @@ import os
 import time
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from _synth import last_row, sample_grid
@@ -457,24 +457,40 @@ def unit(args: argparse.Namespace, ds: Dataset, sets: List[List[Record]], k: int
                     "gan": last_row(gan / "texture.jsonl")["texture"]},
         "kept_share": {arm: json.loads((syn[f"{arm}-kept"] / "filter-report.json").read_text())["kept_share"]
                        if f"{arm}-kept" in syn else 0.0 for arm in ("baseline", "gan")}}
-    if args.before_kimg > 0 and k == 0 and f == args.fractions[0]:  # the one-stage GAN, as before the two stages
-        one = fitted(real, tag / "gan-one-stage", preset_config("cpu", args.gan_config, kimg=args.before_kimg),
-                     timing, f"{key}/one-stage-fit")
-        sample_grid(real, one, tag / "real-vs-one-stage.png")
-        root = generated(SourceFactory(GanSource.load, (str(one),)), real, args.synthetic_n, tag / "one-stage-set",
-                         timing, f"{key}/one-stage-generate")
-        record["one_stage"] = {"kimg": args.before_kimg, "scores": scored(real, root, clf),
-                               "shapes": last_row(one / "shapes.jsonl")["shapes"],
-                               "texture": last_row(one / "texture.jsonl")["texture"]}
     timing.save()
     shared = [f"fold{k}/surface-fit"] if f == args.fractions[0] else []  # fitted by the fold's first unit
     record["seconds"] = {n: v for n, v in timing.items() if n.startswith(f"{key}/") or n in shared}
     return record
 
 
-def compared(args: argparse.Namespace, records: Dict[Tuple[int, float], Dict], classes: List[str],
-             report: Dict[str, int]) -> Dict:
-    """The comparison over the recorded units, per fraction (``folds_done`` says which folds it holds so far)."""
+def one_stage(args: argparse.Namespace, ds: Dataset, sets: List[List[Record]], timing: Timing) -> Dict:
+    """The one-stage GAN (as before the two stages) on fold 0 of the first fraction, fitted ``--before-kimg``,
+    scored as the units' GAN samples are (its classifier is that unit's arm-(a) seed-0 run, trained again if
+    --work lost it)."""
+    f = args.fractions[0]
+    tag = args.work / f"f{round(f * 100):03d}" / "fold0"
+    key = f"{tag.parent.name}/one-stage"
+    timing.start(key)
+    real = real_set(ds, sets, 0, f, tag / "data")
+    clf = tag / "train" / "real" / f"seed{args.seeds[0]}"
+    trained(args, real, None, 0.0, args.seeds[0], clf, timing)
+    one = fitted(real, tag / "gan-one-stage", preset_config("cpu", args.gan_config, kimg=args.before_kimg), timing,
+                 f"{key}/fit")
+    sample_grid(real, one, tag / "real-vs-one-stage.png")
+    root = generated(SourceFactory(GanSource.load, (str(one),)), real, args.synthetic_n, tag / "one-stage-set",
+                     timing, f"{key}/generate")
+    record = {"fold": 0, "fraction": f, "kimg": args.before_kimg, "settings": settings(args),
+              "scores": scored(real, root, clf), "shapes": last_row(one / "shapes.jsonl")["shapes"],
+              "texture": last_row(one / "texture.jsonl")["texture"]}
+    timing.save()
+    record["seconds"] = {n: v for n, v in timing.items() if n.startswith(f"{key}/")}
+    return record
+
+
+def compared(args: argparse.Namespace, records: Dict[Tuple[int, float], Dict], before: Optional[Dict],
+             classes: List[str], report: Dict[str, int]) -> Dict:
+    """The comparison over the recorded units, per fraction (``folds_done`` says which folds it holds so far),
+    and the one-stage GAN's figures (``before``) once recorded."""
     result: Dict = {"benchmark": "synth_gain", **settings(args), "report_classes": list(report), "fractions": {}}
     for f in args.fractions:
         recs = [records[(k, f)] for k in range(args.folds) if (k, f) in records]
@@ -489,17 +505,28 @@ def compared(args: argparse.Namespace, records: Dict[Tuple[int, float], Dict], c
             "arms": summary(runs, len(classes), report), "paired": deltas, "goals": verdict(deltas, f),
             "per_fold": {f"fold{rec['fold']}": {n: rec[n] for n in ("scores", "shapes", "texture", "kept_share",
                                                                      "screen_means")} for rec in recs}}
-    one = [rec["one_stage"] for rec in records.values() if "one_stage" in rec]
-    if one:
-        result["one_stage_fold0"] = one[0]
-    result["cpu_hours"] = sum(v for rec in records.values() for n, v in rec["seconds"].items()
-                              if n.endswith("/wall")) / 3600
+    if before is not None:
+        result["one_stage_fold0"] = before
+    result["cpu_hours"] = sum(v for rec in [*records.values(), *([before] if before else [])]
+                              for n, v in rec["seconds"].items() if n.endswith("/wall")) / 3600
     result["gan_images_per_s"] = {f"{rec['fraction']:g}/fold{rec['fold']}": v for rec in records.values()
                                   for n, v in rec["seconds"].items() if n.endswith("gan-generate/images_per_s")}
     return result
 
 
 # ---------------------------------------------------------------------------------------------- main
+
+
+def recorded(args: argparse.Namespace, path: Path, make: Callable[[], Dict]) -> Dict:
+    """The record at ``path``; if missing, made by ``make()`` and written."""
+    if path.exists():
+        rec = json.loads(path.read_text())
+        if rec["settings"] != json.loads(json.dumps(settings(args))):
+            raise SystemExit(f"{path}: recorded with other settings than these; remove it or use another --record")
+        return rec
+    rec = make()
+    atomic_write(path, json.dumps(rec))
+    return rec
 
 
 def main() -> None:
@@ -541,24 +568,25 @@ def main() -> None:
     report = {n: classes.index(n) for n in args.report_classes if n in classes}
     feats = Lite0Features(args.img_size)
     records: Dict[Tuple[int, float], Dict] = {}
+    before: Optional[Dict] = None
+
+    def write() -> Dict:
+        """The comparison over what is recorded so far, as JSON and Markdown."""
+        result = compared(args, records, before, classes, report)
+        atomic_write(args.out, json.dumps(result, indent=1))
+        atomic_write(args.out.with_suffix(".md"), markdown(result))
+        return result
+
     for k in range(args.folds):  # fold-major: a fold's fractions share its surface
         for f in args.fractions:
             path = args.record / f"f{round(f * 100):03d}-fold{k}.json"
-            if path.exists():
-                records[(k, f)] = json.loads(path.read_text())
-                if records[(k, f)]["settings"] != json.loads(json.dumps(settings(args))):
-                    raise SystemExit(f"{path}: recorded with other settings than these; remove it or use another "
-                                     "--record")
-                continue
-            records[(k, f)] = unit(args, ds, sets, k, f, feats, timing)
-            atomic_write(path, json.dumps(records[(k, f)]))
-            result = compared(args, records, classes, report)  # after every unit: what is recorded so far
-            atomic_write(args.out, json.dumps(result, indent=1))
-            atomic_write(args.out.with_suffix(".md"), markdown(result))
-    result = compared(args, records, classes, report)
-    atomic_write(args.out, json.dumps(result, indent=1))
-    atomic_write(args.out.with_suffix(".md"), markdown(result))
-    print(markdown(result))
+            new = not path.exists()
+            records[(k, f)] = recorded(args, path, partial(unit, args, ds, sets, k, f, feats, timing))
+            if new:
+                write()  # a session that ends in the next unit leaves the comparison of those before
+    if args.before_kimg > 0:
+        before = recorded(args, args.record / "one-stage.json", partial(one_stage, args, ds, sets, timing))
+    print(markdown(write()))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def test_synth_gain_protocol_end_to_end_and_resumed(bench_script, tmp_path: Path
         assert set(rec["screen_means"]) <= {f"{w}/{s}" for w in ("filtered", "unfiltered") for s in ("0.5", "1")}
     assert set(f["goals"]) == {"c-a >= +2 points, interval above 0", "c >= b"}
     assert "| 0.5 | gan-real |" in out.with_suffix(".md").read_text()
+    assert result["one_stage_fold0"] == json.loads((record / "one-stage.json").read_text())
     assert result["one_stage_fold0"]["kimg"] == 0.008 and "shapes" in result["one_stage_fold0"]
     assert not GanFile.load(work / "f050" / "fold0" / "gan-one-stage" / "gan.yaml").surface
     # nothing of the held-out fold in the generators' or the classifier's data
@@ -93,7 +94,10 @@ def test_synth_gain_protocol_end_to_end_and_resumed(bench_script, tmp_path: Path
     seconds = [json.loads((record / f"f050-fold{k}.json").read_text())["seconds"] for k in range(2)]
     assert seconds[0]["fold0/surface-fit"] > 0 and seconds[1]["fold1/surface-fit"] > 0
     assert seconds[0]["f050/fold0/wall"] > seconds[0]["fold0/surface-fit"] + seconds[0]["f050/fold0/gan-fit"]
-    assert abs(result["cpu_hours"] * 3600 - seconds[0]["f050/fold0/wall"] - seconds[1]["f050/fold1/wall"]) < 1e-6
+    one = result["one_stage_fold0"]["seconds"]
+    assert one["f050/one-stage/fit"] > 0 and one["f050/one-stage/wall"] > one["f050/one-stage/fit"]
+    assert abs(result["cpu_hours"] * 3600 - seconds[0]["f050/fold0/wall"] - seconds[1]["f050/fold1/wall"]
+               - one["f050/one-stage/wall"]) < 1e-6
     # within a session, a unit whose record is lost resumes from --work: nothing is trained, fitted or generated again
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*")
               if p.name in ("held_out.npz", "generator.safetensors") or ("images" in p.parts and p.is_file())}
